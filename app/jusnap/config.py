@@ -1,0 +1,319 @@
+"""Settings: ``conf.yml`` plus ``--dotted.key`` flags, validated once at start-up.
+
+The original jusnap took its settings from a Viper-style ``conf.yml`` and flags such as
+``--jusnap.criu.ghost_limit``; users' files and scripts keep working because every original key
+means what it meant (durations like ``5s``, the ghost limit in MB -- now really MB). Everything
+is checked here, so a typo or a bad value stops the daemon with one line instead of failing a
+snapshot hours later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import grp
+import os
+import pwd
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/jusnap/conf.yml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+
+
+class Duration(float):
+    """Seconds, written as a number or a Go-style string (``500ms``, ``5s``, ``2m``)."""
+
+
+@dataclass
+class GracefulSettings:
+    shutdown_timeout: Duration = Duration(10)
+
+
+@dataclass
+class CriuSettings:
+    # The unprivileged copy installed by the ``criu`` Ansible role: file capabilities, group-only.
+    binary: str = "/usr/local/lib/jusnap/criu"
+    # Unlinked-but-open files up to this many MB are stored in the image (original key; it was
+    # silently treated as bytes by the Go daemon).
+    ghost_limit: int = 64
+    # "auto": CRIU's --unprivileged mode whenever the kernel is not root (the only mode that
+    # works here without CAP_SYS_RESOURCE, and the one where a crafted image cannot change uid).
+    unprivileged: str = "auto"
+    dump_timeout: Duration = Duration(120)
+    restore_timeout: Duration = Duration(120)
+    file_locks: bool = True
+
+
+@dataclass
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: str = "8000"
+    socket: str = "/run/jusnap/jusnap.sock"
+    read_timeout: Duration = Duration(5)
+    write_timeout: Duration = Duration(5)
+    workers_threads: int = 8
+
+
+@dataclass
+class IpythonSettings:
+    args: str = ""
+    cooldown: Duration = Duration(5)
+    history_enabled: bool = False
+    history_file: str = "~/.ipython/profile_default/history.sqlite"
+    python_interpreter: str = "python3"
+    runtime_path: str = "~/.local/share/jupyter/runtime/"
+    # New: whether kernels take automatic snapshots after cells until told otherwise.
+    auto_snapshot: bool = True
+    # New: how long a restored kernel may take to answer on its channels.
+    handshake_timeout: Duration = Duration(20)
+
+
+@dataclass
+class JupyterSettings:
+    args: str = ""
+    port: int = 8888
+
+
+@dataclass
+class OsSettings:
+    # Who kernels run as; names or numbers. Empty means the unprivileged ``jusnap`` user.
+    uid: str = ""
+    gid: str = ""
+
+
+@dataclass
+class JusnapSettings:
+    state_dir: str = "/var/lib/jusnap"
+    log_level: str = "info"
+    criu: CriuSettings = field(default_factory=CriuSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    ipython: IpythonSettings = field(default_factory=IpythonSettings)
+    jupyter: JupyterSettings = field(default_factory=JupyterSettings)
+    os: OsSettings = field(default_factory=OsSettings)
+    gpu: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    graceful: GracefulSettings = field(default_factory=GracefulSettings)
+    jusnap: JusnapSettings = field(default_factory=JusnapSettings)
+
+    # ---- derived values, computed once -------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.jusnap.state_dir)
+
+    @property
+    def kernel_uid(self) -> int:
+        return resolve_uid(self.jusnap.os.uid or "jusnap")
+
+    @property
+    def kernel_gid(self) -> int:
+        if self.jusnap.os.gid:
+            return resolve_gid(self.jusnap.os.gid)
+        return pwd.getpwuid(self.kernel_uid).pw_gid
+
+    @property
+    def ghost_limit_bytes(self) -> int:
+        return self.jusnap.criu.ghost_limit * 1024 * 1024
+
+    def kernel_argv(self) -> list[str]:
+        ip = self.jusnap.ipython
+        return [
+            ip.python_interpreter,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            *shlex.split(ip.args),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_uid(value: str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return pwd.getpwnam(str(value)).pw_uid
+    except KeyError:
+        raise ConfigError(f"jusnap.os.uid: no such user {value!r}") from None
+
+
+def resolve_gid(value: str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return grp.getgrnam(str(value)).gr_gid
+    except KeyError:
+        raise ConfigError(f"jusnap.os.gid: no such group {value!r}") from None
+
+
+# ---- generic loading of nested dataclasses -------------------------------------------------
+
+
+def _leaves(cls: type, prefix: str = "") -> dict[str, type]:
+    """Every settable dotted key of a settings dataclass and its type."""
+    out: dict[str, type] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            out.update(_leaves(typ, key + "."))  # type: ignore[arg-type]
+        else:
+            out[key] = typ
+    return out
+
+
+LEAVES = _leaves(Settings)
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    if typ is Duration:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a duration like 5s, got {value!r}")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            m = _DURATION.match(str(value))
+            if not m:
+                raise ConfigError(f"{key}: expected a duration like 5s or 500ms, got {value!r}")
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        if seconds < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return Duration(seconds)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
+        return "" if value is None else str(value)
+    if typ == dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in LEAVES:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _apply(settings: Settings, flat: dict[str, Any], source: str) -> None:
+    for key, value in flat.items():
+        if key not in LEAVES:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        obj: Any = settings
+        *parents, leaf = key.split(".")
+        for p in parents:
+            obj = getattr(obj, p)
+        setattr(obj, leaf, _coerce(key, LEAVES[key], value))
+
+
+def _validate(s: Settings) -> None:
+    j = s.jusnap
+    if j.log_level.lower() not in ("debug", "info", "warning", "warn", "error", "critical"):
+        raise ConfigError(f"jusnap.log_level: unknown level {j.log_level!r}")
+    if j.criu.unprivileged not in ("auto", "true", "false"):
+        raise ConfigError("jusnap.criu.unprivileged: expected auto, true or false")
+    if j.criu.ghost_limit < 0:
+        raise ConfigError("jusnap.criu.ghost_limit: must not be negative (MB)")
+    for key, path in (("jusnap.state_dir", j.state_dir), ("jusnap.criu.binary", j.criu.binary)):
+        # These end up in CRIU's --action-script line and file modes: keep them boring.
+        if not _SAFE_PATH.match(path):
+            raise ConfigError(f"{key}: must be an absolute path of plain characters, got {path!r}")
+    if not j.http.port.isdigit() or not 0 < int(j.http.port) < 65536:
+        raise ConfigError(f"jusnap.http.port: not a port number: {j.http.port!r}")
+    if j.http.host not in ("127.0.0.1", "::1", "localhost", ""):
+        raise ConfigError("jusnap.http.host: the API binds to loopback only (nginx faces the network)")
+    try:
+        shlex.split(j.ipython.args)
+        shlex.split(j.jupyter.args)
+    except ValueError as exc:
+        raise ConfigError(f"jusnap.ipython.args: {exc}") from None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the YAML file (if any), then flag overrides; validated."""
+    s = Settings()
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}:{where} is not valid YAML") from None
+        _apply(s, _flatten(data), str(p))
+    if overrides:
+        _apply(s, overrides, "command line")
+    _validate(s)
+    return s
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Register ``--config`` and one ``--dotted.key`` flag per setting (original names)."""
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config (default {DEFAULT_CONFIG_PATH} if present)")
+    group = parser.add_argument_group("settings (each overrides conf.yml)")
+    for key in LEAVES:
+        if key == "jusnap.gpu":
+            continue
+        group.add_argument(f"--{key}", dest=f"cfg:{key}", metavar="VALUE", default=None)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {
+        k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None
+    }
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG_PATH).exists():
+        path = DEFAULT_CONFIG_PATH
+    return load_settings(path, overrides)

@@ -1,0 +1,116 @@
+"""One error hierarchy shared by the engine, the API and the CLI.
+
+Every failure a user can cause or meet carries a stable machine-readable ``code``, the HTTP
+status the API answers with, and the CLI exit code, so the three surfaces never disagree about
+what went wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JusnapError(Exception):
+    """Base of every expected failure: a readable one-line message plus a stable code."""
+
+    code = "error"
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class ConfigError(JusnapError):
+    code = "bad_config"
+    http_status = 500
+    exit_code = 78  # EX_CONFIG
+
+
+class InvalidRequest(JusnapError):
+    code = "invalid_request"
+    http_status = 400
+    exit_code = 64  # EX_USAGE
+
+
+class Unauthorized(JusnapError):
+    code = "unauthorized"
+    http_status = 401
+    exit_code = 77  # EX_NOPERM
+
+
+class Forbidden(JusnapError):
+    code = "forbidden"
+    http_status = 403
+    exit_code = 77
+
+
+class NotFound(JusnapError):
+    code = "not_found"
+    http_status = 404
+    exit_code = 3
+
+
+class KernelNotFound(NotFound):
+    code = "kernel_not_found"
+
+
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
+class Busy(JusnapError):
+    """Another operation holds the kernel; callers may retry."""
+
+    code = "busy"
+    http_status = 409
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class KernelNotRunning(JusnapError):
+    code = "kernel_not_running"
+    http_status = 409
+    exit_code = 4
+
+
+class SnapshotFailed(JusnapError):
+    """The dump failed; the running kernel was left as it was."""
+
+    code = "snapshot_failed"
+    http_status = 500
+    exit_code = 5
+
+
+class StoreFull(SnapshotFailed):
+    code = "store_full"
+    http_status = 507
+
+
+class RestoreFailed(JusnapError):
+    """The restore failed; ``details['rolled_back']`` tells whether the previous state is back."""
+
+    code = "restore_failed"
+    http_status = 500
+    exit_code = 6
+
+
+class Refused(JusnapError):
+    """A precondition the snapshot or restore cannot meet, checked before touching the kernel."""
+
+    code = "refused"
+    http_status = 422
+    exit_code = 7
+
+
+class DaemonUnavailable(JusnapError):
+    code = "daemon_unavailable"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE

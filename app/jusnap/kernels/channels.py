@@ -1,0 +1,136 @@
+"""Talking to a kernel over its Jupyter channels from the daemon.
+
+The daemon listens to every kernel's IOPub to know whether it is busy and its execution count
+(recorded with each snapshot) without ever sending to the kernel's shell, where a request would
+queue behind a running cell. After a restore it performs the handshake that proves the kernel
+is answering again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from jupyter_client.blocking import BlockingKernelClient
+from jupyter_client.session import Session
+
+from ..errors import RestoreFailed
+
+log = logging.getLogger(__name__)
+
+
+def _session(conn: dict[str, Any]) -> Session:
+    key = conn["key"].encode() if isinstance(conn["key"], str) else conn["key"]
+    return Session(key=key, signature_scheme=conn.get("signature_scheme", "hmac-sha256"))
+
+
+def _url(conn: dict[str, Any], port_key: str) -> str:
+    return f"{conn.get('transport', 'tcp')}://{conn['ip']}:{conn[port_key]}"
+
+
+class IopubMonitor:
+    """One background thread watching the IOPub channel of one kernel."""
+
+    def __init__(self, conn: dict[str, Any], on_update: Callable[[dict[str, Any]], None]) -> None:
+        self.conn = conn
+        self.on_update = on_update
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jusnap-iopub", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(_url(self.conn, "iopub_port"))
+        session = _session(self.conn)
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(200):
+                    continue
+                frames = sock.recv_multipart()
+                try:
+                    _, msg_frames = session.feed_identities(frames, copy=True)
+                    msg = session.deserialize(msg_frames, content=True, copy=True)
+                except Exception:  # noqa: BLE001 - a bad frame must not kill the watcher
+                    continue
+                update = _interpret(msg)
+                if update:
+                    self.on_update(update)
+        finally:
+            sock.close(0)
+
+
+def _interpret(msg: dict[str, Any]) -> dict[str, Any] | None:
+    kind = msg["header"].get("msg_type")
+    content = msg.get("content") or {}
+    if kind == "status":
+        return {"execution_state": content.get("execution_state")}
+    if kind == "execute_input" and isinstance(content.get("execution_count"), int):
+        return {"execution_count": content["execution_count"]}
+    return None
+
+
+def handshake(conn: dict[str, Any], timeout: float) -> float:
+    """Resend kernel_info every 0.25 s until a reply *and* an IOPub status arrive.
+
+    Returns the seconds it took. Raises RestoreFailed when the kernel stays silent.
+    """
+    kc = BlockingKernelClient()
+    kc.load_connection_info(conn)
+    kc.start_channels()
+    t0 = time.monotonic()
+    try:
+        sent: set[str] = set()
+        reply = status = False
+        next_send = t0
+        while time.monotonic() - t0 < timeout:
+            now = time.monotonic()
+            if now >= next_send:
+                sent.add(kc.kernel_info())
+                next_send = now + 0.25
+            with contextlib.suppress(Exception):
+                msg = kc.get_shell_msg(timeout=0.02)
+                if msg["parent_header"].get("msg_id") in sent:
+                    reply = True
+            with contextlib.suppress(Exception):
+                while True:
+                    msg = kc.get_iopub_msg(timeout=0.02)
+                    if msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") in sent:
+                        status = True
+            if reply and status:
+                return time.monotonic() - t0
+        raise RestoreFailed(f"the restored kernel did not answer within {timeout:.0f}s")
+    finally:
+        kc.stop_channels()
+
+
+def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:
+    """Run ``code`` in the kernel without history or output; False if it did not finish."""
+    kc = BlockingKernelClient()
+    kc.load_connection_info(conn)
+    kc.start_channels()
+    try:
+        msg_id = kc.execute(code, silent=True, store_history=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = kc.get_shell_msg(timeout=0.1)
+            except Exception:  # noqa: BLE001 - queue.Empty
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg["content"].get("status") == "ok"
+        return False
+    finally:
+        kc.stop_channels()

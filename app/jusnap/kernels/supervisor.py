@@ -1,0 +1,277 @@
+"""Kernel supervisor: launch kernels as the unprivileged user, re-adopt, signal, reap.
+
+Kernels are started so that CRIU can always dump and restore them: a new session (no
+controlling terminal), stdio on /dev/null (a growing log file would fail the restore with
+"bad size"), and a history database of their own that the engine saves with each snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import InvalidRequest, KernelNotRunning
+from ..ids import new_kernel_id
+from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
+from ..registry import Kernel, Registry
+
+log = logging.getLogger(__name__)
+
+_PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+_SAFE_ENV = ("LANG", "LC_ALL", "TZ")
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL,
+           "SIGHUP": signal.SIGHUP, "SIGUSR1": signal.SIGUSR1, "SIGUSR2": signal.SIGUSR2,
+           "SIGQUIT": signal.SIGQUIT}  # fmt: skip
+
+
+def free_ports(n: int = 5) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def new_connection(kernel_name: str = "python3") -> dict[str, Any]:
+    ports = free_ports()
+    conn: dict[str, Any] = dict(zip(_PORT_KEYS, ports, strict=True))
+    conn.update(
+        ip="127.0.0.1",
+        transport="tcp",
+        key=uuid.uuid4().hex,
+        signature_scheme="hmac-sha256",
+        kernel_name=kernel_name,
+    )
+    return conn
+
+
+def check_connection(conn: object) -> dict[str, Any]:
+    if not isinstance(conn, dict):
+        raise InvalidRequest("connection must be an object")
+    out: dict[str, Any] = {}
+    for key in _PORT_KEYS:
+        port = conn.get(key)
+        if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
+            raise InvalidRequest(f"connection.{key} must be a port number 1024-65535")
+        out[key] = port
+    if len(set(out.values())) != len(_PORT_KEYS):
+        raise InvalidRequest("connection ports must differ")
+    key = conn.get("key")
+    if not isinstance(key, str) or not 16 <= len(key) <= 256:
+        raise InvalidRequest("connection.key must be a string of 16-256 characters")
+    if conn.get("ip", "127.0.0.1") not in ("127.0.0.1", "localhost"):
+        raise InvalidRequest("kernels listen on loopback only")
+    if conn.get("transport", "tcp") != "tcp":
+        raise InvalidRequest("only the tcp transport is supported")
+    scheme = conn.get("signature_scheme", "hmac-sha256")
+    if scheme not in ("hmac-sha256",):
+        raise InvalidRequest("signature_scheme must be hmac-sha256")
+    out.update(ip="127.0.0.1", transport="tcp", key=key, signature_scheme=scheme,
+               kernel_name=str(conn.get("kernel_name", "python3"))[:64])  # fmt: skip
+    return out
+
+
+def _is_ipykernel(argv: list[str]) -> bool:
+    return any("ipykernel" in a for a in argv[:4])
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, registry: Registry, reaper: Reaper) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.reaper = reaper
+        self.kernels_dir = settings.state_dir / "kernels"
+
+    # ---- paths -------------------------------------------------------------------------
+    def kernel_dir(self, kernel_id: str) -> Path:
+        return self.kernels_dir / kernel_id
+
+    def creds(self, k: Kernel) -> Creds:
+        return Creds.of_user(k.run_uid, k.run_gid)
+
+    def _home(self, uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            return "/"
+
+    def _make_private_dir(self, path: Path, uid: int, gid: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        path.chmod(0o700)
+
+    def _write_private(self, path: Path, text: str, uid: int, gid: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            if os.geteuid() == 0:
+                os.fchown(fh.fileno(), uid, gid)
+            fh.write(text)
+
+    # ---- launching ---------------------------------------------------------------------
+    def create(
+        self,
+        owner_uid: int,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        notebook_path: str | None = None,
+        connection: dict[str, Any] | None = None,
+        kernel_id: str | None = None,
+    ) -> Kernel:
+        uid, gid = self.settings.kernel_uid, self.settings.kernel_gid
+        if argv is not None and (not argv or not all(isinstance(a, str) for a in argv)):
+            raise InvalidRequest("argv must be a non-empty list of strings")
+        k = Kernel(
+            id=kernel_id or new_kernel_id(),
+            owner_uid=owner_uid,
+            run_uid=uid,
+            run_gid=gid,
+            pid=None,
+            started=None,
+            status="stopped",
+            argv=list(argv) if argv else self.settings.kernel_argv(),
+            env=dict(env or {}),
+            cwd=cwd or self._home(uid),
+            connection=check_connection(connection) if connection else new_connection(),
+            notebook_path=notebook_path,
+            created_at=time.time(),
+        )
+        kdir = self.kernel_dir(k.id)
+        self._make_private_dir(self.kernels_dir, os.geteuid(), os.getegid())
+        self.kernels_dir.chmod(0o711)
+        self._make_private_dir(kdir, uid, gid)
+        if self.settings.jusnap.ipython.history_enabled and _is_ipykernel(k.argv):
+            k.history_file = str(kdir / "history.sqlite")
+            self._seed_history(Path(k.history_file), uid, gid)
+        self.start(k)
+        return k
+
+    def _seed_history(self, dest: Path, uid: int, gid: int) -> None:
+        """Start each kernel's own history from the user's IPython history file."""
+        src = Path(self.settings.jusnap.ipython.history_file.replace("~", self._home(uid), 1))
+        if src.is_file() and not dest.exists():
+            with contextlib.suppress(OSError):
+                shutil.copyfile(src, dest)
+                if os.geteuid() == 0:
+                    os.chown(dest, uid, gid)
+                dest.chmod(0o600)
+
+    def connection_file(self, k: Kernel) -> Path:
+        return self.kernel_dir(k.id) / "connection.json"
+
+    def start(self, k: Kernel) -> None:
+        """(Re)start the kernel process with the kernel's fixed connection and history."""
+        cfile = self.connection_file(k)
+        self._write_private(cfile, json.dumps(k.connection), k.run_uid, k.run_gid)
+        argv = [a.replace("{connection_file}", str(cfile)) for a in k.argv]
+        if _is_ipykernel(argv):
+            if k.history_file:
+                argv.append(f"--HistoryManager.hist_file={k.history_file}")
+            else:
+                # In memory: the history is then part of the dumped process itself.
+                argv.append("--HistoryManager.enabled=False")
+        home = self._home(k.run_uid)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": home,
+            "USER": pwd.getpwuid(k.run_uid).pw_name if k.run_uid >= 0 else "",
+            **{v: os.environ[v] for v in _SAFE_ENV if v in os.environ},
+            **k.env,
+            "JUSNAP_KERNEL_ID": k.id,
+            "JUSNAP_SOCKET": self.settings.jusnap.http.socket,
+            "PYTHONUNBUFFERED": "1",
+        }
+        cwd = k.cwd if Path(k.cwd).is_dir() else home
+        if not Path(cwd).is_dir():
+            cwd = str(self.kernel_dir(k.id))
+        try:
+            p = self.reaper.spawn(
+                argv,
+                self.creds(k),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                cwd=cwd,
+                env=env,
+            )
+        except OSError as exc:
+            raise InvalidRequest(f"cannot start kernel {argv[0]!r}: {exc.strerror}") from None
+        self.reaper.release(p)  # the reaper owns it from now on
+        k.pid = p.pid
+        k.started = start_time(p.pid)
+        k.status = "running"
+        k.execution_count = 0
+        self.registry.put_kernel(k)
+        log.info("kernel %s started as pid %s (uid %s)", k.id, k.pid, k.run_uid)
+
+    # ---- state ---------------------------------------------------------------------------
+    def alive(self, k: Kernel) -> bool:
+        return k.pid is not None and is_alive(k.pid, k.started)
+
+    def refresh(self, k: Kernel) -> Kernel:
+        if k.status == "running" and not self.alive(k):
+            k.status = "dead"
+            self.registry.put_kernel(k)
+        return k
+
+    def adopt_all(self) -> list[Kernel]:
+        """After a daemon restart: keep kernels whose PID and start time still match."""
+        out = []
+        for k in self.registry.kernels():
+            if k.status == "running" and not self.alive(k):
+                log.warning("kernel %s (pid %s) is gone; marked dead", k.id, k.pid)
+                k.status = "dead"
+                self.registry.put_kernel(k)
+            out.append(k)
+        return out
+
+    # ---- signals -------------------------------------------------------------------------
+    def signal(self, k: Kernel, signame: str) -> None:
+        sig = SIGNALS.get(signame.upper()) if isinstance(signame, str) else None
+        if sig is None:
+            raise InvalidRequest(f"unsupported signal {signame!r}; use one of {', '.join(SIGNALS)}")
+        if not self.alive(k):
+            raise KernelNotRunning(f"kernel {k.id} is not running")
+        assert k.pid is not None
+        os.kill(k.pid, sig)
+
+    def stop(self, k: Kernel, timeout: float = 10.0) -> None:
+        """Kill the kernel's process group and wait until its PID is really free."""
+        if k.pid is not None:
+            kill_tree(k.pid, k.started)
+            if not self.reaper.wait_gone(k.pid, k.started, timeout):
+                log.warning("kernel %s pid %s did not go away in %.0fs", k.id, k.pid, timeout)
+        k.status = "stopped"
+        self.registry.put_kernel(k)
+
+    def terminate(self, k: Kernel, grace: float) -> None:
+        """Polite shutdown: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if k.pid is not None and self.alive(k):
+            kill_tree(k.pid, k.started, signal.SIGTERM)
+            self.reaper.wait_gone(k.pid, k.started, grace)
+        self.stop(k)
+
+    def remove(self, k: Kernel) -> None:
+        self.stop(k)
+        self.registry.delete_kernel(k.id)
+        shutil.rmtree(self.kernel_dir(k.id), ignore_errors=True)

@@ -1,0 +1,236 @@
+"""The daemon's memory: kernels and snapshots in one SQLite file in the state directory.
+
+A restarted daemon rebuilds everything from here: which kernels to re-adopt (PID *and* start
+time, so a reused PID is never mistaken for a kernel) and which snapshots exist. A snapshot row
+is written only after its images are safely in the store, so a row always means a whole
+snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kernels (
+    id TEXT PRIMARY KEY,
+    owner_uid INTEGER NOT NULL,
+    run_uid INTEGER NOT NULL,
+    run_gid INTEGER NOT NULL,
+    pid INTEGER,
+    started INTEGER,
+    status TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    env TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    notebook_path TEXT,
+    history_file TEXT,
+    auto_snapshot INTEGER,
+    cooldown REAL,
+    created_at REAL NOT NULL,
+    execution_count INTEGER
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    kernel_id TEXT NOT NULL,
+    owner_uid INTEGER NOT NULL,
+    notebook_path TEXT,
+    created_at REAL NOT NULL,
+    trigger TEXT NOT NULL,
+    label TEXT,
+    size_bytes INTEGER NOT NULL,
+    frozen_seconds REAL NOT NULL,
+    execution_count INTEGER,
+    pid INTEGER NOT NULL,
+    ports TEXT NOT NULL,
+    has_history INTEGER NOT NULL,
+    hooks TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_kernel ON snapshots (kernel_id, id);
+CREATE INDEX IF NOT EXISTS snapshots_notebook ON snapshots (owner_uid, notebook_path, id);
+"""
+
+
+@dataclass
+class Kernel:
+    id: str
+    owner_uid: int
+    run_uid: int
+    run_gid: int
+    pid: int | None
+    started: int | None
+    status: str  # running | dead | stopped
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    connection: dict[str, Any]
+    notebook_path: str | None = None
+    history_file: str | None = None
+    auto_snapshot: bool | None = None
+    cooldown: float | None = None
+    created_at: float = 0.0
+    execution_count: int | None = None
+    # runtime only (not stored)
+    execution_state: str | None = field(default=None, compare=False)
+
+    def ports(self) -> str:
+        c = self.connection
+        return ",".join(str(c[k]) for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"))
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        for hidden in ("env", "argv", "connection", "history_file", "started", "run_gid"):
+            d.pop(hidden)
+        return d
+
+
+@dataclass
+class Snapshot:
+    id: str
+    kernel_id: str
+    owner_uid: int
+    notebook_path: str | None
+    created_at: float
+    trigger: str  # manual | auto | pre-restore
+    label: str | None
+    size_bytes: int
+    frozen_seconds: float
+    execution_count: int | None
+    pid: int
+    ports: str
+    has_history: bool
+    hooks: dict[str, Any]
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("ports")
+        d.pop("pid")
+        return d
+
+
+_KERNEL_JSON = ("argv", "env", "connection")
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return int(row[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- kernels ---------------------------------------------------------------------
+    def put_kernel(self, k: Kernel) -> None:
+        row = asdict(k)
+        row.pop("execution_state")
+        for key in _KERNEL_JSON:
+            row[key] = json.dumps(row[key])
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx() as db:
+            db.execute(f"INSERT OR REPLACE INTO kernels ({cols}) VALUES ({marks})", tuple(row.values()))  # noqa: S608
+
+    def _kernel(self, row: sqlite3.Row) -> Kernel:
+        d = dict(row)
+        for key in _KERNEL_JSON:
+            d[key] = json.loads(d[key])
+        if d["auto_snapshot"] is not None:
+            d["auto_snapshot"] = bool(d["auto_snapshot"])
+        return Kernel(**d)
+
+    def get_kernel(self, kernel_id: str) -> Kernel | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM kernels WHERE id=?", (kernel_id,)).fetchone()
+        return self._kernel(row) if row else None
+
+    def kernels(self) -> list[Kernel]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM kernels ORDER BY created_at").fetchall()
+        return [self._kernel(r) for r in rows]
+
+    def delete_kernel(self, kernel_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM kernels WHERE id=?", (kernel_id,))
+
+    # ---- snapshots -------------------------------------------------------------------
+    def add_snapshot(self, s: Snapshot) -> None:
+        row = asdict(s)
+        row["hooks"] = json.dumps(row["hooks"])
+        row["has_history"] = int(row["has_history"])
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx() as db:
+            db.execute(f"INSERT INTO snapshots ({cols}) VALUES ({marks})", tuple(row.values()))  # noqa: S608
+
+    def _snapshot(self, row: sqlite3.Row) -> Snapshot:
+        d = dict(row)
+        d["hooks"] = json.loads(d["hooks"])
+        d["has_history"] = bool(d["has_history"])
+        return Snapshot(**d)
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM snapshots WHERE id=?", (snapshot_id,)).fetchone()
+        return self._snapshot(row) if row else None
+
+    def snapshots_of(self, kernel_id: str, owner_uid: int, notebook_path: str | None) -> list[Snapshot]:
+        """Newest first. A notebook's snapshots follow it across kernel ids."""
+        with self._lock:
+            if notebook_path:
+                rows = self._db.execute(
+                    "SELECT * FROM snapshots WHERE kernel_id=? OR (owner_uid=? AND notebook_path=?)"
+                    " ORDER BY id DESC",
+                    (kernel_id, owner_uid, notebook_path),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM snapshots WHERE kernel_id=? ORDER BY id DESC", (kernel_id,)
+                ).fetchall()
+        return [self._snapshot(r) for r in rows]
+
+    def all_snapshot_ids(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT id FROM snapshots")}
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+
+    def set_label(self, snapshot_id: str, label: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE snapshots SET label=? WHERE id=?", (label, snapshot_id))
