@@ -47,7 +47,7 @@ from .kernels.channels import IopubMonitor, handshake
 from .kernels.supervisor import Supervisor
 from .proc import Reaper, kill_tree, start_time
 from .registry import Kernel, Registry, Snapshot
-from .store.local import LocalStore
+from .store.local import LocalStore, replace_contents
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ class Engine:
                 m.stop()
             self.supervisor.stop(k)
             if snap.has_history and k.history_file:
-                history_tmp.replace(k.history_file)
+                replace_contents(history_tmp, Path(k.history_file))
             pidfile = scratch / "restored.pid"
             restored_pid: int | None = None
             try:

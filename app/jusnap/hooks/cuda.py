@@ -18,14 +18,14 @@ import ctypes
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from jusnap.errors import Refused, RestoreFailed, SnapshotFailed
+from jusnap.errors import ConfigError, Refused, RestoreFailed, SnapshotFailed
 from jusnap.hooks import CheckpointHook
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,46 @@ class CudaSettings:
     auto_snapshot: bool = True
     auto_cooldown_seconds: float = 60.0
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> CudaSettings:
+        """Build from the raw ``gpu:`` mapping of conf.yml, rejecting typos and bad values."""
+        data = dict(data or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"jusnap.gpu: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        values: dict[str, Any] = {}
+        for key, raw in data.items():
+            values[key] = _coerce_setting(key, type(getattr(cls, key)), raw)
+        if values.get("lock_timeout_ms", 1) < 0:
+            raise ConfigError("jusnap.gpu.lock_timeout_ms: must not be negative (0 waits forever)")
+        if values.get("auto_cooldown_seconds", 0) < 0:
+            raise ConfigError("jusnap.gpu.auto_cooldown_seconds: must not be negative")
+        return cls(**values)
+
+
+def _coerce_setting(key: str, typ: type, raw: Any) -> Any:
+    """YAML gives typed values, command-line flags give strings: accept both."""
+    where = f"jusnap.gpu.{key}"
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected a number, got {raw!r}")
+    try:
+        return typ(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+
 
 _FREE_TORCH_CACHE = """\
 def _jusnap_free_torch_cache():
@@ -273,10 +313,20 @@ class GpuSystem:
         match = _DRIVER_VERSION_RE.search(_read_text(self.proc / "driver/nvidia/version"))
         return match.group(1) if match else None
 
-    def mig_enabled(self) -> bool:
-        """MIG GPU instances exist (the driver publishes their capabilities under /proc)."""
+    def mig_access_minors(self) -> set[int]:
+        """Device minors of ``/dev/nvidia-caps/nvidia-capN`` that grant a MIG instance.
+
+        Every CUDA process opens some ``nvidia-caps`` files (the MIG *config* and *monitor*
+        capabilities, seen on a non-MIG H200), so only the minors the driver publishes for GPU
+        and compute instances (``gi*/access``, ``gi*/ci*/access``) mean MIG is in use.
+        """
+        minors = set()
         caps = self.proc / "driver/nvidia/capabilities"
-        return any(caps.glob("gpu*/mig/gi*"))
+        for access in [*caps.glob("gpu*/mig/gi*/access"), *caps.glob("gpu*/mig/gi*/ci*/access")]:
+            match = re.search(r"DeviceFileMinor:\s*(\d+)", _read_text(access))
+            if match:
+                minors.add(int(match.group(1)))
+        return minors
 
     def mps_server_running(self) -> bool:
         for comm in self.proc.glob("[0-9]*/comm"):
@@ -313,6 +363,17 @@ class GpuSystem:
         found = {p for p in self.fd_targets(pid) if p.startswith("/dev/nvidia")}
         found.update(p for p in self.mapped_paths(pid) if p.startswith("/dev/nvidia"))
         return found
+
+    def uses_mig(self, pid: int) -> bool:
+        """``pid`` holds the access capability of a MIG GPU or compute instance."""
+        minors = self.mig_access_minors()
+        if not minors:
+            return False
+        for path in self.nvidia_files(pid):
+            match = re.fullmatch(r"/dev/nvidia-caps/nvidia-cap(\d+)", path)
+            if match and int(match.group(1)) in minors:
+                return True
+        return False
 
     def uses_mps(self, pid: int) -> bool:
         """``pid`` talks to an MPS server (a unix socket under the MPS pipe directory)."""
@@ -367,6 +428,12 @@ class CudaHook(CheckpointHook):
         #: Durations of the last around_dump / after_restore, in seconds; for logs and benches.
         self.last_timings: dict[str, float] = {}
 
+    @classmethod
+    def from_settings(cls, gpu: CudaSettings | Mapping[str, Any] | None = None) -> CudaHook:
+        """The hook as the daemon builds it from the ``gpu:`` section of the config."""
+        settings = gpu if isinstance(gpu, CudaSettings) else CudaSettings.from_dict(gpu)
+        return cls(settings)
+
     # --- detection and refusals -----------------------------------------------------------
 
     def detect(self, pid: int) -> bool:
@@ -391,9 +458,7 @@ class CudaHook(CheckpointHook):
 
     def preflight_dump(self, pid: int) -> None:
         self._require_driver("snapshot")
-        if self.system.mig_enabled() or any(
-            "/dev/nvidia-caps" in p for p in self.system.nvidia_files(pid)
-        ):
+        if self.system.uses_mig(pid):
             raise Refused(
                 "cannot snapshot a GPU kernel on a MIG-partitioned GPU: "
                 "CUDA checkpointing does not support MIG"

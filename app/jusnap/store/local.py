@@ -37,6 +37,7 @@ class StoredFile:
     name: str
     size: int
     xxh3: str
+    mode: int = 0o600  # the source file's permission bits: CRIU checks them at restore
 
 
 def _fsync_dir(path: Path) -> None:
@@ -126,6 +127,7 @@ class LocalStore:
                         if exc.errno == errno.EINVAL:
                             continue  # sockets, fifos: never part of an image
                         raise
+                    mode = os.fstat(src).st_mode & 0o777
                     try:
                         dst = os.open(partial / store_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                         try:
@@ -135,12 +137,12 @@ class LocalStore:
                             os.close(dst)
                     finally:
                         os.close(src)
-                    files.append(StoredFile(store_name, size, digest))
+                    files.append(StoredFile(store_name, size, digest, mode))
             finally:
                 os.close(sfd)
             manifest = {"version": 1, "files": [f.__dict__ for f in files]}
-            mpath = partial / MANIFEST
-            with mpath.open("w") as fh:
+            mfd = os.open(partial / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(mfd, "w") as fh:
                 json.dump(manifest, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -194,6 +196,7 @@ class LocalStore:
                     size, digest = _copy_fd(src, dst)
                     if os.geteuid() == 0:
                         os.fchown(dst, uid, gid)
+                    os.fchmod(dst, f.mode)
                 finally:
                     os.close(dst)
             except OSError as exc:
@@ -217,6 +220,29 @@ class LocalStore:
             doomed = self.root / f"{PARTIAL_PREFIX}{snapshot_id}-deleted"
             path.rename(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+
+
+def replace_contents(src: Path, dst: Path) -> None:
+    """Put ``src``'s bytes into ``dst`` keeping ``dst``'s inode.
+
+    SQLite remembers the inode of the database it opened and treats a changed one as "moved",
+    turning the restored kernel's history read-only; so the history file is rewritten in place.
+    """
+    if not dst.exists():
+        src.replace(dst)
+        return
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dfd = os.open(dst, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _copy_fd(sfd, dfd)
+            os.fchmod(dfd, os.fstat(sfd).st_mode & 0o777)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    src.unlink()
 
 
 def _open_untrusted_path(path: Path) -> int:

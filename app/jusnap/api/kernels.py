@@ -1,0 +1,152 @@
+"""Kernels: launch, inspect, signal, restart, shut down; a kernel's snapshots and settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+
+from ..errors import Forbidden
+from ..snapshots import Skipped
+from .auth import identity
+from .deps import engine, kernel_view
+from .schemas import (
+    AutoIn,
+    AutoOut,
+    ClearedOut,
+    ErrorOut,
+    KernelCreatedOut,
+    KernelIn,
+    KernelOut,
+    SignalIn,
+    SnapshotCreatedOut,
+    SnapshotIn,
+    SnapshotOut,
+)
+
+bp = APIBlueprint("kernels", __name__)
+ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
+
+
+@bp.get("")
+@bp.output(KernelOut(many=True))
+@bp.doc(responses={401: ErrorOut, 403: ErrorOut})
+def list_kernels() -> list[dict[str, Any]]:
+    return [kernel_view(k) for k in engine().kernels(identity().owner)]
+
+
+@bp.post("")
+@bp.input(KernelIn, arg_name="body")
+@bp.output(KernelCreatedOut, status_code=201)
+@bp.doc(responses={**ERRORS, 400: ErrorOut})
+def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
+    who = identity()
+    e = engine()
+    if not who.admin and who.uid != e.settings.kernel_uid:
+        raise Forbidden("only the kernel user or root may launch kernels")
+    k = e.launch_kernel(
+        owner_uid=who.uid,
+        argv=body.get("argv"),
+        env=body.get("env"),
+        cwd=body.get("cwd"),
+        notebook_path=body.get("notebook_path"),
+        connection=body.get("connection"),
+        kernel_id=body.get("kernel_id"),
+    )
+    return {**kernel_view(k), "connection": k.connection}
+
+
+@bp.get("/<kernel_id>")
+@bp.output(KernelOut)
+@bp.doc(responses=ERRORS)
+def get_kernel(kernel_id: str) -> dict[str, Any]:
+    return kernel_view(engine().kernel(kernel_id, identity().owner))
+
+
+@bp.get("/<kernel_id>/connection")
+@bp.output(KernelCreatedOut)
+@bp.doc(responses=ERRORS)
+def get_connection(kernel_id: str) -> dict[str, Any]:
+    k = engine().kernel(kernel_id, identity().owner)
+    return {**kernel_view(k), "connection": k.connection}
+
+
+@bp.delete("/<kernel_id>")
+@bp.output({}, status_code=204)
+@bp.doc(responses=ERRORS)
+def shutdown_kernel(kernel_id: str) -> tuple[str, int]:
+    engine().shutdown_kernel(kernel_id, identity().owner)
+    return "", 204
+
+
+@bp.post("/<kernel_id>/restart")
+@bp.output(KernelOut)
+@bp.doc(responses=ERRORS)
+def restart_kernel(kernel_id: str) -> dict[str, Any]:
+    return kernel_view(engine().restart_kernel(kernel_id, identity().owner))
+
+
+@bp.post("/<kernel_id>/interrupt")
+@bp.output({}, status_code=204)
+@bp.doc(responses=ERRORS)
+def interrupt_kernel(kernel_id: str) -> tuple[str, int]:
+    engine().interrupt_kernel(kernel_id, identity().owner)
+    return "", 204
+
+
+@bp.post("/<kernel_id>/signal")
+@bp.input(SignalIn, arg_name="body")
+@bp.output({}, status_code=204)
+@bp.doc(responses=ERRORS)
+def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
+    engine().signal_kernel(kernel_id, body["signal"], identity().owner)
+    return "", 204
+
+
+@bp.get("/<kernel_id>/auto")
+@bp.output(AutoOut)
+@bp.doc(responses=ERRORS)
+def get_auto(kernel_id: str) -> dict[str, Any]:
+    e = engine()
+    return e.auto_settings(e.kernel(kernel_id, identity().owner))
+
+
+@bp.patch("/<kernel_id>/auto")
+@bp.input(AutoIn, arg_name="body")
+@bp.output(AutoOut)
+@bp.doc(responses={**ERRORS, 400: ErrorOut})
+def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    e = engine()
+    k = e.set_auto(kernel_id, identity().owner, body.get("enabled"), body.get("cooldown"))
+    return e.auto_settings(k)
+
+
+@bp.get("/<kernel_id>/snapshots")
+@bp.output(SnapshotOut(many=True))
+@bp.doc(responses=ERRORS)
+def list_snapshots(kernel_id: str) -> list[dict[str, Any]]:
+    return [s.public() for s in engine().list_snapshots(kernel_id, identity().owner)]
+
+
+@bp.post("/<kernel_id>/snapshots")
+@bp.input(SnapshotIn, arg_name="body")
+@bp.output(SnapshotCreatedOut, status_code=201)
+@bp.doc(responses={**ERRORS, 400: ErrorOut, 422: ErrorOut, 500: ErrorOut, 507: ErrorOut})
+def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    result = engine().snapshot(
+        kernel_id,
+        identity().owner,
+        trigger=body.get("trigger", "manual"),
+        label=body.get("label"),
+        execution_count=body.get("execution_count"),
+    )
+    if isinstance(result, Skipped):
+        return result.public(), 200
+    return {"status": "created", "snapshot": result.public()}, 201
+
+
+@bp.delete("/<kernel_id>/snapshots")
+@bp.output(ClearedOut)
+@bp.doc(responses=ERRORS)
+def clear_snapshots(kernel_id: str) -> dict[str, Any]:
+    return {"deleted": engine().clear(kernel_id, identity().owner)}

@@ -1,0 +1,382 @@
+"""``jusnap``: the command line, a thin layer over the daemon's API.
+
+Every command prints a readable table or line by default and the API's JSON with ``--json``.
+Failures print one line on stderr and exit with a code that says what kind of failure it was
+(see ``EXIT CODES`` in ``jusnap --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from . import __version__
+from .client import Client
+from .config import add_flags, settings_from_args
+from .errors import InvalidRequest, JusnapError
+
+EXIT_CODES = """exit codes:
+  0   success (also: an automatic snapshot skipped by the cooldown)
+  1   unexpected error
+  3   no such kernel or snapshot
+  4   the kernel is not running
+  5   the snapshot failed (the kernel was left running as it was)
+  6   the restore failed (see the message: the previous state is normally back)
+  7   refused before anything was touched (e.g. snapshot of other kernel ports)
+  64  bad command line or request
+  69  the daemon is not running or unreachable
+  75  the kernel is busy with another snapshot operation: try again
+  77  not allowed
+  78  bad configuration
+"""
+
+
+# ---- formatting ----------------------------------------------------------------------------
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def relative(ts: float, now: float | None = None) -> str:
+    delta = (now or time.time()) - ts
+    if delta < 60:
+        return f"{int(delta)}s ago"
+    if delta < 3600:
+        return f"{int(delta // 60)}m ago"
+    if delta < 86400:
+        return f"{int(delta // 3600)}h ago"
+    return f"{int(delta // 86400)}d ago"
+
+
+def local_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def snapshot_rows(snaps: list[dict[str, Any]]) -> str:
+    if not snaps:
+        return "no snapshots"
+    rows = [
+        [
+            s["id"],
+            f"{local_time(s['created_at'])} ({relative(s['created_at'])})",
+            s["trigger"],
+            str(s["execution_count"]) if s.get("execution_count") is not None else "-",
+            human_size(s["size_bytes"]),
+            f"{s['frozen_seconds']:.3f}s",
+            s.get("label") or "",
+        ]
+        for s in snaps
+    ]
+    return table(rows, ["SNAPSHOT", "CREATED", "TRIGGER", "EXEC", "SIZE", "FROZEN", "LABEL"])
+
+
+def kernel_rows(kernels: list[dict[str, Any]]) -> str:
+    if not kernels:
+        return "no kernels"
+    rows = []
+    for k in kernels:
+        last = k.get("last_snapshot")
+        rows.append([
+            k["id"],
+            k["status"] + (f" ({k['execution_state']})" if k.get("execution_state") else ""),
+            str(k.get("pid") or "-"),
+            "on" if k.get("auto", {}).get("enabled") else "off",
+            relative(last["created_at"]) if last else "-",
+            k.get("notebook_path") or "",
+        ])
+    return table(rows, ["KERNEL", "STATUS", "PID", "AUTO", "LAST SNAPSHOT", "NOTEBOOK"])
+
+
+class Progress:
+    """A progress line on stderr for operations that take more than a second."""
+
+    def __init__(self, what: str, enabled: bool) -> None:
+        self.what = what
+        self.enabled = enabled
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._shown = False
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self.enabled:
+            self._thread.join()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        if self._done.wait(1.0):
+            return
+        tty = sys.stderr.isatty()
+        if not tty:
+            print(f"{self.what}...", file=sys.stderr, flush=True)
+            return
+        while not self._done.wait(0.1):
+            print(f"\r{self.what}... {time.monotonic() - t0:.1f}s", end="", file=sys.stderr, flush=True)
+            self._shown = True
+        if self._shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def resolve_kernel(client: Client, ref: str) -> str:
+    """Accept a unique prefix of a kernel id, like git and docker do."""
+    if len(ref) == 36:
+        return ref
+    if not ref or not all(c in "0123456789abcdef-" for c in ref):
+        raise InvalidRequest(f"not a kernel id: {ref!r}")
+    matches = [k["id"] for k in client.kernels() if k["id"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        from .errors import KernelNotFound
+
+        raise KernelNotFound(f"no such kernel: {ref}")
+    raise InvalidRequest(f"kernel id prefix {ref!r} is ambiguous")
+
+
+def _out(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text(data))
+
+
+def cmd_kernels(args: argparse.Namespace, c: Client) -> int:
+    _out(args, c.kernels(), kernel_rows)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace, c: Client) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    k = c.launch(argv=argv or None, notebook_path=args.notebook, cwd=args.cwd)
+    _out(args, k, lambda k: k["id"])
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, c: Client) -> int:
+    kid = resolve_kernel(c, args.kernel)
+    c.shutdown(kid)
+    _out(args, {"id": kid, "status": "stopped"}, lambda d: f"stopped {d['id']}")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace, c: Client) -> int:
+    _out(args, c.restart(resolve_kernel(c, args.kernel)), lambda k: f"restarted {k['id']} (pid {k['pid']})")
+    return 0
+
+
+def cmd_interrupt(args: argparse.Namespace, c: Client) -> int:
+    kid = resolve_kernel(c, args.kernel)
+    c.interrupt(kid)
+    _out(args, {"id": kid, "signal": "SIGINT"}, lambda d: f"interrupted {d['id']}")
+    return 0
+
+
+def cmd_signal(args: argparse.Namespace, c: Client) -> int:
+    kid = resolve_kernel(c, args.kernel)
+    sig = args.signal.upper()
+    c.signal(kid, sig if sig.startswith("SIG") else f"SIG{sig}")
+    _out(args, {"id": kid, "signal": sig}, lambda d: f"sent {d['signal']} to {d['id']}")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace, c: Client) -> int:
+    kid = resolve_kernel(c, args.kernel)
+    with Progress(f"snapshotting {kid[:8]}", not args.json):
+        r = c.snapshot(kid, label=args.label, trigger="auto" if args.auto else "manual")
+    if r["status"] == "skipped":
+        _out(args, r, lambda r: f"skipped: {r['reason']}" + (f" (retry in {r['retry_in']:.1f}s)" if r.get("retry_in") else ""))
+        return 0
+    s = r["snapshot"]
+    _out(args, r, lambda _: f"{s['id']}  {human_size(s['size_bytes'])}  frozen {s['frozen_seconds']:.3f}s")
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace, c: Client) -> int:
+    _out(args, c.snapshots(resolve_kernel(c, args.kernel)), snapshot_rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, c: Client) -> int:
+    s = c.show(args.snapshot)
+    _out(args, s, lambda s: "\n".join(f"{k:16} {v}" for k, v in s.items()))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, c: Client) -> int:
+    into = resolve_kernel(c, args.into) if args.into else None
+    with Progress(f"restoring {args.snapshot}", not args.json):
+        r = c.restore(args.snapshot, into)
+    _out(args, r, lambda r: (
+        f"restored {r['snapshot']['id']} into {r['kernel']['id']} in {r['seconds']:.2f}s"
+        + (f" (previous state saved as {r['pre_restore']['id']})" if r.get("pre_restore") else "")
+    ))  # fmt: skip
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, c: Client) -> int:
+    for sid in args.snapshot:
+        c.delete(sid)
+    _out(args, {"deleted": args.snapshot}, lambda d: "\n".join(f"deleted {s}" for s in d["deleted"]))
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace, c: Client) -> int:
+    kid = resolve_kernel(c, args.kernel)
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"delete every snapshot of kernel {kid}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+    _out(args, c.clear(kid), lambda d: f"deleted {d['deleted']} snapshot(s)")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace, c: Client) -> int:
+    _out(args, c.relabel(args.snapshot, args.label or None), lambda s: f"{s['id']}  {s.get('label') or '(no label)'}")
+    return 0
+
+
+def cmd_auto(args: argparse.Namespace, c: Client) -> int:
+    kid = resolve_kernel(c, args.kernel)
+    body: dict[str, Any] = {}
+    if args.state is not None:
+        body["enabled"] = args.state == "on"
+    if args.cooldown is not None:
+        body["cooldown"] = args.cooldown
+    _out(args, c.auto(kid, **body), lambda a: f"auto-snapshot {'on' if a['enabled'] else 'off'}, cooldown {a['cooldown']:g}s")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace, c: Client) -> int:
+    _out(args, c.health(), lambda h: f"{h['status']} (jusnap {h['version']})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import serve
+
+    serve(settings_from_args(args))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .criu import Criu
+    from .proc import Creds, Reaper
+
+    s = settings_from_args(args)
+    creds = Creds.of_user(s.kernel_uid, s.kernel_gid)
+    out = Criu(s.jusnap.criu.binary, Reaper(), unprivileged=s.jusnap.criu.unprivileged).check(creds)
+    print(out.strip() or "criu check: looks good")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jusnap",
+        description="Snapshot and restore whole Jupyter kernels in place.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"jusnap {__version__}")
+    p.add_argument("--socket", default=os.environ.get("JUSNAP_SOCKET", "/run/jusnap/jusnap.sock"),
+                   help="the daemon's Unix socket (default: %(default)s)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[..., int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    serve = add("serve", cmd_serve, "run the daemon (as root, under supervisord)")
+    add_flags(serve)
+    check = add("check", cmd_check, "check that CRIU works for the kernel user")
+    add_flags(check)
+    add("health", cmd_health, "is the daemon up?")
+    add("kernels", cmd_kernels, "list kernels")
+    sp = add("start", cmd_start, "launch a kernel (default: the configured IPython kernel)")
+    sp.add_argument("--notebook", help="notebook path the kernel belongs to")
+    sp.add_argument("--cwd", help="working directory")
+    sp.add_argument("argv", nargs=argparse.REMAINDER, help="-- kernel argv with {connection_file}")
+    for name, fn, help_ in (("stop", cmd_stop, "shut a kernel down"), ("restart", cmd_restart, "restart a kernel"),
+                            ("interrupt", cmd_interrupt, "interrupt a kernel (SIGINT)"),
+                            ("snapshots", cmd_snapshots, "list a kernel's snapshots, newest first")):  # fmt: skip
+        add(name, fn, help_).add_argument("kernel", help="kernel id or unique prefix")
+    sp = add("signal", cmd_signal, "send a signal to a kernel")
+    sp.add_argument("kernel")
+    sp.add_argument("signal", help="e.g. SIGTERM or USR1")
+    sp = add("snapshot", cmd_snapshot, "snapshot a kernel now")
+    sp.add_argument("kernel", help="kernel id or unique prefix")
+    sp.add_argument("--label", help="a label to remember it by")
+    sp.add_argument("--auto", action="store_true", help="as an automatic snapshot (cooldown applies)")
+    sp = add("show", cmd_show, "show one snapshot")
+    sp.add_argument("snapshot")
+    sp = add("restore", cmd_restore, "restore a snapshot in place (the current state is saved first)")
+    sp.add_argument("snapshot")
+    sp.add_argument("--into", metavar="KERNEL", help="restore into this kernel (same ports required)")
+    sp = add("rm", cmd_rm, "delete snapshots")
+    sp.add_argument("snapshot", nargs="+")
+    sp = add("clear", cmd_clear, "delete every snapshot of a kernel")
+    sp.add_argument("kernel")
+    sp.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    sp = add("label", cmd_label, "set or clear a snapshot's label")
+    sp.add_argument("snapshot")
+    sp.add_argument("label", nargs="?", default="")
+    sp = add("auto", cmd_auto, "show or set a kernel's automatic snapshots")
+    sp.add_argument("kernel")
+    sp.add_argument("state", nargs="?", choices=["on", "off"])
+    sp.add_argument("--cooldown", type=float, metavar="SECONDS")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in ("serve", "check"):
+            return args.fn(args)
+        return args.fn(args, Client(args.socket))
+    except JusnapError as exc:
+        print(f"jusnap: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("jusnap: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

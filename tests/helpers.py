@@ -1,0 +1,65 @@
+"""Test helpers shared by the integration suites: running cells like a Jupyter client does."""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+from jupyter_client.blocking import BlockingKernelClient
+
+
+class CellError(AssertionError):
+    pass
+
+
+def connect(connection: dict[str, Any], timeout: float = 60) -> BlockingKernelClient:
+    kc = BlockingKernelClient()
+    kc.load_connection_info(connection)
+    kc.start_channels()
+    kc.wait_for_ready(timeout=timeout)
+    return kc
+
+
+def run_cell(kc: BlockingKernelClient, code: str, timeout: float = 60) -> str:
+    """Execute ``code`` and return its stdout; raise CellError on an exception in the cell."""
+    out: list[str] = []
+    errors: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        kind = msg["msg_type"]
+        content = msg["content"]
+        if kind == "stream" and content.get("name") == "stdout":
+            out.append(content["text"])
+        elif kind == "execute_result":
+            out.append(content["data"].get("text/plain", "") + "\n")
+        elif kind == "error":
+            errors.append(f"{content['ename']}: {content['evalue']}")
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    if reply["content"]["status"] != "ok" or errors:
+        raise CellError("; ".join(errors) or str(reply["content"]))
+    return "".join(out)
+
+
+def value(kc: BlockingKernelClient, expr: str, timeout: float = 60) -> str:
+    return run_cell(kc, f"print(repr({expr}))", timeout).strip()
+
+
+def drain(kc: BlockingKernelClient) -> None:
+    for getter in (kc.get_iopub_msg, kc.get_shell_msg):
+        while True:
+            try:
+                getter(timeout=0.05)
+            except queue.Empty:
+                break
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
