@@ -131,10 +131,6 @@ class KernelSession:
 
         return value(self.client, expr)
 
-    def reconnect_ready(self, timeout: float = 30) -> None:
-        """What Jupyter's server does after a kernel came back: wait until it answers."""
-        self.client.wait_for_ready(timeout=timeout)
-
     def close(self) -> None:
         self.client.stop_channels()
 

@@ -43,7 +43,7 @@ from .errors import (
 )
 from .hooks import HookSet
 from .ids import check_kernel_id, check_snapshot_id, new_snapshot_id
-from .kernels.channels import IopubMonitor, handshake
+from .kernels.channels import IopubMonitor, established_peers, handshake, wait_for_peers
 from .kernels.supervisor import Supervisor
 from .proc import Reaper, kill_tree, start_time
 from .registry import Kernel, Registry, Snapshot
@@ -241,10 +241,13 @@ class Engine:
         self._watch(k)
         return k
 
-    def _watch(self, k: Kernel) -> None:
+    def _unwatch(self, k: Kernel) -> None:
         old = self._monitors.pop(k.id, None)
         if old:
             old.stop()
+
+    def _watch(self, k: Kernel) -> None:
+        self._unwatch(k)
         live = self._live.setdefault(k.id, {})
         live["execution_count"] = k.execution_count
 
@@ -274,9 +277,7 @@ class Engine:
         """Stop the kernel; its snapshots stay (they belong to the notebook) unless cleared."""
         k = self.kernel(kernel_id, owner_uid)
         with self._exclusive(k.id, "shutdown"):
-            m = self._monitors.pop(k.id, None)
-            if m:
-                m.stop()
+            self._unwatch(k)
             self.supervisor.terminate(k, grace=self.settings.graceful.shutdown_timeout)
             if forget:
                 self.supervisor.remove(k)
@@ -455,19 +456,33 @@ class Engine:
                         f"restore not attempted: could not save the current state first ({exc.message})",
                         rolled_back=True,
                     ) from None
+            # Clients connected now (the notebook server) reconnect by themselves after the
+            # restore; count them (without our own monitor) so the restore can wait for them.
+            self._unwatch(k)
+            peers = established_peers(k.connection["iopub_port"])
             try:
-                criu_s, hs_s = self._bring_back(k, snap)
+                with self._staged(k, snap) as staged:
+                    criu_s, hs_s = self._replace(k, snap, staged, peers)
+            except _Untouched as exc:
+                # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
+                self._watch(k)
+                if pre is not None:
+                    self.registry.delete_snapshot(pre.id)
+                    self.store.delete(pre.id)
+                raise RestoreFailed(f"{exc.error.message}; the kernel was not touched", rolled_back=True) from None
             except JusnapError as exc:
                 log.error("restore of %s into %s failed: %s", snap.id, k.id, exc.message)
                 if pre is None:
                     raise RestoreFailed(exc.message, rolled_back=False) from None
                 try:
-                    self._bring_back(k, pre)
-                except JusnapError as exc2:
-                    log.critical("rollback to %s failed too: %s", pre.id, exc2.message)
+                    with self._staged(k, pre) as staged:
+                        self._replace(k, pre, staged, peers)
+                except (JusnapError, _Untouched) as exc2:
+                    why = exc2.error.message if isinstance(exc2, _Untouched) else exc2.message
+                    log.critical("rollback to %s failed too: %s", pre.id, why)
                     raise RestoreFailed(
                         f"{exc.message}; rolling back to the pre-restore snapshot {pre.id} failed as"
-                        f" well ({exc2.message})",
+                        f" well ({why})",
                         rolled_back=False,
                         pre_restore=pre.id,
                     ) from None
@@ -478,55 +493,75 @@ class Engine:
                 ) from None
         return RestoreResult(snap, self.kernel(k.id), pre, time.monotonic() - t0, criu_s, hs_s)
 
-    def _bring_back(self, k: Kernel, snap: Snapshot) -> tuple[float, float]:
-        """Replace the kernel's process with ``snap``. On failure the kernel is stopped."""
-        creds = self.supervisor.creds(k)
+    @contextlib.contextmanager
+    def _staged(self, k: Kernel, snap: Snapshot) -> Iterator[Path]:
+        """Verify and copy a snapshot's images where CRIU (as the kernel's uid) can read them.
+
+        This happens before the running kernel is stopped: a damaged snapshot fails here, with
+        the kernel untouched (raised as :class:`_Untouched`).
+        """
         with self._scratch(k.run_uid, k.run_gid) as scratch:
-            images = scratch / "img"
-            images.mkdir(mode=0o700)
-            # Verify and stage everything *before* the running kernel is stopped.
-            self.store.stage_out(snap.id, images, k.run_uid, k.run_gid, skip={HISTORY_NAME})
-            if os.geteuid() == 0:
-                os.chown(images, k.run_uid, k.run_gid)
-            history_tmp = scratch / HISTORY_NAME
-            if snap.has_history and k.history_file:
-                self.store.stage_out(snap.id, scratch, k.run_uid, k.run_gid, only={HISTORY_NAME})
-            m = self._monitors.pop(k.id, None)
-            if m:
-                m.stop()
-            self.supervisor.stop(k)
-            if snap.has_history and k.history_file:
-                replace_contents(history_tmp, Path(k.history_file))
-            pidfile = scratch / "restored.pid"
-            restored_pid: int | None = None
             try:
-                if start_time(snap.pid) is not None:
-                    raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
-                result = self.criu.restore(images, creds, pidfile)
-                restored_pid = result.pid
-                assert restored_pid is not None
-                self.hooks.after_restore(restored_pid, snap.hooks)
-                k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
-                self.registry.put_kernel(k)
-                hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
-            except Exception as exc:
-                if restored_pid is None:
-                    with contextlib.suppress(OSError, ValueError):
-                        restored_pid = int(pidfile.read_text().strip())
-                if restored_pid is not None:
-                    started = start_time(restored_pid)
-                    kill_tree(restored_pid, started)
-                    self.reaper.wait_gone(restored_pid, started, 10)
-                k.status = "dead"
-                self.registry.put_kernel(k)
-                if isinstance(exc, JusnapError):
-                    raise
-                raise RestoreFailed(f"restore failed: {exc}") from exc
+                images = scratch / "img"
+                images.mkdir(mode=0o700)
+                self.store.stage_out(snap.id, images, k.run_uid, k.run_gid, skip={HISTORY_NAME})
+                if os.geteuid() == 0:
+                    os.chown(images, k.run_uid, k.run_gid)
+                if snap.has_history and k.history_file:
+                    self.store.stage_out(snap.id, scratch, k.run_uid, k.run_gid, only={HISTORY_NAME})
+            except JusnapError as exc:
+                raise _Untouched(exc) from None
+            yield scratch
+
+    def _replace(self, k: Kernel, snap: Snapshot, scratch: Path, peers: int) -> tuple[float, float]:
+        """Stop the kernel and bring ``snap`` back in its place. On failure it stays stopped.
+
+        ``peers`` IOPub clients are waited for after the handshake: a cell they run before
+        their subscription is back would publish its output to nobody.
+        """
+        self._unwatch(k)
+        self.supervisor.stop(k)
+        if snap.has_history and k.history_file:
+            replace_contents(scratch / HISTORY_NAME, Path(k.history_file))
+        pidfile = scratch / "restored.pid"
+        restored_pid: int | None = None
+        try:
+            if start_time(snap.pid) is not None:
+                raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
+            result = self.criu.restore(scratch / "img", self.supervisor.creds(k), pidfile)
+            restored_pid = result.pid
+            assert restored_pid is not None
+            self.hooks.after_restore(restored_pid, snap.hooks)
+            k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
+            self.registry.put_kernel(k)
+            hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
+            wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0)
+        except Exception as exc:
+            if restored_pid is None:
+                with contextlib.suppress(OSError, ValueError):
+                    restored_pid = int(pidfile.read_text().strip())
+            if restored_pid is not None:
+                started = start_time(restored_pid)
+                kill_tree(restored_pid, started)
+                self.reaper.wait_gone(restored_pid, started, 10)
+            k.status = "dead"
+            self.registry.put_kernel(k)
+            if isinstance(exc, JusnapError):
+                raise
+            raise RestoreFailed(f"restore failed: {exc}") from exc
         k.execution_count = snap.execution_count
         self._live[k.id] = {"execution_count": snap.execution_count, "last_snapshot_at": time.time()}
         self.registry.put_kernel(k)
         self._watch(k)
         return result.seconds, hs
+
+
+class _Untouched(Exception):  # noqa: N818 - a signal between two methods, never seen outside
+    """A restore failed before the running kernel was stopped."""
+
+    def __init__(self, error: JusnapError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _check_label(label: object) -> str | None:

@@ -5,15 +5,30 @@
 # run carries the result (`carry: [".gpu"]`). Layout:
 #   .gpu/criu/criu       wrapper that runs criu.bin with its own libs (no LD_LIBRARY_PATH leaks
 #                        into Python or the kernel, whose libffi/libgmp must stay the device's own)
-#   .gpu/criu/criu.bin   copy of the CRIU binary built here (4.1.1; Debian 12's 3.17 fails on 6.18)
+#   .gpu/criu/criu.bin   copy of a CRIU >= 4.2 built here. Debian 12's 3.17 fails on kernel 6.18
+#                        (vDSO), and 4.1.1 cannot dump an ipykernel as root there: since Linux 6.16
+#                        getsockopt(SO_PASSCRED) on TCP sockets is EOPNOTSUPP ("Can't get 1:16 opt")
 #   .gpu/criu/lib/       every shared library criu.bin needs except glibc and the loader
 #   .gpu/whl/            cp312 manylinux / py3-none-any wheels the device does not have
-# Usage: tests/gpu/prepare_device_bundle.sh [CRIU_BINARY]   (default /usr/local/sbin/criu)
+# Usage: tests/gpu/prepare_device_bundle.sh [CRIU_BINARY]
+#        (default: $CRIU_BINARY, else the first of /opt/criu421/criu /usr/local/sbin/criu)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="$root/.gpu"
-criu_src="${1:-${CRIU_BINARY:-/usr/local/sbin/criu}}"
+criu_src="${1:-${CRIU_BINARY:-}}"
+if [ -z "$criu_src" ]; then
+  for c in /opt/criu421/criu /usr/local/sbin/criu; do
+    [ -x "$c" ] && { criu_src="$c"; break; }
+  done
+fi
+[ -x "$criu_src" ] || { echo "error: no CRIU binary (pass one as \$1)" >&2; exit 1; }
+version="$("$criu_src" --version | awk '/^Version/{print $2}')"
+case "$version" in
+  4.[2-9]*|4.[1-9][0-9]*|[5-9]*) ;;
+  *) echo "warning: CRIU $version cannot dump a root ipykernel on Linux >= 6.16; use >= 4.2" >&2 ;;
+esac
+echo "CRIU $version from $criu_src"
 py="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$py" ] || py=python3
 
@@ -54,8 +69,9 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_26_x86_64 manyl
 done
 common=(download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
         --abi cp312 --abi abi3 --abi none -d "$out/whl")
-"$py" -m pip -q "${common[@]}" "${plat[@]}" "${binary[@]}"
-"$py" -m pip -q "${common[@]}" --platform any "${pure[@]}"
+quiet() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+"$py" -m pip -q "${common[@]}" "${plat[@]}" "${binary[@]}" 2> >(quiet)
+"$py" -m pip -q "${common[@]}" --platform any "${pure[@]}" 2> >(quiet)
 
 du -sh "$out" "$out/criu" "$out/whl"
 size_kb=$(du -sk "$out" | cut -f1)

@@ -40,8 +40,7 @@ case "$mode" in
     rc=$?
     ;;
   *)
-    timeout -k 10 "$timeout_s" "$py" -m pytest tests/gpu -v -s -p no:cacheprovider \
-      -o addopts="" "${@:2}"
+    timeout -k 10 "$timeout_s" "$py" -m pytest tests/gpu -v -s -ra -p no:cacheprovider "${@:2}"
     rc=$?
     ;;
 esac

@@ -22,16 +22,17 @@ from typing import Any
 
 import pytest
 from jupyter_client.blocking import BlockingKernelClient
-from jusnap.config import Settings
+from jusnap.config import load_settings
 from jusnap.hooks import HookSet
 from jusnap.hooks.cuda import CudaHook, CudaSettings, free_torch_cache_code
 from jusnap.snapshots import Engine
 
+from tests.helpers import connect, drain, run_cell
+
 if not Path("/dev/nvidiactl").exists():
     pytest.skip("no NVIDIA device (/dev/nvidiactl missing)", allow_module_level=True)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import connect, drain, run_cell
+pytestmark = pytest.mark.gpu
 
 GIB = 1024**3
 REPORT: dict[str, Any] = {"steps": {}}
@@ -134,20 +135,25 @@ def hook() -> CudaHook:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iterator[Engine]:
+def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iterator[Engine]:
+    """The engine as root runs it here: kernels as root, so CRIU runs in privileged mode."""
     criu = os.environ.get("JUSNAP_CRIU") or shutil.which("criu")
     assert criu, "set JUSNAP_CRIU to a CRIU >= 4 binary (tests/gpu/run_on_device.sh does)"
     state_dir = tmp_path_factory.mktemp("jusnap-gpu")
-    s = Settings()
-    j = s.jusnap
-    j.state_dir = str(state_dir)
-    j.criu.binary = criu
-    j.criu.dump_timeout = 300.0  # type: ignore[assignment]
-    j.criu.restore_timeout = 300.0  # type: ignore[assignment]
-    j.os.uid, j.os.gid = str(os.geteuid()), str(os.getegid())
-    j.http.socket = str(state_dir / "jusnap.sock")
-    j.ipython.python_interpreter = sys.executable
-    j.ipython.handshake_timeout = 60.0  # type: ignore[assignment]
+    s = load_settings(
+        None,
+        {
+            "jusnap.state_dir": str(state_dir),
+            "jusnap.criu.binary": criu,
+            "jusnap.criu.dump_timeout": "300s",
+            "jusnap.criu.restore_timeout": "300s",
+            "jusnap.os.uid": str(os.geteuid()),
+            "jusnap.os.gid": str(os.getegid()),
+            "jusnap.http.socket": str(state_dir / "jusnap.sock"),
+            "jusnap.ipython.python_interpreter": sys.executable,
+            "jusnap.ipython.handshake_timeout": "60s",
+        },
+    )
     eng = Engine(s, HookSet([hook])).start()
     try:
         yield eng
@@ -162,9 +168,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def kernel(engine: Engine) -> Iterator[tuple[Any, BlockingKernelClient]]:
+def gpu_kernel(gpu_engine: Engine) -> Iterator[tuple[Any, BlockingKernelClient]]:
     env = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    k = engine.launch_kernel(owner_uid=os.geteuid(), env=env)
+    k = gpu_engine.launch_kernel(owner_uid=os.geteuid(), env=env)
     kc = connect(k.connection, timeout=120)
     try:
         yield k, kc
@@ -192,9 +198,9 @@ def _write_report() -> None:
 
 
 def test_snapshot_restore_bit_exact_and_training_continues(
-    engine: Engine, kernel: tuple[Any, BlockingKernelClient], hook: CudaHook
+    gpu_engine: Engine, gpu_kernel: tuple[Any, BlockingKernelClient], hook: CudaHook
 ) -> None:
-    k, kc = kernel
+    engine, (k, kc) = gpu_engine, gpu_kernel
     t0 = time.monotonic()
     first = cell_json(kc, SETUP, timeout=600)
     assert first["loss"] < first["first"], "training does not learn at all"
@@ -262,11 +268,11 @@ def test_snapshot_restore_bit_exact_and_training_continues(
 
 
 def test_restore_same_snapshot_twice(
-    engine: Engine, kernel: tuple[Any, BlockingKernelClient], hook: CudaHook
+    gpu_engine: Engine, gpu_kernel: tuple[Any, BlockingKernelClient], hook: CudaHook
 ) -> None:
     if "snapshot" not in STATE:
         pytest.skip("needs the first scenario's snapshot")
-    _, kc = kernel
+    engine, (_, kc) = gpu_engine, gpu_kernel
     snap, saved = STATE["snapshot"], STATE["saved"]
     t0 = time.monotonic()
     result = engine.restore(snap.id)
@@ -295,9 +301,9 @@ print(json.dumps(digest(y)))
 
 
 def test_snapshot_mid_computation(
-    engine: Engine, kernel: tuple[Any, BlockingKernelClient], hook: CudaHook
+    gpu_engine: Engine, gpu_kernel: tuple[Any, BlockingKernelClient], hook: CudaHook
 ) -> None:
-    k, kc = kernel
+    engine, (k, kc) = gpu_engine, gpu_kernel
     cell_json(kc, MATMULS)
     drain(kc)
     msg_id = kc.execute(LONG_CELL)

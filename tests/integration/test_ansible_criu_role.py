@@ -21,11 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("JUSNAP_ANSIBLE_VENV", "/opt/jusnap-ansible"))
 
 # Must match .ci/install-criu.sh.
-CRIU_TARBALL = "/var/cache/jusnap/criu_4.1.1.orig.tar.xz"
-CRIU_TARBALL_SHA256 = "f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe"
+CRIU_TARBALL = "/var/cache/jusnap/criu_4.2.1.orig.tar.xz"
+CRIU_TARBALL_SHA256 = "29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9"
 
 # Role defaults.
-CRIU_VERSION = "4.1.1"
+CRIU_VERSION = "4.2.1"
 CRIU_BINARY = Path("/usr/local/sbin/criu")
 UNPRIVILEGED_CRIU = Path("/usr/local/lib/jusnap/criu")
 CRIU_GROUP = "jusnap-kernels"

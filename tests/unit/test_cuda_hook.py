@@ -633,9 +633,10 @@ def test_settings_from_config_mapping() -> None:
         ({"lock_timeout_ms": True}, "expected a number"),
         ({"lock_timeout_ms": -1}, "must not be negative"),
         ({"auto_cooldown_seconds": -5}, "must not be negative"),
+        (["lock_timeout_ms"], "expected a mapping"),
     ],
 )
-def test_settings_rejects_bad_config(data: dict, message: str) -> None:
+def test_settings_rejects_bad_config(data: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         CudaSettings.from_dict(data)
 

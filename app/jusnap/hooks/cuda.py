@@ -216,6 +216,8 @@ class CudaSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CudaSettings:
         """Build from the raw ``gpu:`` mapping of conf.yml, rejecting typos and bad values."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError("jusnap.gpu: expected a mapping of settings")
         data = dict(data or {})
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

@@ -47,6 +47,8 @@ class IopubMonitor:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         ctx = zmq.Context.instance()
@@ -114,6 +116,38 @@ def handshake(conn: dict[str, Any], timeout: float) -> float:
         raise RestoreFailed(f"the restored kernel did not answer within {timeout:.0f}s")
     finally:
         kc.stop_channels()
+
+
+def established_peers(port: int) -> int:
+    """How many TCP connections a kernel has accepted on ``port`` (from /proc/net/tcp*)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:  # noqa: PTH123
+                next(fh)
+                for line in fh:
+                    fields = line.split()
+                    local, st = fields[1], fields[3]
+                    if st == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except OSError:
+            continue
+    return count
+
+
+def wait_for_peers(port: int, expected: int, timeout: float) -> bool:
+    """Wait until the clients connected before a restore have reconnected to ``port``.
+
+    ZeroMQ clients reconnect by themselves (every 100 ms by default) and resend their IOPub
+    subscription on connect; a cell run before that would publish its output to nobody.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if established_peers(port) >= expected:
+            time.sleep(0.02)  # the subscription frame follows the ZMTP handshake
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:

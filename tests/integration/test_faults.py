@@ -1,0 +1,198 @@
+"""Faults: damaged images, a full store, a daemon killed mid-dump. The user's kernel survives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jusnap.errors import RestoreFailed, StoreFull
+from jusnap.registry import Snapshot
+from jusnap.snapshots import Engine
+from tests.conftest import Daemon, KernelSession, make_state_dir, shutdown_all
+from tests.helpers import connect, run_cell, wait_until
+
+
+def _snap(engine: Engine, kernel: KernelSession) -> Snapshot:
+    s = engine.snapshot(kernel.id)
+    assert isinstance(s, Snapshot)
+    return s
+
+
+def _biggest_image(engine: Engine, snap: Snapshot) -> Path:
+    files = [f for f in engine.store.path(snap.id).iterdir() if f.name.startswith("pages-")]
+    return max(files, key=lambda f: f.stat().st_size)
+
+
+def test_truncated_image_fails_cleanly_and_state_is_back(kernel: KernelSession, engine: Engine) -> None:
+    kernel.run("x = 'snapshot state'")
+    snap = _snap(engine, kernel)
+    kernel.run("x = 'current state'")
+    pages = _biggest_image(engine, snap)
+    with pages.open("r+b") as fh:
+        fh.truncate(pages.stat().st_size // 2)
+    pid_before, started_before = engine.kernel(kernel.id).pid, engine.kernel(kernel.id).started
+    with pytest.raises(RestoreFailed, match="damaged") as info:
+        engine.restore(snap.id)
+    assert info.value.details["rolled_back"] is True
+    # Verified before anything was stopped: the very same process is still running.
+    assert (engine.kernel(kernel.id).pid, engine.kernel(kernel.id).started) == (pid_before, started_before)
+    assert kernel.value("x") == "'current state'"
+
+
+def test_corrupted_image_fails_cleanly_and_state_is_back(kernel: KernelSession, engine: Engine) -> None:
+    kernel.run("import numpy as np; arr = np.full(1_000_000, 7.0)")
+    snap = _snap(engine, kernel)
+    kernel.run("arr[:] = 1.0")
+    pages = _biggest_image(engine, snap)
+    with pages.open("r+b") as fh:
+        fh.seek(pages.stat().st_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 256)
+    pid_before = engine.kernel(kernel.id).pid
+    with pytest.raises(RestoreFailed, match="checksum") as info:
+        engine.restore(snap.id)
+    assert "not touched" in info.value.message
+    assert engine.kernel(kernel.id).pid == pid_before
+    assert kernel.value("float(arr.sum())") == "1000000.0"
+    assert [s.trigger for s in engine.list_snapshots(kernel.id)] == ["manual"], "no stray pre-restore"
+
+
+def test_criu_failure_after_stop_rolls_back(kernel: KernelSession, engine: Engine) -> None:
+    """An image that passes the checksum but that CRIU rejects: the pre-restore state returns."""
+    kernel.run("y = 'before restore'")
+    snap = _snap(engine, kernel)
+    kernel.run("y = 'must survive'")
+    # Rewrite a core image consistently (manifest updated) so only CRIU can notice.
+    path = engine.store.path(snap.id)
+    core = next(path.glob("core-*.img"))
+    core.write_bytes(b"\x00" * 64)
+    manifest = json.loads((path / "manifest.json").read_text())
+    import xxhash
+
+    for f in manifest["files"]:
+        if f["name"] == core.name:
+            f["size"], f["xxh3"] = 64, xxhash.xxh3_128(b"\x00" * 64).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RestoreFailed) as info:
+        engine.restore(snap.id)
+    assert info.value.details["rolled_back"] is True
+    assert "put back as it was" in info.value.message
+    assert kernel.value("y") == "'must survive'"
+    # and the kernel keeps working for snapshots and restores
+    good = _snap(engine, kernel)
+    kernel.run("y = 'later'")
+    engine.restore(good.id)
+    assert kernel.value("y") == "'must survive'"
+
+
+@pytest.fixture
+def small_fs():
+    """A 48 MiB tmpfs as the state directory: too small for a kernel holding 64 MiB."""
+    path = make_state_dir("jusnap-full-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0711", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_full_store_gives_clear_error_and_kernel_untouched(make_settings, small_fs: Path) -> None:  # noqa: ANN001
+    e = Engine(make_settings(**{"jusnap.state_dir": str(small_fs)})).start()
+    try:
+        ks = KernelSession(e)
+        ks.run("import numpy as np; big = np.random.default_rng(1).random(8_000_000)")  # 64 MB
+        pid = e.kernel(ks.id).pid
+        with pytest.raises(StoreFull, match="no space left"):
+            e.snapshot(ks.id)
+        assert e.kernel(ks.id).pid == pid
+        assert ks.value("big.shape") == "(8000000,)"
+        assert e.list_snapshots(ks.id) == []
+        assert not list((small_fs / "work").iterdir()), "scratch space is cleaned up"
+        assert [p.name for p in (small_fs / "snapshots").iterdir()] == []
+        ks.run("del big; import gc; gc.collect()")
+        ks.close()
+    finally:
+        shutdown_all(e)
+
+
+def test_daemon_killed_during_dump(daemon: Daemon) -> None:
+    """SIGKILL of the whole daemon mid-dump: no half snapshot listed, the kernel still works."""
+    r = daemon.cli("--json", "start")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    kc = connect(info["connection"])
+    run_cell(kc, "import numpy as np; big = np.random.default_rng(2).random(100_000_000); marker = 'alive'")  # 800 MB
+    done = threading.Event()
+
+    def snapshot() -> None:
+        daemon.cli("snapshot", info["id"])
+        done.set()
+
+    t = threading.Thread(target=snapshot)
+    t.start()
+    # Wait until CRIU is writing images, then kill gunicorn master and worker at once.
+    wait_until(lambda: any(daemon.state_dir.glob("work/*/img/pages-*.img")), 60, what="criu to write pages")
+    daemon.kill()
+    t.join(60)
+    wait_until(lambda: not _criu_running(daemon.state_dir), 120, what="the orphaned criu to finish")
+    daemon.start()
+    r = daemon.cli("--json", "snapshots", info["id"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+    assert not list((daemon.state_dir / "snapshots").iterdir())
+    assert not list((daemon.state_dir / "work").iterdir())
+    # the kernel was re-adopted and still answers
+    r = daemon.cli("--json", "kernels")
+    kernels = json.loads(r.stdout)
+    assert [k["status"] for k in kernels] == ["running"]
+    kc.wait_for_ready(timeout=30)
+    assert run_cell(kc, "print(marker, big.shape)").strip() == "alive (100000000,)"
+    # and snapshots work again
+    r = daemon.cli("--json", "snapshot", info["id"])
+    assert r.returncode == 0, r.stderr
+    kc.stop_channels()
+
+
+def _criu_running(state_dir: Path) -> bool:
+    out = subprocess.run(["pgrep", "-f", f"criu.*{state_dir}"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+def test_leftovers_of_an_interrupted_write_are_removed_at_start(kernel: KernelSession, engine: Engine, make_settings) -> None:  # noqa: ANN001, E501
+    snap = _snap(engine, kernel)
+    root = engine.store.root
+    # What a crash could leave: a partial copy, an unrecorded complete copy, a scratch dir.
+    (root / ".partial-01M8AQZZZZZZZZZZZZZZZZZZZZ").mkdir()
+    shutil.copytree(root / snap.id, root / "01M8AQYYYYYYYYYYYYYYYYYYYY")
+    (engine.work_dir / "01M8AQXXXXXXXXXXXXXXXXXXXX").mkdir()
+    again = Engine(make_settings()).start()
+    try:
+        assert sorted(p.name for p in root.iterdir()) == [snap.id]
+        assert not list(engine.work_dir.iterdir())
+        assert [s.id for s in again.list_snapshots(kernel.id)] == [snap.id]
+        # re-adopted: same PID and start time
+        assert again.kernel(kernel.id).status == "running"
+    finally:
+        again.close()
+
+
+def test_readopt_never_signals_a_reused_pid(kernel: KernelSession, engine: Engine, make_settings) -> None:  # noqa: ANN001
+    k = engine.kernel(kernel.id)
+    k.started = (k.started or 0) + 12345  # as if the PID now belonged to another process
+    engine.registry.put_kernel(k)
+    again = Engine(make_settings()).start()
+    try:
+        assert again.kernel(kernel.id).status == "dead"
+        with pytest.raises(Exception, match="not running"):
+            again.interrupt_kernel(kernel.id)
+        assert os.path.exists(f"/proc/{k.pid}")
+        assert kernel.value("1") == "1"  # the real process was not touched
+    finally:
+        again.close()
