@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE INDEX IF NOT EXISTS snapshots_kernel ON snapshots (kernel_id, id);
 CREATE INDEX IF NOT EXISTS snapshots_notebook ON snapshots (owner_uid, notebook_path, id);
+CREATE TABLE IF NOT EXISTS notebooks (
+    owner_uid INTEGER NOT NULL,
+    notebook_path TEXT NOT NULL,
+    connection TEXT NOT NULL,
+    PRIMARY KEY (owner_uid, notebook_path)
+);
 """
 
 
@@ -82,6 +88,7 @@ class Kernel:
     execution_count: int | None = None
     # runtime only (not stored)
     execution_state: str | None = field(default=None, compare=False)
+    operation: str | None = field(default=None, compare=False)  # snapshot, restore, ... in progress
 
     def ports(self) -> str:
         c = self.connection
@@ -158,6 +165,7 @@ class Registry:
     def put_kernel(self, k: Kernel) -> None:
         row = asdict(k)
         row.pop("execution_state")
+        row.pop("operation")
         for key in _KERNEL_JSON:
             row[key] = json.dumps(row[key])
         cols = ", ".join(row)
@@ -186,6 +194,23 @@ class Registry:
     def delete_kernel(self, kernel_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM kernels WHERE id=?", (kernel_id,))
+
+    # ---- notebooks ---------------------------------------------------------------------
+    def notebook_connection(self, owner_uid: int, notebook_path: str) -> dict[str, Any] | None:
+        """The connection (ports and key) a notebook's kernels keep, so its snapshots fit them."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT connection FROM notebooks WHERE owner_uid=? AND notebook_path=?",
+                (owner_uid, notebook_path),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_notebook_connection(self, owner_uid: int, notebook_path: str, connection: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO notebooks (owner_uid, notebook_path, connection) VALUES (?, ?, ?)",
+                (owner_uid, notebook_path, json.dumps(connection)),
+            )
 
     # ---- snapshots -------------------------------------------------------------------
     def add_snapshot(self, s: Snapshot) -> None:

@@ -43,7 +43,13 @@ from .errors import (
 )
 from .hooks import HookSet
 from .ids import check_kernel_id, check_snapshot_id, new_snapshot_id
-from .kernels.channels import IopubMonitor, established_peers, handshake, wait_for_peers
+from .kernels.channels import (
+    IopubMonitor,
+    established_peers,
+    execute_silently,
+    handshake,
+    wait_for_peers,
+)
 from .kernels.supervisor import Supervisor
 from .proc import Reaper, kill_tree, start_time
 from .registry import Kernel, Registry, Snapshot
@@ -323,8 +329,15 @@ class Engine:
             auto = self.auto_settings(k)
             if not auto["enabled"]:
                 return Skipped(k.id, "automatic snapshots are off for this kernel", 0.0)
+            cooldown = auto["cooldown"]
+            if k.pid is not None:
+                policy = self.hooks.auto_policy(self.hooks.for_pid(k.pid), k.pid)
+                if policy is not None and not policy.enabled:
+                    return Skipped(k.id, "automatic snapshots are off for GPU kernels", 0.0)
+                if policy is not None:
+                    cooldown = max(cooldown, policy.min_cooldown)
             last = self._last_snapshot_time(k)
-            wait = last + auto["cooldown"] - time.time() if last else 0.0
+            wait = last + cooldown - time.time() if last else 0.0
             if wait > 0:
                 return Skipped(k.id, "cooldown", wait)
         try:
@@ -363,14 +376,21 @@ class Engine:
             history_copy = scratch / HISTORY_NAME
             if k.history_file and Path(k.history_file).exists():
                 env.update(JUSNAP_HISTORY_SRC=k.history_file, JUSNAP_HISTORY_DST=str(history_copy))
+            self._prepare(k, active)
             try:
+                t_hooks = time.monotonic()
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
                     result = self.criu.dump(k.pid, images, creds, str(self.action_script), env)
+                hooked_seconds = time.monotonic() - t_hooks
             except JusnapError:
                 raise
             except Exception as exc:  # a hook's own failure
                 raise SnapshotFailed(f"snapshot failed: {exc}") from exc
             frozen = criu_mod.frozen_seconds(images) or result.seconds
+            if active:
+                # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
+                # to its exit, not only while CRIU holds it.
+                frozen = max(frozen, hooked_seconds)
             extra = {HISTORY_NAME: history_copy} if history_copy.exists() else {}
             size = self.store.commit(sid, images, extra)
         snap = Snapshot(
@@ -397,6 +417,16 @@ class Engine:
         self._live.setdefault(k.id, {})["last_snapshot_at"] = created
         log.info("snapshot %s of kernel %s (%s, %.3fs frozen, %d bytes)", sid, k.id, trigger, frozen, size)
         return snap
+
+    def _prepare(self, k: Kernel, active: list[Any]) -> None:
+        """Run the hooks' preparation code in the kernel, only if it is idle right now."""
+        assert k.pid is not None
+        codes = self.hooks.prepare_code(active, k.pid)
+        if not codes or self._live.get(k.id, {}).get("execution_state") != "idle":
+            return
+        for code in codes:
+            if not execute_silently(k.connection, code, timeout=10.0):
+                log.warning("kernel %s: preparation before the snapshot did not finish", k.id)
 
     def snapshot_info(self, snapshot_id: str, owner_uid: int | None = ADMIN) -> Snapshot:
         check_snapshot_id(snapshot_id)

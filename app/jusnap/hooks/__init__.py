@@ -13,6 +13,10 @@ Contract (the engine relies on every line):
 * ``around_dump`` is a context manager: on entry it prepares the kernel for CRIU and yields a
   JSON-able dict that is stored in the snapshot metadata under the hook's ``name``; on exit,
   whether the dump succeeded or raised, the kernel must be running normally again.
+* ``prepare_code`` may return Python source the kernel runs silently (only when idle) just
+  before the dump, e.g. to release cached device memory and shrink the image.
+* ``auto_policy`` may override automatic snapshots of kernels the hook applies to (heavier
+  kernels deserve a longer cooldown, or none at all).
 * ``after_restore`` runs once ``criu restore`` has brought the process back; it receives the
   metadata that ``around_dump`` yielded. If it raises, the engine kills the restored process
   and rolls back.
@@ -23,7 +27,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class AutoPolicy:
+    enabled: bool
+    min_cooldown: float
 
 
 class CheckpointHook(ABC):
@@ -42,6 +53,14 @@ class CheckpointHook(ABC):
 
     def preflight_restore(self, meta: dict[str, Any]) -> None:  # noqa: B027 - optional
         """Raise Refused if a snapshot with this hook metadata cannot be restored here."""
+
+    def prepare_code(self, pid: int) -> str | None:
+        """Source to run silently in the idle kernel before a dump, or None."""
+        return None
+
+    def auto_policy(self, pid: int) -> AutoPolicy | None:
+        """Overrides for automatic snapshots of this kernel, or None to keep the defaults."""
+        return None
 
     def after_restore(self, pid: int, meta: dict[str, Any]) -> None:  # noqa: B027 - optional
         """Bring the restored ``pid`` fully back to life."""
@@ -68,6 +87,16 @@ class HookSet:
             for hook in active:
                 collected[hook.name] = stack.enter_context(hook.around_dump(pid))
             yield collected
+
+    def prepare_code(self, active: list[CheckpointHook], pid: int) -> list[str]:
+        return [code for h in active if (code := h.prepare_code(pid))]
+
+    def auto_policy(self, active: list[CheckpointHook], pid: int) -> AutoPolicy | None:
+        """The strictest policy of the active hooks."""
+        policies = [p for h in active if (p := h.auto_policy(pid))]
+        if not policies:
+            return None
+        return AutoPolicy(all(p.enabled for p in policies), max(p.min_cooldown for p in policies))
 
     def preflight_restore(self, meta: dict[str, Any]) -> None:
         for hook in self.for_meta(meta):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jusnap.errors import ConfigError, Refused, RestoreFailed, SnapshotFailed
-from jusnap.hooks import CheckpointHook
+from jusnap.hooks import AutoPolicy, CheckpointHook
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +440,12 @@ class CudaHook(CheckpointHook):
 
     def detect(self, pid: int) -> bool:
         return bool(self.system.nvidia_files(pid))
+
+    def prepare_code(self, pid: int) -> str | None:
+        return free_torch_cache_code() if self.settings.free_torch_cache else None
+
+    def auto_policy(self, pid: int) -> AutoPolicy:
+        return AutoPolicy(self.settings.auto_snapshot, self.settings.auto_cooldown_seconds)
 
     def _require_driver(self, action: str) -> int:
         try:

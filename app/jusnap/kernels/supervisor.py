@@ -49,6 +49,23 @@ def free_ports(n: int = 5) -> list[int]:
             s.close()
 
 
+def ports_free(conn: dict[str, Any]) -> bool:
+    """Whether a kernel could bind all of ``conn``'s ports now (as ZeroMQ does: SO_REUSEADDR)."""
+    socks = []
+    try:
+        for key in _PORT_KEYS:
+            s = socket.socket()
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", int(conn[key])))
+        return True
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
 def new_connection(kernel_name: str = "python3") -> dict[str, Any]:
     ports = free_ports()
     conn: dict[str, Any] = dict(zip(_PORT_KEYS, ports, strict=True))
