@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from jusnap.config import Settings, load_settings
 from jusnap.snapshots import Engine
+
 from tests.helpers import connect
 
 CRIU = os.environ.get("JUSNAP_TEST_CRIU", "/usr/local/lib/jusnap/criu")
@@ -46,7 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def kernel_user() -> pwd.struct_passwd:
     """An unprivileged user in the CRIU group, as the Ansible role sets one up."""
-    assert os.geteuid() == 0, "integration tests run as root (CI does): they launch kernels as another user"
+    assert os.geteuid() == 0, (
+        "integration tests run as root (CI does): they launch kernels as another user"
+    )
     try:
         grp.getgrnam(CRIU_GROUP)
     except KeyError:
@@ -54,7 +56,9 @@ def kernel_user() -> pwd.struct_passwd:
     try:
         user = pwd.getpwnam(KERNEL_USER)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", KERNEL_USER], check=True)
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/bash", KERNEL_USER], check=True
+        )
         user = pwd.getpwnam(KERNEL_USER)
     subprocess.run(["usermod", "-a", "-G", CRIU_GROUP, KERNEL_USER], check=True)
     return user
@@ -81,7 +85,9 @@ def state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def make_settings(criu_binary: str, kernel_user: pwd.struct_passwd, state_dir: Path) -> Callable[..., Settings]:
+def make_settings(
+    criu_binary: str, kernel_user: pwd.struct_passwd, state_dir: Path
+) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         base = {
             "jusnap.state_dir": str(state_dir),

@@ -55,7 +55,9 @@ def drain(kc: BlockingKernelClient) -> None:
                 break
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()

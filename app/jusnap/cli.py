@@ -21,6 +21,7 @@ from . import __version__
 from .client import Client
 from .config import add_flags, settings_from_args
 from .errors import InvalidRequest, JusnapError
+from .ids import check_snapshot_id
 
 EXIT_CODES = """exit codes:
   0   success (also: an automatic snapshot skipped by the cooldown)
@@ -70,7 +71,9 @@ def local_time(ts: float) -> str:
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -98,14 +101,16 @@ def kernel_rows(kernels: list[dict[str, Any]]) -> str:
     rows = []
     for k in kernels:
         last = k.get("last_snapshot")
-        rows.append([
-            k["id"],
-            k["status"] + (f" ({k['execution_state']})" if k.get("execution_state") else ""),
-            str(k.get("pid") or "-"),
-            "on" if k.get("auto", {}).get("enabled") else "off",
-            relative(last["created_at"]) if last else "-",
-            k.get("notebook_path") or "",
-        ])
+        rows.append(
+            [
+                k["id"],
+                k["status"] + (f" ({k['execution_state']})" if k.get("execution_state") else ""),
+                str(k.get("pid") or "-"),
+                "on" if k.get("auto", {}).get("enabled") else "off",
+                relative(last["created_at"]) if last else "-",
+                k.get("notebook_path") or "",
+            ]
+        )
     return table(rows, ["KERNEL", "STATUS", "PID", "AUTO", "LAST SNAPSHOT", "NOTEBOOK"])
 
 
@@ -138,7 +143,12 @@ class Progress:
             print(f"{self.what}...", file=sys.stderr, flush=True)
             return
         while not self._done.wait(0.1):
-            print(f"\r{self.what}... {time.monotonic() - t0:.1f}s", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r{self.what}... {time.monotonic() - t0:.1f}s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
             self._shown = True
         if self._shown:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
@@ -190,7 +200,11 @@ def cmd_stop(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_restart(args: argparse.Namespace, c: Client) -> int:
-    _out(args, c.restart(resolve_kernel(c, args.kernel)), lambda k: f"restarted {k['id']} (pid {k['pid']})")
+    _out(
+        args,
+        c.restart(resolve_kernel(c, args.kernel)),
+        lambda k: f"restarted {k['id']} (pid {k['pid']})",
+    )
     return 0
 
 
@@ -214,10 +228,21 @@ def cmd_snapshot(args: argparse.Namespace, c: Client) -> int:
     with Progress(f"snapshotting {kid[:8]}", not args.json):
         r = c.snapshot(kid, label=args.label, trigger="auto" if args.auto else "manual")
     if r["status"] == "skipped":
-        _out(args, r, lambda r: f"skipped: {r['reason']}" + (f" (retry in {r['retry_in']:.1f}s)" if r.get("retry_in") else ""))
+        _out(
+            args,
+            r,
+            lambda r: (
+                f"skipped: {r['reason']}"
+                + (f" (retry in {r['retry_in']:.1f}s)" if r.get("retry_in") else "")
+            ),
+        )
         return 0
     s = r["snapshot"]
-    _out(args, r, lambda _: f"{s['id']}  {human_size(s['size_bytes'])}  frozen {s['frozen_seconds']:.3f}s")
+    _out(
+        args,
+        r,
+        lambda _: f"{s['id']}  {human_size(s['size_bytes'])}  frozen {s['frozen_seconds']:.3f}s",
+    )
     return 0
 
 
@@ -227,12 +252,13 @@ def cmd_snapshots(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_show(args: argparse.Namespace, c: Client) -> int:
-    s = c.show(args.snapshot)
+    s = c.show(check_snapshot_id(args.snapshot))
     _out(args, s, lambda s: "\n".join(f"{k:16} {v}" for k, v in s.items()))
     return 0
 
 
 def cmd_restore(args: argparse.Namespace, c: Client) -> int:
+    check_snapshot_id(args.snapshot)
     into = resolve_kernel(c, args.into) if args.into else None
     with Progress(f"restoring {args.snapshot}", not args.json):
         r = c.restore(args.snapshot, into)
@@ -245,8 +271,12 @@ def cmd_restore(args: argparse.Namespace, c: Client) -> int:
 
 def cmd_rm(args: argparse.Namespace, c: Client) -> int:
     for sid in args.snapshot:
+        check_snapshot_id(sid)
+    for sid in args.snapshot:
         c.delete(sid)
-    _out(args, {"deleted": args.snapshot}, lambda d: "\n".join(f"deleted {s}" for s in d["deleted"]))
+    _out(
+        args, {"deleted": args.snapshot}, lambda d: "\n".join(f"deleted {s}" for s in d["deleted"])
+    )
     return 0
 
 
@@ -262,7 +292,11 @@ def cmd_clear(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_label(args: argparse.Namespace, c: Client) -> int:
-    _out(args, c.relabel(args.snapshot, args.label or None), lambda s: f"{s['id']}  {s.get('label') or '(no label)'}")
+    _out(
+        args,
+        c.relabel(args.snapshot, args.label or None),
+        lambda s: f"{s['id']}  {s.get('label') or '(no label)'}",
+    )
     return 0
 
 
@@ -273,7 +307,11 @@ def cmd_auto(args: argparse.Namespace, c: Client) -> int:
         body["enabled"] = args.state == "on"
     if args.cooldown is not None:
         body["cooldown"] = args.cooldown
-    _out(args, c.auto(kid, **body), lambda a: f"auto-snapshot {'on' if a['enabled'] else 'off'}, cooldown {a['cooldown']:g}s")
+    _out(
+        args,
+        c.auto(kid, **body),
+        lambda a: f"auto-snapshot {'on' if a['enabled'] else 'off'}, cooldown {a['cooldown']:g}s",
+    )
     return 0
 
 
@@ -328,9 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--notebook", help="notebook path the kernel belongs to")
     sp.add_argument("--cwd", help="working directory")
     sp.add_argument("argv", nargs=argparse.REMAINDER, help="-- kernel argv with {connection_file}")
-    for name, fn, help_ in (("stop", cmd_stop, "shut a kernel down"), ("restart", cmd_restart, "restart a kernel"),
-                            ("interrupt", cmd_interrupt, "interrupt a kernel (SIGINT)"),
-                            ("snapshots", cmd_snapshots, "list a kernel's snapshots, newest first")):  # fmt: skip
+    per_kernel = (
+        ("stop", cmd_stop, "shut a kernel down"),
+        ("restart", cmd_restart, "restart a kernel"),
+        ("interrupt", cmd_interrupt, "interrupt a kernel (SIGINT)"),
+        ("snapshots", cmd_snapshots, "list a kernel's snapshots, newest first"),
+    )
+    for name, fn, help_ in per_kernel:
         add(name, fn, help_).add_argument("kernel", help="kernel id or unique prefix")
     sp = add("signal", cmd_signal, "send a signal to a kernel")
     sp.add_argument("kernel")
@@ -338,12 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("snapshot", cmd_snapshot, "snapshot a kernel now")
     sp.add_argument("kernel", help="kernel id or unique prefix")
     sp.add_argument("--label", help="a label to remember it by")
-    sp.add_argument("--auto", action="store_true", help="as an automatic snapshot (cooldown applies)")
+    sp.add_argument(
+        "--auto", action="store_true", help="as an automatic snapshot (cooldown applies)"
+    )
     sp = add("show", cmd_show, "show one snapshot")
     sp.add_argument("snapshot")
-    sp = add("restore", cmd_restore, "restore a snapshot in place (the current state is saved first)")
+    sp = add(
+        "restore", cmd_restore, "restore a snapshot in place (the current state is saved first)"
+    )
     sp.add_argument("snapshot")
-    sp.add_argument("--into", metavar="KERNEL", help="restore into this kernel (same ports required)")
+    sp.add_argument(
+        "--into", metavar="KERNEL", help="restore into this kernel (same ports required)"
+    )
     sp = add("rm", cmd_rm, "delete snapshots")
     sp.add_argument("snapshot", nargs="+")
     sp = add("clear", cmd_clear, "delete every snapshot of a kernel")

@@ -10,6 +10,7 @@ import http.client
 import json
 import socket
 from typing import Any
+from urllib.parse import quote
 
 from .errors import DaemonUnavailable, JusnapError
 
@@ -32,13 +33,21 @@ class ApiError(JusnapError):
     """An error answered by the daemon, carrying its code and status through."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(str(body.get("message") or f"HTTP {status}"), **(body.get("details") or {}))
+        super().__init__(
+            str(body.get("message") or f"HTTP {status}"), **(body.get("details") or {})
+        )
         self.code = str(body.get("error", "error"))
         self.http_status = status
-        self.exit_code = _EXIT_BY_STATUS.get(status, 1)
+        self.exit_code = _EXIT_BY_CODE.get(self.code) or _EXIT_BY_STATUS.get(status, 1)
 
 
+_EXIT_BY_CODE = {"validation_failed": 64, "invalid_request": 64, "kernel_not_running": 4}
 _EXIT_BY_STATUS = {400: 64, 401: 77, 403: 77, 404: 3, 409: 75, 422: 7, 500: 6, 503: 69, 507: 5}
+
+
+def _q(segment: str) -> str:
+    """One URL path segment: ids never change the path (the daemon validates them)."""
+    return quote(segment, safe="")
 
 
 class Client:
@@ -62,7 +71,9 @@ class Client:
                 f"the jusnap daemon is not running (no socket at {self.socket_path})"
             ) from None
         except PermissionError:
-            raise DaemonUnavailable(f"cannot connect to {self.socket_path}: permission denied") from None
+            raise DaemonUnavailable(
+                f"cannot connect to {self.socket_path}: permission denied"
+            ) from None
         except (TimeoutError, OSError) as exc:
             raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
         finally:
@@ -85,46 +96,50 @@ class Client:
         return self.request("GET", "/kernels")
 
     def kernel(self, kernel_id: str) -> Any:
-        return self.request("GET", f"/kernels/{kernel_id}")
+        return self.request("GET", f"/kernels/{_q(kernel_id)}")
 
     def launch(self, **body: Any) -> Any:
         return self.request("POST", "/kernels", {k: v for k, v in body.items() if v is not None})
 
     def shutdown(self, kernel_id: str) -> Any:
-        return self.request("DELETE", f"/kernels/{kernel_id}")
+        return self.request("DELETE", f"/kernels/{_q(kernel_id)}")
 
     def restart(self, kernel_id: str) -> Any:
-        return self.request("POST", f"/kernels/{kernel_id}/restart")
+        return self.request("POST", f"/kernels/{_q(kernel_id)}/restart")
 
     def interrupt(self, kernel_id: str) -> Any:
-        return self.request("POST", f"/kernels/{kernel_id}/interrupt")
+        return self.request("POST", f"/kernels/{_q(kernel_id)}/interrupt")
 
     def signal(self, kernel_id: str, sig: str) -> Any:
-        return self.request("POST", f"/kernels/{kernel_id}/signal", {"signal": sig})
+        return self.request("POST", f"/kernels/{_q(kernel_id)}/signal", {"signal": sig})
 
     def auto(self, kernel_id: str, **body: Any) -> Any:
         if not body:
-            return self.request("GET", f"/kernels/{kernel_id}/auto")
-        return self.request("PATCH", f"/kernels/{kernel_id}/auto", body)
+            return self.request("GET", f"/kernels/{_q(kernel_id)}/auto")
+        return self.request("PATCH", f"/kernels/{_q(kernel_id)}/auto", body)
 
     def snapshots(self, kernel_id: str) -> Any:
-        return self.request("GET", f"/kernels/{kernel_id}/snapshots")
+        return self.request("GET", f"/kernels/{_q(kernel_id)}/snapshots")
 
     def snapshot(self, kernel_id: str, **body: Any) -> Any:
-        return self.request("POST", f"/kernels/{kernel_id}/snapshots", {k: v for k, v in body.items() if v is not None})
+        return self.request(
+            "POST",
+            f"/kernels/{_q(kernel_id)}/snapshots",
+            {k: v for k, v in body.items() if v is not None},
+        )
 
     def clear(self, kernel_id: str) -> Any:
-        return self.request("DELETE", f"/kernels/{kernel_id}/snapshots")
+        return self.request("DELETE", f"/kernels/{_q(kernel_id)}/snapshots")
 
     def show(self, snapshot_id: str) -> Any:
-        return self.request("GET", f"/snapshots/{snapshot_id}")
+        return self.request("GET", f"/snapshots/{_q(snapshot_id)}")
 
     def relabel(self, snapshot_id: str, label: str | None) -> Any:
-        return self.request("PATCH", f"/snapshots/{snapshot_id}", {"label": label})
+        return self.request("PATCH", f"/snapshots/{_q(snapshot_id)}", {"label": label})
 
     def delete(self, snapshot_id: str) -> Any:
-        return self.request("DELETE", f"/snapshots/{snapshot_id}")
+        return self.request("DELETE", f"/snapshots/{_q(snapshot_id)}")
 
     def restore(self, snapshot_id: str, kernel_id: str | None = None) -> Any:
         body = {"kernel_id": kernel_id} if kernel_id else {}
-        return self.request("POST", f"/snapshots/{snapshot_id}/restore", body)
+        return self.request("POST", f"/snapshots/{_q(snapshot_id)}/restore", body)

@@ -82,6 +82,16 @@ class IpythonSettings:
 class JupyterSettings:
     args: str = ""
     port: int = 8888
+    # New: the Jupyter server that vouches for browser requests reaching the daemon over TCP
+    # (``GET {url}api/me`` with the browser's cookie or token). Empty: http://127.0.0.1:<port>/.
+    url: str = ""
+    # New: whom such a browser request acts as: the user the Jupyter server runs as. Empty: the
+    # kernel user (in a Jusnap install Jupyter and its kernels run as the same ``jusnap`` user).
+    user: str = ""
+    # New: how long a browser's credentials, once vouched for, are trusted before asking again.
+    auth_cache: Duration = Duration(10)
+    # New: whether browser requests over TCP are accepted at all.
+    browser_auth: bool = True
 
 
 @dataclass
@@ -122,6 +132,15 @@ class Settings:
         if self.jusnap.os.gid:
             return resolve_gid(self.jusnap.os.gid)
         return pwd.getpwuid(self.kernel_uid).pw_gid
+
+    @property
+    def jupyter_url(self) -> str:
+        url = self.jusnap.jupyter.url or f"http://127.0.0.1:{self.jusnap.jupyter.port}/"
+        return url if url.endswith("/") else url + "/"
+
+    @property
+    def jupyter_uid(self) -> int:
+        return resolve_uid(self.jusnap.jupyter.user) if self.jusnap.jupyter.user else self.kernel_uid
 
     @property
     def ghost_limit_bytes(self) -> int:
@@ -266,7 +285,11 @@ def _validate(s: Settings) -> None:
     if not j.http.port.isdigit() or not 0 < int(j.http.port) < 65536:
         raise ConfigError(f"jusnap.http.port: not a port number: {j.http.port!r}")
     if j.http.host not in ("127.0.0.1", "::1", "localhost", ""):
-        raise ConfigError("jusnap.http.host: the API binds to loopback only (nginx faces the network)")
+        raise ConfigError(
+            "jusnap.http.host: the API binds to loopback only (nginx faces the network)"
+        )
+    if j.jupyter.url and not re.match(r"^https?://[^/\s]+(/\S*)?$", j.jupyter.url):
+        raise ConfigError(f"jusnap.jupyter.url: expected an http(s) URL, got {j.jupyter.url!r}")
     try:
         shlex.split(j.ipython.args)
         shlex.split(j.jupyter.args)
@@ -301,7 +324,9 @@ def load_settings(
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Register ``--config`` and one ``--dotted.key`` flag per setting (original names)."""
-    parser.add_argument("--config", metavar="FILE", help=f"YAML config (default {DEFAULT_CONFIG_PATH} if present)")
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"YAML config (default {DEFAULT_CONFIG_PATH} if present)"
+    )
     group = parser.add_argument_group("settings (each overrides conf.yml)")
     for key in LEAVES:
         if key == "jusnap.gpu":
@@ -310,9 +335,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {
-        k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None
-    }
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:") and v is not None}
     path = args.config
     if path is None and Path(DEFAULT_CONFIG_PATH).exists():
         path = DEFAULT_CONFIG_PATH

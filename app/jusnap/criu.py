@@ -29,10 +29,16 @@ _HINTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"No space left on device|ENOSPC"), "no space left on the snapshot store"),
     (re.compile(r"File (\S+) has bad size"), "file {0} changed size since the snapshot"),
     (re.compile(r"Can't fork for (\d+): File exists"), "PID {0} is in use by another process"),
-    (re.compile(r"Can't dump ghost file (\S+) of (\d+) size"), "unlinked file {0} exceeds the ghost limit"),
+    (
+        re.compile(r"Can't dump ghost file (\S+) of (\d+) size"),
+        "unlinked file {0} exceeds the ghost limit",
+    ),
     (re.compile(r"Unexpected rt vDSO area bounds"), "this CRIU is too old for the running kernel"),
     (re.compile(r"Can't open (\S+img)"), "snapshot image {0} is missing"),
-    (re.compile(r"(Unable to read|Corrupted|Unexpected EOF|magic mismatch|bad magic)", re.I), "snapshot image is damaged"),
+    (
+        re.compile(r"(Unable to read|Corrupted|Unexpected EOF|magic mismatch|bad magic)", re.I),
+        "snapshot image is damaged",
+    ),
     (re.compile(r"Permission denied"), "permission denied"),
 ]
 
@@ -118,7 +124,9 @@ class Criu:
         if rc != 0:
             if rc == -9:
                 raise RestoreFailed(f"criu restore timed out after {self.restore_timeout:.0f}s")
-            why = explain(images_dir / RESTORE_LOG, _stderr_line(err) or f"criu restore exited {rc}")
+            why = explain(
+                images_dir / RESTORE_LOG, _stderr_line(err) or f"criu restore exited {rc}"
+            )
             raise RestoreFailed(f"restore failed: {why}")
         try:
             pid = int(pidfile.read_text().strip())
@@ -127,7 +135,9 @@ class Criu:
         return CriuResult(elapsed, pid)
 
     def check(self, creds: Creds | None = None) -> str:
-        rc, err = self.reaper.run([self.binary, "check", *(self._mode_flags(creds) if creds else [])], creds, 60)
+        rc, err = self.reaper.run(
+            [self.binary, "check", *(self._mode_flags(creds) if creds else [])], creds, 60
+        )
         text = err.decode(errors="replace")
         if rc != 0:
             raise JusnapError(f"criu check failed: {_stderr_line(err) or rc}")

@@ -75,11 +75,14 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             "on_starting": lambda _arbiter: set_child_subreaper(),
         }
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # e.g. the control socket exists from gunicorn 24 on
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         logging.basicConfig(
-            level=self.settings.jusnap.log_level.upper().replace("WARN", "WARNING").replace("WARNINGING", "WARNING"),
+            level=self.settings.jusnap.log_level.upper()
+            .replace("WARN", "WARNING")
+            .replace("WARNINGING", "WARNING"),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         return build_app(self.settings)

@@ -110,6 +110,14 @@ class Refused(JusnapError):
     exit_code = 7
 
 
+class JupyterUnavailable(JusnapError):
+    """The Jupyter server that vouches for browser credentials did not answer."""
+
+    code = "jupyter_unavailable"
+    http_status = 502
+    exit_code = 69
+
+
 class DaemonUnavailable(JusnapError):
     code = "daemon_unavailable"
     http_status = 503

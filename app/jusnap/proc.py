@@ -141,7 +141,9 @@ class Reaper:
     def exit_status(self, pid: int) -> int | None:
         return self._statuses.get(pid)
 
-    def spawn(self, argv: Sequence[str], creds: Creds | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str], creds: Creds | None = None, **kwargs: object
+    ) -> subprocess.Popen[bytes]:
         """Start a child whose exit status the caller will collect itself."""
         if creds is not None:
             kwargs.update(creds.popen_kwargs())

@@ -92,7 +92,9 @@ class Kernel:
 
     def ports(self) -> str:
         c = self.connection
-        return ",".join(str(c[k]) for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"))
+        return ",".join(
+            str(c[k]) for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        )
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -171,7 +173,10 @@ class Registry:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._tx() as db:
-            db.execute(f"INSERT OR REPLACE INTO kernels ({cols}) VALUES ({marks})", tuple(row.values()))  # noqa: S608
+            db.execute(
+                f"INSERT OR REPLACE INTO kernels ({cols}) VALUES ({marks})",  # noqa: S608 - own columns
+                tuple(row.values()),
+            )
 
     def _kernel(self, row: sqlite3.Row) -> Kernel:
         d = dict(row)
@@ -205,7 +210,9 @@ class Registry:
             ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def set_notebook_connection(self, owner_uid: int, notebook_path: str, connection: dict[str, Any]) -> None:
+    def set_notebook_connection(
+        self, owner_uid: int, notebook_path: str, connection: dict[str, Any]
+    ) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO notebooks (owner_uid, notebook_path, connection) VALUES (?, ?, ?)",
@@ -233,7 +240,9 @@ class Registry:
             row = self._db.execute("SELECT * FROM snapshots WHERE id=?", (snapshot_id,)).fetchone()
         return self._snapshot(row) if row else None
 
-    def snapshots_of(self, kernel_id: str, owner_uid: int, notebook_path: str | None) -> list[Snapshot]:
+    def snapshots_of(
+        self, kernel_id: str, owner_uid: int, notebook_path: str | None
+    ) -> list[Snapshot]:
         """Newest first. A notebook's snapshots follow it across kernel ids."""
         with self._lock:
             if notebook_path:

@@ -50,7 +50,7 @@ from .kernels.channels import (
     handshake,
     wait_for_peers,
 )
-from .kernels.supervisor import Supervisor
+from .kernels.supervisor import Supervisor, ports_free
 from .proc import Reaper, kill_tree, start_time
 from .registry import Kernel, Registry, Snapshot
 from .store.local import LocalStore, replace_contents
@@ -127,6 +127,7 @@ class Engine:
         self.supervisor: Supervisor
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._ops: dict[str, str] = {}  # kernel id -> operation in progress
         self._monitors: dict[str, IopubMonitor] = {}
         self._live: dict[str, dict[str, Any]] = {}
         self.work_dir = self.state_dir / "work"
@@ -183,9 +184,11 @@ class Engine:
             lock = self._locks.setdefault(kernel_id, threading.Lock())
         if not lock.acquire(blocking=False):
             raise Busy(f"kernel {kernel_id} is busy with another snapshot operation; try again")
+        self._ops[kernel_id] = what
         try:
             yield
         finally:
+            self._ops.pop(kernel_id, None)
             lock.release()
 
     @contextlib.contextmanager
@@ -212,8 +215,11 @@ class Engine:
             raise KernelNotFound(f"no such kernel: {kernel_id}")
         self._check_owner(owner_uid, k.owner_uid, "kernel")
         self.supervisor.refresh(k)
-        k.execution_state = self._live.get(k.id, {}).get("execution_state") if k.status == "running" else None
+        k.execution_state = (
+            self._live.get(k.id, {}).get("execution_state") if k.status == "running" else None
+        )
         k.execution_count = self._live.get(k.id, {}).get("execution_count", k.execution_count)
+        k.operation = self._ops.get(k.id)
         return k
 
     def kernels(self, owner_uid: int | None = ADMIN) -> list[Kernel]:
@@ -240,12 +246,40 @@ class Engine:
                 self._check_owner(owner_uid, existing.owner_uid, "kernel")
                 raise InvalidRequest(f"kernel {kernel_id} exists already")
         if env is not None and not (
-            isinstance(env, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in env.items())
+            isinstance(env, dict)
+            and all(isinstance(a, str) and isinstance(b, str) for a, b in env.items())
         ):
             raise InvalidRequest("env must map strings to strings")
+        if connection is None and notebook_path:
+            connection = self._notebook_connection(owner_uid, notebook_path)
         k = self.supervisor.create(owner_uid, argv, env, cwd, notebook_path, connection, kernel_id)
+        if notebook_path:
+            self.registry.set_notebook_connection(owner_uid, notebook_path, k.connection)
         self._watch(k)
         return k
+
+    def _notebook_connection(self, owner_uid: int, notebook_path: str) -> dict[str, Any] | None:
+        """The notebook's previous connection, so that its snapshots fit the new kernel.
+
+        None (new ports) when there is none yet or its ports are taken, e.g. by another kernel
+        of the same notebook that still runs: that notebook's older snapshots then no longer fit.
+        """
+        conn = self.registry.notebook_connection(owner_uid, notebook_path)
+        if conn is None:
+            return None
+        ports = {
+            conn.get(p)
+            for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        }
+        in_use = any(
+            k.status == "running" and ports & set(k.connection.values())
+            for k in self.registry.kernels()
+        )
+        if in_use or not ports_free(conn):
+            log.warning("ports of notebook %s are taken; its older snapshots will not fit the new kernel",
+                        notebook_path)  # fmt: skip
+            return None
+        return conn
 
     def _unwatch(self, k: Kernel) -> None:
         old = self._monitors.pop(k.id, None)
@@ -279,7 +313,9 @@ class Engine:
     def interrupt_kernel(self, kernel_id: str, owner_uid: int | None = ADMIN) -> None:
         self.signal_kernel(kernel_id, "SIGINT", owner_uid)
 
-    def shutdown_kernel(self, kernel_id: str, owner_uid: int | None = ADMIN, forget: bool = True) -> None:
+    def shutdown_kernel(
+        self, kernel_id: str, owner_uid: int | None = ADMIN, forget: bool = True
+    ) -> None:
         """Stop the kernel; its snapshots stay (they belong to the notebook) unless cleared."""
         k = self.kernel(kernel_id, owner_uid)
         with self._exclusive(k.id, "shutdown"):
@@ -326,20 +362,9 @@ class Engine:
         label = _check_label(label)
         k = self.kernel(kernel_id, owner_uid)
         if trigger == "auto":
-            auto = self.auto_settings(k)
-            if not auto["enabled"]:
-                return Skipped(k.id, "automatic snapshots are off for this kernel", 0.0)
-            cooldown = auto["cooldown"]
-            if k.pid is not None:
-                policy = self.hooks.auto_policy(self.hooks.for_pid(k.pid), k.pid)
-                if policy is not None and not policy.enabled:
-                    return Skipped(k.id, "automatic snapshots are off for GPU kernels", 0.0)
-                if policy is not None:
-                    cooldown = max(cooldown, policy.min_cooldown)
-            last = self._last_snapshot_time(k)
-            wait = last + cooldown - time.time() if last else 0.0
-            if wait > 0:
-                return Skipped(k.id, "cooldown", wait)
+            skipped = self._auto_skipped(k)
+            if skipped is not None:
+                return skipped
         try:
             with self._exclusive(k.id, "snapshot"):
                 return self._snapshot_locked(k, trigger, label, execution_count)
@@ -347,6 +372,31 @@ class Engine:
             if trigger == "auto":
                 return Skipped(k.id, "another operation is running", 0.0)
             raise
+
+    def check_auto(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Skipped | None:
+        """Why an automatic snapshot of the kernel would be skipped now (None: it would run)."""
+        k = self.kernel(kernel_id, owner_uid)
+        skipped = self._auto_skipped(k)
+        if skipped is None and k.id in self._ops:
+            return Skipped(k.id, "another operation is running", 0.0)
+        return skipped
+
+    def _auto_skipped(self, k: Kernel) -> Skipped | None:
+        auto = self.auto_settings(k)
+        if not auto["enabled"]:
+            return Skipped(k.id, "automatic snapshots are off for this kernel", 0.0)
+        cooldown = auto["cooldown"]
+        if k.pid is not None:
+            policy = self.hooks.auto_policy(self.hooks.for_pid(k.pid), k.pid)
+            if policy is not None and not policy.enabled:
+                return Skipped(k.id, "automatic snapshots are off for GPU kernels", 0.0)
+            if policy is not None:
+                cooldown = max(cooldown, policy.min_cooldown)
+        last = self._last_snapshot_time(k)
+        wait = last + cooldown - time.time() if last else 0.0
+        if wait > 0:
+            return Skipped(k.id, "cooldown", wait)
+        return None
 
     def _last_snapshot_time(self, k: Kernel) -> float | None:
         live = self._live.get(k.id, {})
@@ -359,7 +409,9 @@ class Engine:
         self, k: Kernel, trigger: str, label: str | None, execution_count: int | None = None
     ) -> Snapshot:
         if not self.supervisor.alive(k):
-            raise KernelNotRunning(f"kernel {k.id} is not running; restart it or restore a snapshot")
+            raise KernelNotRunning(
+                f"kernel {k.id} is not running; restart it or restore a snapshot"
+            )
         assert k.pid is not None
         sid = new_snapshot_id()
         created = time.time()
@@ -415,7 +467,14 @@ class Engine:
             self.store.delete(sid)
             raise
         self._live.setdefault(k.id, {})["last_snapshot_at"] = created
-        log.info("snapshot %s of kernel %s (%s, %.3fs frozen, %d bytes)", sid, k.id, trigger, frozen, size)
+        log.info(
+            "snapshot %s of kernel %s (%s, %.3fs frozen, %d bytes)",
+            sid,
+            k.id,
+            trigger,
+            frozen,
+            size,
+        )
         return snap
 
     def _prepare(self, k: Kernel, active: list[Any]) -> None:
@@ -444,7 +503,9 @@ class Engine:
         snaps = self.registry.snapshots_of(k.id, k.owner_uid, k.notebook_path)
         return snaps[0] if snaps else None
 
-    def relabel(self, snapshot_id: str, label: str | None, owner_uid: int | None = ADMIN) -> Snapshot:
+    def relabel(
+        self, snapshot_id: str, label: str | None, owner_uid: int | None = ADMIN
+    ) -> Snapshot:
         s = self.snapshot_info(snapshot_id, owner_uid)
         self.registry.set_label(s.id, _check_label(label))
         return self.snapshot_info(snapshot_id, owner_uid)
@@ -483,7 +544,8 @@ class Engine:
                     pre = self._snapshot_locked(k, "pre-restore", None)
                 except JusnapError as exc:
                     raise RestoreFailed(
-                        f"restore not attempted: could not save the current state first ({exc.message})",
+                        "restore not attempted: could not save the current state first"
+                        f" ({exc.message})",
                         rolled_back=True,
                     ) from None
             # Clients connected now (the notebook server) reconnect by themselves after the
@@ -499,7 +561,9 @@ class Engine:
                 if pre is not None:
                     self.registry.delete_snapshot(pre.id)
                     self.store.delete(pre.id)
-                raise RestoreFailed(f"{exc.error.message}; the kernel was not touched", rolled_back=True) from None
+                raise RestoreFailed(
+                    f"{exc.error.message}; the kernel was not touched", rolled_back=True
+                ) from None
             except JusnapError as exc:
                 log.error("restore of %s into %s failed: %s", snap.id, k.id, exc.message)
                 if pre is None:
@@ -511,8 +575,8 @@ class Engine:
                     why = exc2.error.message if isinstance(exc2, _Untouched) else exc2.message
                     log.critical("rollback to %s failed too: %s", pre.id, why)
                     raise RestoreFailed(
-                        f"{exc.message}; rolling back to the pre-restore snapshot {pre.id} failed as"
-                        f" well ({why})",
+                        f"{exc.message}; rolling back to the pre-restore snapshot {pre.id}"
+                        f" failed as well ({why})",
                         rolled_back=False,
                         pre_restore=pre.id,
                     ) from None
@@ -538,7 +602,9 @@ class Engine:
                 if os.geteuid() == 0:
                     os.chown(images, k.run_uid, k.run_gid)
                 if snap.has_history and k.history_file:
-                    self.store.stage_out(snap.id, scratch, k.run_uid, k.run_gid, only={HISTORY_NAME})
+                    self.store.stage_out(
+                        snap.id, scratch, k.run_uid, k.run_gid, only={HISTORY_NAME}
+                    )
             except JusnapError as exc:
                 raise _Untouched(exc) from None
             yield scratch
@@ -580,13 +646,16 @@ class Engine:
                 raise
             raise RestoreFailed(f"restore failed: {exc}") from exc
         k.execution_count = snap.execution_count
-        self._live[k.id] = {"execution_count": snap.execution_count, "last_snapshot_at": time.time()}
+        self._live[k.id] = {
+            "execution_count": snap.execution_count,
+            "last_snapshot_at": time.time(),
+        }
         self.registry.put_kernel(k)
         self._watch(k)
         return result.seconds, hs
 
 
-class _Untouched(Exception):  # noqa: N818 - a signal between two methods, never seen outside
+class _Untouched(Exception):
     """A restore failed before the running kernel was stopped."""
 
     def __init__(self, error: JusnapError) -> None:

@@ -6,10 +6,10 @@ import os
 import pwd
 
 import pytest
-
 from jusnap.errors import InvalidRequest, KernelNotFound, SnapshotNotFound
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine, Skipped
+
 from tests.conftest import KernelSession
 
 SETUP = r"""
@@ -37,7 +37,8 @@ def work():
         stop.wait(0.01)
 worker = threading.Thread(target=work, daemon=True); worker.start()
 db = sqlite3.connect(":memory:")
-db.execute("create table t (v integer)"); db.executemany("insert into t values (?)", [(i,) for i in range(10)])
+db.execute("create table t (v integer)")
+db.executemany("insert into t values (?)", [(i,) for i in range(10)])
 """
 
 MUTATE = r"""
@@ -105,8 +106,10 @@ def test_restore_after_kernel_restart(kernel: KernelSession, engine: Engine) -> 
     assert kernel.value("before_restart") == "'kept'"
 
 
-@pytest.mark.parametrize("history_enabled", [False, True], ids=["history-in-memory", "history-file"])
-def test_history_matches_snapshot(make_settings, history_enabled: bool) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "history_enabled", [False, True], ids=["history-in-memory", "history-file"]
+)
+def test_history_matches_snapshot(make_settings, history_enabled: bool) -> None:
     e = Engine(make_settings(**{"jusnap.ipython.history_enabled": str(history_enabled)})).start()
     try:
         ks = KernelSession(e)
@@ -162,14 +165,18 @@ def test_snapshot_metadata(kernel: KernelSession, engine: Engine) -> None:
     assert (engine.store.root.stat().st_mode & 0o777) == 0o700
 
 
-def test_auto_snapshots_respect_cooldown(make_settings) -> None:  # noqa: ANN001
+def test_auto_snapshots_respect_cooldown(make_settings) -> None:
     e = Engine(make_settings(**{"jusnap.ipython.cooldown": "30s"})).start()
     try:
         ks = KernelSession(e)
         first = e.snapshot(ks.id, trigger="auto")
         assert isinstance(first, Snapshot) and first.trigger == "auto"
         second = e.snapshot(ks.id, trigger="auto")
-        assert isinstance(second, Skipped) and second.reason == "cooldown" and 0 < second.retry_in <= 30
+        assert (
+            isinstance(second, Skipped)
+            and second.reason == "cooldown"
+            and 0 < second.retry_in <= 30
+        )
         manual = e.snapshot(ks.id)  # a manual request always runs
         assert isinstance(manual, Snapshot)
         e.set_auto(ks.id, cooldown=0)

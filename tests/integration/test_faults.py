@@ -7,14 +7,13 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
-
 from jusnap.errors import RestoreFailed, StoreFull
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
+
 from tests.conftest import Daemon, KernelSession, make_state_dir, shutdown_all
 from tests.helpers import connect, run_cell, wait_until
 
@@ -30,7 +29,9 @@ def _biggest_image(engine: Engine, snap: Snapshot) -> Path:
     return max(files, key=lambda f: f.stat().st_size)
 
 
-def test_truncated_image_fails_cleanly_and_state_is_back(kernel: KernelSession, engine: Engine) -> None:
+def test_truncated_image_fails_cleanly_and_state_is_back(
+    kernel: KernelSession, engine: Engine
+) -> None:
     kernel.run("x = 'snapshot state'")
     snap = _snap(engine, kernel)
     kernel.run("x = 'current state'")
@@ -42,11 +43,16 @@ def test_truncated_image_fails_cleanly_and_state_is_back(kernel: KernelSession, 
         engine.restore(snap.id)
     assert info.value.details["rolled_back"] is True
     # Verified before anything was stopped: the very same process is still running.
-    assert (engine.kernel(kernel.id).pid, engine.kernel(kernel.id).started) == (pid_before, started_before)
+    assert (engine.kernel(kernel.id).pid, engine.kernel(kernel.id).started) == (
+        pid_before,
+        started_before,
+    )
     assert kernel.value("x") == "'current state'"
 
 
-def test_corrupted_image_fails_cleanly_and_state_is_back(kernel: KernelSession, engine: Engine) -> None:
+def test_corrupted_image_fails_cleanly_and_state_is_back(
+    kernel: KernelSession, engine: Engine
+) -> None:
     kernel.run("import numpy as np; arr = np.full(1_000_000, 7.0)")
     snap = _snap(engine, kernel)
     kernel.run("arr[:] = 1.0")
@@ -60,7 +66,9 @@ def test_corrupted_image_fails_cleanly_and_state_is_back(kernel: KernelSession, 
     assert "not touched" in info.value.message
     assert engine.kernel(kernel.id).pid == pid_before
     assert kernel.value("float(arr.sum())") == "1000000.0"
-    assert [s.trigger for s in engine.list_snapshots(kernel.id)] == ["manual"], "no stray pre-restore"
+    assert [s.trigger for s in engine.list_snapshots(kernel.id)] == ["manual"], (
+        "no stray pre-restore"
+    )
 
 
 def test_criu_failure_after_stop_rolls_back(kernel: KernelSession, engine: Engine) -> None:
@@ -95,7 +103,9 @@ def test_criu_failure_after_stop_rolls_back(kernel: KernelSession, engine: Engin
 def small_fs():
     """A 48 MiB tmpfs as the state directory: too small for a kernel holding 64 MiB."""
     path = make_state_dir("jusnap-full-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0711", "tmpfs", str(path)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m,mode=0711", "tmpfs", str(path)], check=True
+    )
     try:
         yield path
     finally:
@@ -103,7 +113,7 @@ def small_fs():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_full_store_gives_clear_error_and_kernel_untouched(make_settings, small_fs: Path) -> None:  # noqa: ANN001
+def test_full_store_gives_clear_error_and_kernel_untouched(make_settings, small_fs: Path) -> None:
     e = Engine(make_settings(**{"jusnap.state_dir": str(small_fs)})).start()
     try:
         ks = KernelSession(e)
@@ -128,7 +138,10 @@ def test_daemon_killed_during_dump(daemon: Daemon) -> None:
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     kc = connect(info["connection"])
-    run_cell(kc, "import numpy as np; big = np.random.default_rng(2).random(100_000_000); marker = 'alive'")  # 800 MB
+    run_cell(
+        kc,
+        "import numpy as np; big = np.random.default_rng(2).random(100_000_000); marker = 'alive'",
+    )  # 800 MB
     done = threading.Event()
 
     def snapshot() -> None:
@@ -138,7 +151,9 @@ def test_daemon_killed_during_dump(daemon: Daemon) -> None:
     t = threading.Thread(target=snapshot)
     t.start()
     # Wait until CRIU is writing images, then kill gunicorn master and worker at once.
-    wait_until(lambda: any(daemon.state_dir.glob("work/*/img/pages-*.img")), 60, what="criu to write pages")
+    wait_until(
+        lambda: any(daemon.state_dir.glob("work/*/img/pages-*.img")), 60, what="criu to write pages"
+    )
     daemon.kill()
     t.join(60)
     wait_until(lambda: not _criu_running(daemon.state_dir), 120, what="the orphaned criu to finish")
@@ -165,7 +180,9 @@ def _criu_running(state_dir: Path) -> bool:
     return bool(out.stdout.strip())
 
 
-def test_leftovers_of_an_interrupted_write_are_removed_at_start(kernel: KernelSession, engine: Engine, make_settings) -> None:  # noqa: ANN001, E501
+def test_leftovers_of_an_interrupted_write_are_removed_at_start(
+    kernel: KernelSession, engine: Engine, make_settings
+) -> None:
     snap = _snap(engine, kernel)
     root = engine.store.root
     # What a crash could leave: a partial copy, an unrecorded complete copy, a scratch dir.
@@ -183,7 +200,9 @@ def test_leftovers_of_an_interrupted_write_are_removed_at_start(kernel: KernelSe
         again.close()
 
 
-def test_readopt_never_signals_a_reused_pid(kernel: KernelSession, engine: Engine, make_settings) -> None:  # noqa: ANN001
+def test_readopt_never_signals_a_reused_pid(
+    kernel: KernelSession, engine: Engine, make_settings
+) -> None:
     k = engine.kernel(kernel.id)
     k.started = (k.started or 0) + 12345  # as if the PID now belonged to another process
     engine.registry.put_kernel(k)

@@ -18,13 +18,39 @@ from .. import __version__
 from ..errors import JusnapError
 from ..snapshots import Engine
 from . import auth
+from .browser import JupyterVouch
 
 PREFIX = "/jusnap/api/v1"
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "busy", 413: "too_large", 415: "unsupported_media_type",
-               422: "validation_failed", 500: "internal_error"}  # fmt: skip
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "busy",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    500: "internal_error",
+}
+
+
+def _describe(detail: Any, prefix: str = "") -> str:
+    """Marshmallow's nested error dict as one line: ``signal: Must be one of: ...``."""
+    if isinstance(detail, dict):
+        parts = []
+        for key, value in detail.items():
+            # the first level is the location (json, query): not worth showing
+            top = key in ("json", "query", "path", "form") and not prefix
+            name = "" if top else f"{prefix}{key}"
+            parts.append(_describe(value, f"{name}." if name else ""))
+        return "; ".join(parts)
+    if isinstance(detail, list):
+        text = " ".join(str(d) for d in detail)
+        return f"{prefix.rstrip('.')}: {text}" if prefix else text
+    return str(detail)
 
 
 def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask:
@@ -43,6 +69,12 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         AUTO_404_RESPONSE=True,
         INFO={"description": "Snapshot and restore whole Jupyter kernels in place."},
     )
+    s = engine.settings
+    if s.jusnap.jupyter.browser_auth:
+        app.config.update(
+            JUSNAP_JUPYTER_VOUCH=JupyterVouch(s.jupyter_url, float(s.jusnap.jupyter.auth_cache)),
+            JUSNAP_JUPYTER_UID=s.jupyter_uid,
+        )
     app.config.update(config or {})
     app.security_schemes = {
         "PeerCredentials": {"type": "apiKey", "in": "header", "name": "X-Unix-Socket",
@@ -52,7 +84,10 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
 
     @app.error_processor
     def http_error(err: HTTPError) -> tuple[dict[str, Any], int, Any]:
-        body: dict[str, Any] = {"error": _HTTP_CODES.get(err.status_code, "error"), "message": err.message}
+        message = err.message
+        if err.status_code == 422 and err.detail:
+            message = "invalid request: " + _describe(err.detail)
+        body: dict[str, Any] = {"error": _HTTP_CODES.get(err.status_code, "error"), "message": message}
         if err.detail:
             body["details"] = err.detail
         return body, err.status_code, err.headers
@@ -64,7 +99,10 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
     @app.errorhandler(HTTPException)
     def werkzeug_error(err: HTTPException) -> tuple[dict[str, Any], int]:
         code = err.code or 500
-        return {"error": _HTTP_CODES.get(code, "error"), "message": err.description or err.name}, code
+        return {
+            "error": _HTTP_CODES.get(code, "error"),
+            "message": err.description or err.name,
+        }, code
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> tuple[dict[str, Any], int]:

@@ -3,8 +3,9 @@
 Local callers (the CLI, the kernel provisioner, the auto-snapshot extension) connect to the
 daemon's Unix socket and are identified by the kernel itself (``SO_PEERCRED``): no password to
 leak. Root is the administrator and may act on every kernel; any other uid only sees kernels it
-owns. Callers over loopback TCP (nginx, tools) present a bearer token from a file readable only
-by its owner.
+owns. Callers over loopback TCP present either the administrator token from a file readable
+only by root (tools), or a browser's Jupyter login (cookie or token) that the Jupyter server
+vouches for (see ``browser.py``); the latter act as the user Jupyter runs as.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from flask import Request, current_app, g
 
 from ..errors import Forbidden, Unauthorized
+from .browser import SAFE_METHODS, JupyterVouch, xsrf_cookie, xsrf_matches
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,26 @@ def authenticate(request: Request) -> Identity:
         return Identity(int(test_uid), "test")
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() in ("bearer", "token") and value:
+    vouch: JupyterVouch | None = current_app.config.get("JUSNAP_JUPYTER_VOUCH")
+    if scheme.lower() in ("bearer", "token") and value.strip():
         expected = current_app.config.get("JUSNAP_ADMIN_TOKEN")
-        if expected and hmac.compare_digest(value.strip(), expected):
+        if expected and hmac.compare_digest(value.strip().encode(), expected.encode()):
             return Identity(0, "token")
-        raise Forbidden("invalid token")
-    raise Unauthorized("authentication required: use the Unix socket or an API token")
+        if vouch is None:
+            raise Forbidden("invalid token")
+        vouch.check("", header)
+        return Identity(current_app.config["JUSNAP_JUPYTER_UID"], "jupyter-token")
+    cookie = request.headers.get("Cookie", "")
+    if vouch is not None and cookie and not header:
+        if request.method not in SAFE_METHODS and not xsrf_matches(
+            xsrf_cookie(cookie), request.headers.get("X-XSRFToken")
+        ):
+            raise Forbidden("missing or wrong X-XSRFToken header (Jupyter's _xsrf cookie)")
+        vouch.check(cookie, "")
+        return Identity(current_app.config["JUSNAP_JUPYTER_UID"], "jupyter-cookie")
+    raise Unauthorized(
+        "authentication required: use the Unix socket, an API token or a Jupyter login"
+    )
 
 
 def identity() -> Identity:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
+from flask import request
 
-from ..errors import Forbidden
+from ..errors import Forbidden, InvalidRequest
 from ..snapshots import Skipped
 from .auth import identity
+from .handoff import after_hangup
 from .deps import engine, kernel_view
 from .schemas import (
     AutoIn,
@@ -125,17 +127,37 @@ def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
 @bp.output(SnapshotOut(many=True))
 @bp.doc(responses=ERRORS)
 def list_snapshots(kernel_id: str) -> list[dict[str, Any]]:
-    return [s.public() for s in engine().list_snapshots(kernel_id, identity().owner)]
+    """The kernel's snapshots and those of its notebook; ``restorable``: they fit its ports."""
+    e = engine()
+    k = e.kernel(kernel_id, identity().owner)
+    return [{**s.public(), "restorable": s.ports == k.ports()} for s in e.list_snapshots(k.id, identity().owner)]
 
 
 @bp.post("/<kernel_id>/snapshots")
 @bp.input(SnapshotIn, arg_name="body")
 @bp.output(SnapshotCreatedOut, status_code=201)
-@bp.doc(responses={**ERRORS, 400: ErrorOut, 422: ErrorOut, 500: ErrorOut, 507: ErrorOut})
+@bp.doc(responses={**ERRORS, 200: SnapshotCreatedOut, 202: SnapshotCreatedOut, 400: ErrorOut, 422: ErrorOut,
+                   500: ErrorOut, 507: ErrorOut})
 def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    result = engine().snapshot(
+    e = engine()
+    owner = identity().owner
+    if body.get("wait") is False:
+        # Asked from inside the kernel: answer first, dump once the kernel has hung up.
+        if body.get("trigger") != "auto":
+            raise InvalidRequest('"wait": false is for automatic snapshots ("trigger": "auto")')
+        skipped = e.check_auto(kernel_id, owner)
+        if skipped is not None:
+            return skipped.public(), 200
+        count = body.get("execution_count")
+        after_hangup(
+            request.environ.get("gunicorn.socket"),
+            lambda: e.snapshot(kernel_id, owner, trigger="auto", execution_count=count),
+            f"automatic snapshot of {kernel_id}",
+        )
+        return {"status": "scheduled", "kernel_id": kernel_id}, 202
+    result = e.snapshot(
         kernel_id,
-        identity().owner,
+        owner,
         trigger=body.get("trigger", "manual"),
         label=body.get("label"),
         execution_count=body.get("execution_count"),

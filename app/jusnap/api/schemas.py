@@ -73,6 +73,7 @@ class SnapshotOut(Schema):
     execution_count = Integer(allow_none=True)
     has_history = Boolean()
     hooks = Dict()
+    restorable = Boolean(metadata={"description": "fits the kernel's ports (in a kernel's list only)"})
 
 
 class KernelOut(Schema):
@@ -87,6 +88,7 @@ class KernelOut(Schema):
     created_at = Float(required=True)
     execution_count = Integer(allow_none=True)
     execution_state = String(allow_none=True)
+    operation = String(allow_none=True, metadata={"description": "snapshot, restore, ... in progress"})
     auto = Nested(AutoOut)
     last_snapshot = Nested(SnapshotOut, allow_none=True)
 
@@ -99,10 +101,15 @@ class SnapshotIn(Strict):
     label = String(validate=Length(0, 200), allow_none=True)
     trigger = String(validate=OneOf(["manual", "auto"]))
     execution_count = Integer(validate=Range(0, 2**31), allow_none=True)
+    wait = Boolean(
+        metadata={"description": "false: answer 202 at once and take the (automatic) snapshot once the"
+                  " caller has closed its connection; for the kernel's own auto-snapshot extension"}
+    )
 
 
 class SnapshotCreatedOut(Schema):
-    status = String(required=True, validate=OneOf(["created", "skipped"]))
+    status = String(required=True, validate=OneOf(["created", "skipped", "scheduled"]))
+    kernel_id = String()
     snapshot = Nested(SnapshotOut, allow_none=True)
     reason = String()
     retry_in = Float()
@@ -127,7 +134,10 @@ class RestoreOut(Schema):
 
 
 class SignalIn(Strict):
-    signal = String(required=True, validate=OneOf(["SIGINT", "SIGTERM", "SIGKILL", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"]))
+    signal = String(
+        required=True,
+        validate=OneOf(["SIGINT", "SIGTERM", "SIGKILL", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"]),
+    )
 
 
 class ClearedOut(Schema):

@@ -115,12 +115,16 @@ class LocalStore:
             sources: list[tuple[str, int, str]] = []  # (name, dirfd, name-in-dir)
             sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
-                sources = [(n, sfd, n) for n in sorted(os.listdir(sfd))]
+                sources = [(n, sfd, n) for n in sorted(os.listdir(sfd))]  # noqa: PTH208 - listdir of an fd
                 for store_name, path in (extra or {}).items():
                     sources.append((store_name, -1, str(path)))
                 for store_name, dirfd, name in sources:
                     try:
-                        src = _open_untrusted(dirfd, name) if dirfd >= 0 else _open_untrusted_path(Path(name))
+                        src = (
+                            _open_untrusted(dirfd, name)
+                            if dirfd >= 0
+                            else _open_untrusted_path(Path(name))
+                        )
                     except FileNotFoundError:
                         continue
                     except OSError as exc:
@@ -129,7 +133,11 @@ class LocalStore:
                         raise
                     mode = os.fstat(src).st_mode & 0o777
                     try:
-                        dst = os.open(partial / store_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                        dst = os.open(
+                            partial / store_name,
+                            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                            0o600,
+                        )
                         try:
                             size, digest = _copy_fd(src, dst)
                             os.fsync(dst)
@@ -141,7 +149,9 @@ class LocalStore:
             finally:
                 os.close(sfd)
             manifest = {"version": 1, "files": [f.__dict__ for f in files]}
-            mfd = os.open(partial / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            mfd = os.open(
+                partial / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
             with os.fdopen(mfd, "w") as fh:
                 json.dump(manifest, fh)
                 fh.flush()
@@ -153,7 +163,9 @@ class LocalStore:
             shutil.rmtree(partial, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFull("snapshot failed: no space left on the snapshot store") from None
-            raise SnapshotFailed(f"snapshot failed: cannot store images: {exc.strerror or exc}") from None
+            raise SnapshotFailed(
+                f"snapshot failed: cannot store images: {exc.strerror or exc}"
+            ) from None
         return sum(f.size for f in files)
 
     # ---- reading ---------------------------------------------------------------------
@@ -187,11 +199,15 @@ class LocalStore:
             try:
                 src = os.open(src_dir / f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
-                raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} is missing") from None
+                raise RestoreFailed(
+                    f"snapshot {snapshot_id} is damaged: {f.name} is missing"
+                ) from None
             try:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                dst = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
                 try:
                     size, digest = _copy_fd(src, dst)
                     if os.geteuid() == 0:
@@ -202,12 +218,16 @@ class LocalStore:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
-                raise RestoreFailed(f"cannot stage snapshot {snapshot_id}: {exc.strerror or exc}") from None
+                raise RestoreFailed(
+                    f"cannot stage snapshot {snapshot_id}: {exc.strerror or exc}"
+                ) from None
             finally:
                 os.close(src)
             if size != f.size or digest != f.xxh3:
                 tmp.unlink()
-                raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum")
+                raise RestoreFailed(
+                    f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum"
+                )
             tmp.replace(target)
 
     def size(self, snapshot_id: str) -> int:
