@@ -137,6 +137,11 @@ class KernelSession:
 
         return value(self.client, expr)
 
+    def after_restore(self) -> None:
+        from tests.helpers import nudge
+
+        nudge(self.client)
+
     def close(self) -> None:
         self.client.stop_channels()
 

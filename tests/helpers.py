@@ -42,6 +42,40 @@ def run_cell(kc: BlockingKernelClient, code: str, timeout: float = 60) -> str:
     return "".join(out)
 
 
+def nudge(kc: BlockingKernelClient, timeout: float = 30) -> None:
+    """What a client does after its kernel was restored: resend kernel_info every 0.25 s until
+    the reply *and* an IOPub status for it arrive.
+
+    The restored kernel listens again at once, but each ZeroMQ client reconnects on its own
+    schedule; until its IOPub subscription is back, a cell's output is published to nobody
+    (seen in 1 of 3 restores here without this). Jupyter's server does the same ("nudge") for
+    its websocket connections.
+    """
+    deadline = time.monotonic() + timeout
+    sent: set[str] = set()
+    reply = status = False
+    next_send = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            sent.add(kc.kernel_info())
+            next_send = time.monotonic() + 0.25
+        try:
+            msg = kc.get_shell_msg(timeout=0.02)
+            reply = reply or msg["parent_header"].get("msg_id") in sent
+        except queue.Empty:
+            pass
+        try:
+            while True:
+                msg = kc.get_iopub_msg(timeout=0.02)
+                if msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") in sent:
+                    status = True
+        except queue.Empty:
+            pass
+        if reply and status:
+            return
+    raise AssertionError(f"kernel did not answer on shell and IOPub within {timeout}s")
+
+
 def value(kc: BlockingKernelClient, expr: str, timeout: float = 60) -> str:
     return run_cell(kc, f"print(repr({expr}))", timeout).strip()
 

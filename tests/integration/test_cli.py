@@ -7,7 +7,7 @@ import socket
 
 from jusnap.client import ApiError, Client
 from tests.conftest import Daemon
-from tests.helpers import connect, run_cell
+from tests.helpers import connect, nudge, run_cell
 
 
 def _json(d: Daemon, *args: str) -> object:
@@ -39,6 +39,7 @@ def test_cli_round_trip(daemon: Daemon) -> None:
     r = daemon.cli("restore", sid)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"restored {sid} into {k['id']}")
+    nudge(kc)
     assert run_cell(kc, "print(x)").strip() == "first"
 
     snaps = _json(daemon, "snapshots", k["id"])

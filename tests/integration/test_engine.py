@@ -62,6 +62,7 @@ def test_objects_no_pickle_tool_can_save_survive(kernel: KernelSession, engine: 
     assert kernel.run(CHECK).strip() == EXPECTED  # consumes the generator and the file
     kernel.run(MUTATE)
     result = engine.restore(snap.id)
+    kernel.after_restore()
     assert result.pre_restore is not None and result.pre_restore.trigger == "pre-restore"
     assert kernel.run(CHECK).strip() == EXPECTED
 
@@ -72,6 +73,7 @@ def test_dataframe_survives(kernel: KernelSession, engine: Engine) -> None:
     snap = engine.snapshot(kernel.id)
     kernel.run("df = df.iloc[:3]")
     engine.restore(snap.id)
+    kernel.after_restore()
     assert kernel.value("(len(df), int(df.a.sum()), df.b.iloc[-1])") == "(1000, 499500, 'x')"
 
 
@@ -87,11 +89,15 @@ def test_older_snapshot_and_same_snapshot_twice(kernel: KernelSession, engine: E
     assert listed[:2] == [second.id, first.id]
 
     engine.restore(first.id)
+
+    kernel.after_restore()
     assert kernel.value("x") == "1"
     kernel.run("x = 10")
     engine.restore(first.id)
+    kernel.after_restore()
     assert kernel.value("x") == "1"
     engine.restore(second.id)
+    kernel.after_restore()
     assert kernel.value("x") == "2"
 
 
@@ -103,6 +109,7 @@ def test_restore_after_kernel_restart(kernel: KernelSession, engine: Engine) -> 
     assert engine.kernel(kernel.id).pid != old_pid
     assert kernel.value("'before_restart' in globals()") == "False"
     engine.restore(snap.id)
+    kernel.after_restore()
     assert kernel.value("before_restart") == "'kept'"
 
 
@@ -122,6 +129,7 @@ def test_history_matches_snapshot(make_settings, history_enabled: bool) -> None:
         ks.run("c = 3")
         ks.run("d = 4")
         e.restore(snap.id)
+        ks.after_restore()
         # In[] is the process's own memory; %history reads IPython's history database.
         assert ks.value("In[1:3]") == "['a = 1', 'b = 2']"
         hist = ks.run("%history -n")
@@ -142,6 +150,7 @@ def test_kernel_runs_as_unprivileged_user(kernel: KernelSession, engine: Engine)
     assert uid == pwd.getpwnam(os.environ.get("JUSNAP_TEST_USER", "jusnap-test")).pw_uid
     snap = engine.snapshot(kernel.id)
     engine.restore(snap.id)
+    kernel.after_restore()
     assert int(kernel.value("__import__('os').getuid()")) == uid
 
 

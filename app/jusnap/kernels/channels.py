@@ -89,7 +89,10 @@ def handshake(conn: dict[str, Any], timeout: float) -> float:
 
     Returns the seconds it took. Raises RestoreFailed when the kernel stays silent.
     """
-    kc = BlockingKernelClient()
+    # A private context, terminated on return: its sockets are then really closed, and do not
+    # count as one of the clients the restore waits for (see wait_for_peers).
+    ctx = zmq.Context()
+    kc = BlockingKernelClient(context=ctx)
     kc.load_connection_info(conn)
     kc.start_channels()
     t0 = time.monotonic()
@@ -116,6 +119,7 @@ def handshake(conn: dict[str, Any], timeout: float) -> float:
         raise RestoreFailed(f"the restored kernel did not answer within {timeout:.0f}s")
     finally:
         kc.stop_channels()
+        ctx.destroy(linger=0)
 
 
 def established_peers(port: int) -> int:
@@ -123,7 +127,7 @@ def established_peers(port: int) -> int:
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            with open(table) as fh:
+            with open(table) as fh:  # noqa: PTH123
                 next(fh)
                 for line in fh:
                     fields = line.split()
@@ -144,7 +148,9 @@ def wait_for_peers(port: int, expected: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if established_peers(port) >= expected:
-            time.sleep(0.02)  # the subscription frame follows the ZMTP handshake
+            # The subscription frame follows the ZMTP handshake, and the kernel's IOPub thread
+            # must process it: allow for a loaded machine.
+            time.sleep(0.1)
             return True
         time.sleep(0.01)
     return False
