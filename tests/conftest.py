@@ -195,11 +195,13 @@ class Daemon:
             self.kill(signal.SIGTERM)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime")}
         return subprocess.run(
             [sys.executable, "-m", "jusnap.cli", "--socket", self.socket, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
 
 

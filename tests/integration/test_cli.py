@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 from jusnap.client import ApiError, Client
 from tests.conftest import Daemon
@@ -19,6 +20,10 @@ def _json(d: Daemon, *args: str) -> object:
 def test_cli_round_trip(daemon: Daemon) -> None:
     k = _json(daemon, "start")
     assert isinstance(k, dict)
+    cfile = Path(k["connection_file"])
+    assert cfile.parent == daemon.state_dir / "runtime"
+    assert (cfile.stat().st_mode & 0o777) == 0o600
+    assert json.loads(cfile.read_text())["key"] == k["connection"]["key"]
     kc = connect(k["connection"])
     run_cell(kc, "x = 'first'")
 
