@@ -68,7 +68,6 @@ def test_objects_no_pickle_tool_can_save_survive(kernel: KernelSession, engine: 
 
 
 def test_dataframe_survives(kernel: KernelSession, engine: Engine) -> None:
-    pytest.importorskip("pandas")  # pandas is in requirements-dev; this guards other setups only
     kernel.run("import pandas as pd; df = pd.DataFrame({'a': range(1000), 'b': ['x'] * 1000})")
     snap = engine.snapshot(kernel.id)
     kernel.run("df = df.iloc[:3]")
