@@ -21,6 +21,7 @@ from .proc import Creds, Reaper
 
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
+LAZY_LOG = "lazy-pages.log"
 STATS_DUMP = "stats-dump"
 _STATS_MAGIC = 0x57093306
 
@@ -111,13 +112,20 @@ class Criu:
             raise cls(f"snapshot failed: {why}")
         return CriuResult(elapsed)
 
-    def restore(self, images_dir: Path, creds: Creds, pidfile: Path) -> CriuResult:
-        """Restore detached; returns the restored root PID. Raises RestoreFailed."""
+    def restore(
+        self, images_dir: Path, creds: Creds, pidfile: Path, lazy: bool = False
+    ) -> CriuResult:
+        """Restore detached; returns the restored root PID. Raises RestoreFailed.
+
+        ``lazy``: pages come from a ``lazy_pages`` server already started on ``images_dir``.
+        """
         argv = [
             self.binary, "restore", "-D", str(images_dir), "--restore-detached",
             "--tcp-close", "-o", RESTORE_LOG, "--pidfile", str(pidfile),
             *self._mode_flags(creds), *self._common(),
         ]  # fmt: skip
+        if lazy:
+            argv.append("--lazy-pages")
         t0 = time.monotonic()
         rc, err = self.reaper.run(argv, creds, self.restore_timeout)
         elapsed = time.monotonic() - t0
@@ -134,14 +142,44 @@ class Criu:
             raise RestoreFailed("restore failed: criu wrote no pid file") from None
         return CriuResult(elapsed, pid)
 
-    def check(self, creds: Creds | None = None) -> str:
-        rc, err = self.reaper.run(
-            [self.binary, "check", *(self._mode_flags(creds) if creds else [])], creds, 60
-        )
-        text = err.decode(errors="replace")
+    def lazy_capable(self, creds: Creds) -> bool:
+        """Whether CRIU can serve lazy pages for these credentials.
+
+        CRIU 4.2.1 turns userfaultfd off in ``--unprivileged`` mode (``kerndat_uffd`` in
+        criu/kerndat.c returns early), so ``criu lazy-pages`` exits at once there: lazy restore
+        needs CRIU running privileged (a root kernel, or ``unprivileged: false``).
+        """
+        return not self._mode_flags(creds)
+
+    def lazy_pages(self, images_dir: Path, creds: Creds) -> int:
+        """Start ``criu lazy-pages`` as a daemon serving ``images_dir``; return its PID.
+
+        It exits by itself once the restored process has all its pages; the images must stay
+        until then.
+        """
+        pidfile = images_dir / "lazy-pages.pid"
+        argv = [
+            self.binary, "lazy-pages", "-D", str(images_dir), "-d", "--pidfile", str(pidfile),
+            "-o", LAZY_LOG, *self._mode_flags(creds),
+        ]  # fmt: skip
+        rc, err = self.reaper.run(argv, creds, self.restore_timeout)
         if rc != 0:
-            raise JusnapError(f"criu check failed: {_stderr_line(err) or rc}")
-        return text
+            fallback = _stderr_line(err) or f"criu lazy-pages exited {rc}"
+            why = explain(images_dir / LAZY_LOG, fallback)
+            raise RestoreFailed(f"restore failed: lazy pages: {why}")
+        try:
+            return int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            raise RestoreFailed("restore failed: criu lazy-pages wrote no pid file") from None
+
+    def check(self, creds: Creds | None = None) -> str:
+        """``criu check`` as the kernel user; returns its verdict line ("Looks good.")."""
+        argv = [self.binary, "check", *(self._mode_flags(creds) if creds else [])]
+        rc, out = self.reaper.run(argv, creds, 60, merge_stdout=True)
+        lines = [ln for ln in out.decode(errors="replace").splitlines() if ln and "Warn" not in ln]
+        if rc != 0:
+            raise JusnapError(f"criu check failed: {(lines or [str(rc)])[-1]}")
+        return lines[-1] if lines else "Looks good."
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:

@@ -161,30 +161,32 @@ class Reaper:
         argv: Sequence[str],
         creds: Creds | None,
         timeout: float,
+        merge_stdout: bool = False,
         **kwargs: object,
     ) -> tuple[int, bytes]:
         """Run to completion in its own session; on timeout kill the whole session.
 
-        Returns (returncode, stderr). A timeout returns -9 after the kill.
+        Returns (returncode, stderr, with stdout first if ``merge_stdout``). A timeout returns
+        -9 after the kill.
         """
         p = self.spawn(
             argv,
             creds,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if merge_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
             start_new_session=True,
             **kwargs,
         )
         try:
             try:
-                _, err = p.communicate(timeout=timeout)
+                out, err = p.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                _, err = p.communicate()
-                return -9, err or b""
-            return p.returncode, err or b""
+                out, err = p.communicate()
+                return -9, (out if merge_stdout else err) or b""
+            return p.returncode, (out if merge_stdout else err) or b""
         finally:
             self.release(p)
 

@@ -133,3 +133,16 @@ def test_cli_and_api_agree(daemon: Daemon) -> None:
     assert api.show(snap["id"]) == _json(daemon, "show", snap["id"])
     assert api.snapshots(k["id"]) == _json(daemon, "snapshots", k["id"])
     assert [x["id"] for x in api.kernels()] == [x["id"] for x in _json(daemon, "kernels")]
+
+
+def test_check_runs_criu_as_the_kernel_user(criu_binary: str, kernel_user) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "jusnap.cli", "check", "--jusnap.os.uid", kernel_user.pw_name,
+         "--jusnap.criu.binary", criu_binary],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "Looks good."
