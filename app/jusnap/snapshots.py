@@ -51,15 +51,20 @@ from .kernels.channels import (
     wait_for_peers,
 )
 from .kernels.supervisor import Supervisor, ports_free
+from .lazyrestore import serve_lazily
 from .proc import Reaper, kill_tree, start_time
 from .registry import Kernel, Registry, Snapshot
 from .store.local import LocalStore, replace_contents
+from .store.service import StoreService
 
 log = logging.getLogger(__name__)
 
 TRIGGERS = ("manual", "auto", "pre-restore")
 HISTORY_NAME = "history.sqlite"
 MAX_LABEL = 200
+# How long a request someone waits for queues behind a running operation on the same kernel
+# (typically the automatic snapshot of the cell just run) before it answers "busy".
+USER_WAIT = 30.0
 
 ACTION_SCRIPT = """#!/bin/sh
 # Run by CRIU as the kernel's user. At post-dump the kernel is still frozen, so the copy of its
@@ -112,7 +117,11 @@ class Engine:
         self.state_dir = settings.state_dir
         self.hooks = hooks or HookSet()
         self.reaper = Reaper()
-        self.store = LocalStore(self.state_dir / "snapshots")
+        st = settings.jusnap.store
+        self.store = LocalStore(
+            self.state_dir / "snapshots", level=st.compression_level, threads=st.threads
+        )
+        self.storage = StoreService(self.store, st)  # retention, gc, usage, migration
         c = settings.jusnap.criu
         self.criu = Criu(
             binary=c.binary,
@@ -176,14 +185,18 @@ class Engine:
             if not self.store.exists(sid):
                 log.warning("snapshot %s has no images on disk; forgetting it", sid)
                 self.registry.delete_snapshot(sid)
+        self.storage.start(self.registry)  # migrates an older store layout
 
     # ---- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _exclusive(self, kernel_id: str, what: str) -> Iterator[None]:
+    def _exclusive(self, kernel_id: str, what: str, wait: float = 0.0) -> Iterator[None]:
+        """One operation per kernel. Callers a person is waiting for (``wait`` > 0) queue
+        briefly behind, e.g., the automatic snapshot of the cell just run; others fail fast."""
         with self._guard:
             lock = self._locks.setdefault(kernel_id, threading.Lock())
-        if not lock.acquire(blocking=False):
-            raise Busy(f"kernel {kernel_id} is busy with another snapshot operation; try again")
+        if not lock.acquire(timeout=wait) if wait > 0 else not lock.acquire(blocking=False):
+            doing = self._ops.get(kernel_id, "another snapshot operation")
+            raise Busy(f"kernel {kernel_id} is busy ({doing}); try again", operation=doing)
         self._ops[kernel_id] = what
         try:
             yield
@@ -276,8 +289,10 @@ class Engine:
             for k in self.registry.kernels()
         )
         if in_use or not ports_free(conn):
-            log.warning("ports of notebook %s are taken; its older snapshots will not fit the new kernel",
-                        notebook_path)  # fmt: skip
+            log.warning(
+                "ports of notebook %s are taken; its older snapshots will not fit the new kernel",
+                notebook_path,
+            )
             return None
         return conn
 
@@ -366,12 +381,21 @@ class Engine:
             if skipped is not None:
                 return skipped
         try:
-            with self._exclusive(k.id, "snapshot"):
-                return self._snapshot_locked(k, trigger, label, execution_count)
+            with self._exclusive(k.id, "snapshot", wait=0.0 if trigger == "auto" else USER_WAIT):
+                snap = self._snapshot_locked(k, trigger, label, execution_count)
         except Busy:
             if trigger == "auto":
                 return Skipped(k.id, "another operation is running", 0.0)
             raise
+        self._retain(snap)
+        return snap
+
+    def _retain(self, snap: Snapshot) -> None:
+        """Retention (and gc) after a snapshot, outside the kernel's lock; never fails it."""
+        try:
+            self.storage.after_snapshot(self.registry, snap, lambda kid: kid in self._ops)
+        except Exception:
+            log.exception("retention after snapshot %s failed", snap.id)
 
     def check_auto(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Skipped | None:
         """Why an automatic snapshot of the kernel would be skipped now (None: it would run)."""
@@ -444,7 +468,7 @@ class Engine:
                 # to its exit, not only while CRIU holds it.
                 frozen = max(frozen, hooked_seconds)
             extra = {HISTORY_NAME: history_copy} if history_copy.exists() else {}
-            size = self.store.commit(sid, images, extra)
+            size = self.store.commit(sid, images, extra, owner=k.owner_uid)
         snap = Snapshot(
             id=sid,
             kernel_id=k.id,
@@ -512,13 +536,13 @@ class Engine:
 
     def delete_snapshot(self, snapshot_id: str, owner_uid: int | None = ADMIN) -> None:
         s = self.snapshot_info(snapshot_id, owner_uid)
-        with self._exclusive(s.kernel_id, "delete"):
+        with self._exclusive(s.kernel_id, "delete", wait=USER_WAIT):
             self.registry.delete_snapshot(s.id)
             self.store.delete(s.id)
 
     def clear(self, kernel_id: str, owner_uid: int | None = ADMIN) -> int:
         snaps = self.list_snapshots(kernel_id, owner_uid)
-        with self._exclusive(kernel_id, "clear"):
+        with self._exclusive(kernel_id, "clear", wait=USER_WAIT):
             for s in snaps:
                 self.registry.delete_snapshot(s.id)
                 self.store.delete(s.id)
@@ -537,7 +561,7 @@ class Engine:
             )
         self.hooks.preflight_restore(snap.hooks)
         t0 = time.monotonic()
-        with self._exclusive(k.id, "restore"):
+        with self._exclusive(k.id, "restore", wait=USER_WAIT):
             pre: Snapshot | None = None
             if self.supervisor.alive(k):
                 try:
@@ -548,16 +572,14 @@ class Engine:
                         f" ({exc.message})",
                         rolled_back=True,
                     ) from None
-            # Clients connected now (the notebook server) reconnect by themselves after the
-            # restore; count them (without our own monitor) so the restore can wait for them.
-            self._unwatch(k)
+            # Clients connected now (the notebook server, and our own IOPub watcher) reconnect
+            # by themselves after the restore; count them so the restore can wait for them.
             peers = established_peers(k.connection["iopub_port"])
             try:
                 with self._staged(k, snap) as staged:
                     criu_s, hs_s = self._replace(k, snap, staged, peers)
             except _Untouched as exc:
                 # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
-                self._watch(k)
                 if pre is not None:
                     self.registry.delete_snapshot(pre.id)
                     self.store.delete(pre.id)
@@ -624,14 +646,23 @@ class Engine:
         try:
             if start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
-            result = self.criu.restore(scratch / "img", self.supervisor.creds(k), pidfile)
+            creds = self.supervisor.creds(k)
+            images, lazy = scratch / "img", False
+            if self.storage.lazy_for(snap, self.criu.lazy_capable(creds)):
+                timeout = max(600.0, self.criu.restore_timeout * 5)
+                images, lazy = serve_lazily(self.criu, images, self.work_dir, creds, timeout), True
+            result = self.criu.restore(images, creds, pidfile, lazy=lazy)
             restored_pid = result.pid
             assert restored_pid is not None
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
             hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
-            wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0)
+            live = {"execution_count": snap.execution_count, "last_snapshot_at": time.time()}
+            self._live[k.id] = live
+            self._watch(k)
+            if not wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0):
+                log.warning("kernel %s: not every client reconnected after the restore", k.id)
         except Exception as exc:
             if restored_pid is None:
                 with contextlib.suppress(OSError, ValueError):
@@ -646,12 +677,7 @@ class Engine:
                 raise
             raise RestoreFailed(f"restore failed: {exc}") from exc
         k.execution_count = snap.execution_count
-        self._live[k.id] = {
-            "execution_count": snap.execution_count,
-            "last_snapshot_at": time.time(),
-        }
         self.registry.put_kernel(k)
-        self._watch(k)
         return result.seconds, hs
 
 

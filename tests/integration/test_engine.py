@@ -237,3 +237,33 @@ def test_owner_cannot_touch_other_users_kernels(kernel: KernelSession, engine: E
         engine.delete_snapshot(snap.id, owner_uid=stranger)
     assert engine.kernels(owner_uid=stranger) == []
     assert [s.id for s in engine.list_snapshots(kernel.id)] == [snap.id]
+
+
+def test_one_operation_per_kernel(kernel: KernelSession, engine: Engine, monkeypatch) -> None:  # noqa: ANN001
+    import threading
+
+    import jusnap.snapshots as snapshots_mod
+    from jusnap.errors import Busy
+
+    monkeypatch.setattr(snapshots_mod, "USER_WAIT", 0.3)
+    with engine._exclusive(kernel.id, "restore"):
+        skipped = engine.snapshot(kernel.id, trigger="auto")
+        assert isinstance(skipped, Skipped) and "another operation" in skipped.reason
+        with pytest.raises(Busy, match="restore") as info:
+            engine.snapshot(kernel.id)
+        assert info.value.http_status == 409
+
+    # A manual request queues behind a short operation instead of failing.
+    monkeypatch.setattr(snapshots_mod, "USER_WAIT", 10.0)
+    held = threading.Event()
+
+    def hold() -> None:
+        with engine._exclusive(kernel.id, "snapshot"):
+            held.set()
+            threading.Event().wait(0.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    assert isinstance(engine.snapshot(kernel.id), Snapshot)
+    t.join()
