@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -188,7 +189,15 @@ def cmd_kernels(args: argparse.Namespace, c: Client) -> int:
 def cmd_start(args: argparse.Namespace, c: Client) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     k = c.launch(argv=argv or None, notebook_path=args.notebook, cwd=args.cwd)
-    _out(args, k, lambda k: k["id"])
+    # Like Jupyter: a connection file in the runtime dir, so `jupyter console --existing` works.
+    runtime = Path(os.path.expanduser(args.runtime_path))
+    runtime.mkdir(parents=True, exist_ok=True)
+    cfile = runtime / f"kernel-{k['id']}.json"
+    fd = os.open(cfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(k["connection"], fh)
+    k["connection_file"] = str(cfile)
+    _out(args, k, lambda k: f"{k['id']}\nconnection file: {cfile}")
     return 0
 
 
@@ -320,10 +329,62 @@ def cmd_health(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def usage_text(data: dict[str, Any]) -> str:
+    """``jusnap du``: one block per owner, then its snapshots' unique bytes."""
+    r = data["retention"]
+    cap = f"{r['max_user_mb']} MB" if r["max_user_mb"] else "none"
+    lines = [f"retention: keep {r['keep_auto'] or 'all'} automatic snapshots per notebook,"
+             f" cap {cap}, pre-restore copies {r['pre_restore_ttl'] / 3600:g}h"]  # fmt: skip
+    if not data["usage"]:
+        lines.append("no snapshots stored")
+    for u in data["usage"]:
+        ratio = lambda v: f"{v:.1f}x" if v else "-"  # noqa: E731
+        lines += [
+            f"uid {u['owner_uid']}: {u['snapshots']} snapshot(s)",
+            f"  images (logical)   {human_size(u['logical_bytes'])}",
+            f"  stored             {human_size(u['stored_bytes'])}"
+            f"  (dedup + compression {ratio(u['dedup_ratio'])},"
+            f" compression {ratio(u['compression_ratio'])})",
+            f"  shared pages       {human_size(u['shared_bytes'])}",
+            f"  unique pages       {human_size(u['unique_bytes'])}",
+            f"  on disk            {human_size(u['disk_bytes'])}"
+            f"  (garbage {human_size(u['garbage_bytes'])}: jusnap gc)",
+        ]
+        if u["per_snapshot"]:
+            rows = [[s["id"], human_size(s["logical_bytes"]), human_size(s["unique_bytes"])]
+                    for s in u["per_snapshot"]]  # fmt: skip
+            lines.append(table(rows, ["  SNAPSHOT", "IMAGE", "UNIQUE"]))
+    return "\n".join(lines)
+
+
+def cmd_du(args: argparse.Namespace, c: Client) -> int:
+    _out(args, c.store(), usage_text)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, c: Client) -> int:
+    with Progress("collecting garbage", not args.json):
+        r = c.gc()
+    _out(args, r, lambda d: "\n".join(
+        f"uid {x['owner_uid']}: freed {human_size(x['bytes_freed'])}"
+        f" ({x['chunks_removed']} chunks, {x['packs_removed']} packs removed,"
+        f" {x['packs_compacted']} compacted) in {x['seconds']:.2f}s"
+        for x in d["results"]
+    ) or "nothing to collect")  # fmt: skip
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import serve
 
     serve(settings_from_args(args))
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from .config_reference import reference
+
+    print(reference(), end="")
     return 0
 
 
@@ -361,10 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = add("check", cmd_check, "check that CRIU works for the kernel user")
     add_flags(check)
     add("health", cmd_health, "is the daemon up?")
+    add("config-reference", cmd_config_reference, "print every setting as Markdown")
     add("kernels", cmd_kernels, "list kernels")
     sp = add("start", cmd_start, "launch a kernel (default: the configured IPython kernel)")
     sp.add_argument("--notebook", help="notebook path the kernel belongs to")
     sp.add_argument("--cwd", help="working directory")
+    sp.add_argument("--runtime-path", default=os.environ.get("JUPYTER_RUNTIME_DIR", "~/.local/share/jupyter/runtime/"),
+                    help="where to write the connection file (default: %(default)s)")  # fmt: skip
     sp.add_argument("argv", nargs=argparse.REMAINDER, help="-- kernel argv with {connection_file}")
     per_kernel = (
         ("stop", cmd_stop, "shut a kernel down"),
@@ -400,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("label", cmd_label, "set or clear a snapshot's label")
     sp.add_argument("snapshot")
     sp.add_argument("label", nargs="?", default="")
+    add("du", cmd_du, "space the snapshot store uses: shared, unique, compression")
+    add("gc", cmd_gc, "remove stored pages no snapshot needs any more")
     sp = add("auto", cmd_auto, "show or set a kernel's automatic snapshots")
     sp.add_argument("kernel")
     sp.add_argument("state", nargs="?", choices=["on", "off"])
@@ -411,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in ("serve", "check"):
+        if args.command in ("serve", "check", "config-reference"):
             return args.fn(args)
         return args.fn(args, Client(args.socket))
     except JusnapError as exc:

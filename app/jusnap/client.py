@@ -140,6 +140,12 @@ class Client:
     def delete(self, snapshot_id: str) -> Any:
         return self.request("DELETE", f"/snapshots/{_q(snapshot_id)}")
 
+    def store(self) -> Any:
+        return self.request("GET", "/store")
+
+    def gc(self) -> Any:
+        return self.request("POST", "/store/gc")
+
     def restore(self, snapshot_id: str, kernel_id: str | None = None) -> Any:
         body = {"kernel_id": kernel_id} if kernel_id else {}
         return self.request("POST", f"/snapshots/{_q(snapshot_id)}/restore", body)

@@ -36,6 +36,8 @@ class Duration(float):
 
 @dataclass
 class GracefulSettings:
+    # How long a kernel gets to exit after SIGTERM on shutdown (then SIGKILL), and gunicorn's
+    # graceful stop of in-flight requests.
     shutdown_timeout: Duration = Duration(10)
 
 
@@ -49,28 +51,47 @@ class CriuSettings:
     # "auto": CRIU's --unprivileged mode whenever the kernel is not root (the only mode that
     # works here without CAP_SYS_RESOURCE, and the one where a crafted image cannot change uid).
     unprivileged: str = "auto"
+    # New: longest a `criu dump` may take before it is killed (the kernel keeps running).
     dump_timeout: Duration = Duration(120)
+    # New: longest a `criu restore` may take (it can hang on an internal BUG); then rollback.
     restore_timeout: Duration = Duration(120)
+    # New: dump and restore file locks (a sqlite transaction holding a lock needs it).
     file_locks: bool = True
 
 
 @dataclass
 class HttpSettings:
+    # Loopback address for the API's TCP listener (nginx and tools); empty: Unix socket only.
     host: str = "127.0.0.1"
+    # TCP port of the API (original key; the original listened on all interfaces, Jusnap on
+    # loopback only).
     port: str = "8000"
+    # New: the Unix socket local callers use (CLI, provisioner, kernels); callers are identified
+    # by their uid.
     socket: str = "/run/jusnap/jusnap.sock"
+    # Original key: idle keep-alive time of a client connection.
     read_timeout: Duration = Duration(5)
+    # Original key, accepted for compatibility; requests run until their operation's own
+    # timeout (criu dump/restore timeouts) instead.
     write_timeout: Duration = Duration(5)
+    # New: concurrent requests the daemon serves (one kernel operation at a time per kernel).
     workers_threads: int = 8
 
 
 @dataclass
 class IpythonSettings:
+    # Extra arguments for the default kernel command (`python -m ipykernel_launcher -f ...`).
     args: str = ""
+    # Minimum time between automatic snapshots of a kernel (manual ones always run).
     cooldown: Duration = Duration(5)
+    # Keep IPython's history in a per-kernel database saved with every snapshot (off: history
+    # lives in the kernel's memory, which is snapshotted anyway).
     history_enabled: bool = False
+    # The user's IPython history; each kernel's own history database starts as a copy of it.
     history_file: str = "~/.ipython/profile_default/history.sqlite"
+    # Python that runs the default kernel command.
     python_interpreter: str = "python3"
+    # Where `jusnap start` writes a kernel's connection file (for `jupyter console --existing`).
     runtime_path: str = "~/.local/share/jupyter/runtime/"
     # New: whether kernels take automatic snapshots after cells until told otherwise.
     auto_snapshot: bool = True
@@ -80,7 +101,9 @@ class IpythonSettings:
 
 @dataclass
 class JupyterSettings:
+    # Extra arguments for the Jupyter server (used by the supervisor template of the appliance).
     args: str = ""
+    # Port of the Jupyter server on loopback (nginx proxies to it).
     port: int = 8888
     # New: the Jupyter server that vouches for browser requests reaching the daemon over TCP
     # (``GET {url}api/me`` with the browser's cookie or token). Empty: http://127.0.0.1:<port>/.
@@ -98,18 +121,48 @@ class JupyterSettings:
 class OsSettings:
     # Who kernels run as; names or numbers. Empty means the unprivileged ``jusnap`` user.
     uid: str = ""
+    # Group of kernels and the files created for them; empty: the kernel user's primary group.
     gid: str = ""
 
 
 @dataclass
+class StoreSettings:
+    """The snapshot store: compression, retention, garbage collection, lazy restore."""
+
+    # zstd level for stored pages (1: 250-700 MB/s per core, off the kernel's freeze).
+    compression_level: int = 1
+    # Threads that compress when storing and decompress/verify when restoring.
+    threads: int = 2
+    # Per notebook (or kernel without one): automatic snapshots kept, newest first; manual and
+    # labelled snapshots are never removed by retention. 0 keeps all.
+    keep_auto: int = 50
+    # Space one user's snapshots may take on disk, in MB (oldest automatic ones go first;
+    # manual and labelled ones never). 0: no cap.
+    max_user_mb: int = 0
+    # How long the safety copies taken before each restore are kept.
+    pre_restore_ttl: Duration = Duration(24 * 3600)
+    # Run garbage collection of unreferenced chunks after retention removed snapshots.
+    gc_after_retention: bool = True
+    # Restore with CRIU's lazy pages ("auto": when the image holds at least lazy_threshold_mb
+    # and CRIU runs privileged; see docs/storage.md for why not in --unprivileged mode).
+    lazy_pages: str = "auto"
+    # Image size from which "auto" restores lazily, in MB.
+    lazy_threshold_mb: int = 1024
+
+
+@dataclass
 class JusnapSettings:
+    # New: registry, snapshot store, kernels' private files and scratch space (root, 0711).
     state_dir: str = "/var/lib/jusnap"
+    # debug, info, warning, error.
     log_level: str = "info"
     criu: CriuSettings = field(default_factory=CriuSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     ipython: IpythonSettings = field(default_factory=IpythonSettings)
     jupyter: JupyterSettings = field(default_factory=JupyterSettings)
     os: OsSettings = field(default_factory=OsSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    # GPU kernels (CUDA checkpointing): see the gpu section below and docs/gpu.md.
     gpu: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,7 +193,8 @@ class Settings:
 
     @property
     def jupyter_uid(self) -> int:
-        return resolve_uid(self.jusnap.jupyter.user) if self.jusnap.jupyter.user else self.kernel_uid
+        user = self.jusnap.jupyter.user
+        return resolve_uid(user) if user else self.kernel_uid
 
     @property
     def ghost_limit_bytes(self) -> int:
@@ -276,6 +330,16 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"jusnap.log_level: unknown level {j.log_level!r}")
     if j.criu.unprivileged not in ("auto", "true", "false"):
         raise ConfigError("jusnap.criu.unprivileged: expected auto, true or false")
+    st = j.store
+    if st.lazy_pages not in ("auto", "true", "false"):
+        raise ConfigError("jusnap.store.lazy_pages: expected auto, true or false")
+    if not 1 <= st.compression_level <= 19:
+        raise ConfigError("jusnap.store.compression_level: expected 1 to 19")
+    if not 1 <= st.threads <= 64:
+        raise ConfigError("jusnap.store.threads: expected 1 to 64")
+    for key in ("keep_auto", "max_user_mb", "lazy_threshold_mb"):
+        if getattr(st, key) < 0:
+            raise ConfigError(f"jusnap.store.{key}: must not be negative")
     if j.criu.ghost_limit < 0:
         raise ConfigError("jusnap.criu.ghost_limit: must not be negative (MB)")
     for key, path in (("jusnap.state_dir", j.state_dir), ("jusnap.criu.binary", j.criu.binary)):

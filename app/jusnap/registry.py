@@ -215,7 +215,8 @@ class Registry:
     ) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO notebooks (owner_uid, notebook_path, connection) VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO notebooks (owner_uid, notebook_path, connection)"
+                " VALUES (?, ?, ?)",
                 (owner_uid, notebook_path, json.dumps(connection)),
             )
 

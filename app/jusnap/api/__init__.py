@@ -19,6 +19,8 @@ from ..errors import JusnapError
 from ..snapshots import Engine
 from . import auth
 from .browser import JupyterVouch
+from .docs import SECURITY, SECURITY_SCHEMES, refine
+from .schemas import ErrorOut
 
 PREFIX = "/jusnap/api/v1"
 log = logging.getLogger(__name__)
@@ -67,7 +69,14 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         VALIDATION_ERROR_DESCRIPTION="Validation error",
         SPEC_FORMAT="json",
         AUTO_404_RESPONSE=True,
-        INFO={"description": "Snapshot and restore whole Jupyter kernels in place."},
+        INFO={
+            "description": "Snapshot and restore whole Jupyter kernels in place. Local callers use"
+            " the Unix socket (/run/jusnap/jusnap.sock; identified by uid); browsers use their"
+            " Jupyter login, through Jupyter ({base_url}jusnap/api/v1/) or nginx."
+        },
+        HTTP_ERROR_SCHEMA=ErrorOut,
+        VALIDATION_ERROR_SCHEMA=ErrorOut,
+        VALIDATION_ERROR_STATUS_CODE=422,
     )
     s = engine.settings
     if s.jusnap.jupyter.browser_auth:
@@ -76,11 +85,16 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
             JUSNAP_JUPYTER_UID=s.jupyter_uid,
         )
     app.config.update(config or {})
-    app.security_schemes = {
-        "PeerCredentials": {"type": "apiKey", "in": "header", "name": "X-Unix-Socket",
-                            "description": "Unix socket callers are identified by SO_PEERCRED"},
-        "Token": {"type": "http", "scheme": "bearer"},
-    }  # fmt: skip
+    app.security_schemes = SECURITY_SCHEMES
+
+    @app.spec_processor
+    def document_security(spec: dict[str, Any]) -> dict[str, Any]:
+        """Every operation needs credentials unless it says otherwise (health, this document)."""
+        spec["security"] = SECURITY
+        health = spec.get("paths", {}).get(f"{PREFIX}/health", {})
+        for op in health.values():
+            op["security"] = []
+        return refine(spec)
 
     @app.error_processor
     def http_error(err: HTTPError) -> tuple[dict[str, Any], int, Any]:
@@ -97,12 +111,14 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         return err.to_dict(), err.http_status
 
     @app.errorhandler(HTTPException)
-    def werkzeug_error(err: HTTPException) -> tuple[dict[str, Any], int]:
+    def werkzeug_error(err: HTTPException) -> tuple[dict[str, Any], int, list[tuple[str, str]]]:
         code = err.code or 500
+        # Keep werkzeug's headers (e.g. Allow on 405, as RFC 9110 requires), not its HTML type.
+        headers = [(k, v) for k, v in err.get_headers() if k.lower() != "content-type"]
         return {
             "error": _HTTP_CODES.get(code, "error"),
             "message": err.description or err.name,
-        }, code
+        }, code, headers
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> tuple[dict[str, Any], int]:
@@ -119,8 +135,10 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
     from .kernels import bp as kernels_bp
     from .meta import bp as meta_bp
     from .snapshots import bp as snapshots_bp
+    from .store import bp as store_bp
 
     app.register_blueprint(meta_bp, url_prefix=PREFIX)
     app.register_blueprint(kernels_bp, url_prefix=f"{PREFIX}/kernels")
     app.register_blueprint(snapshots_bp, url_prefix=f"{PREFIX}/snapshots")
+    app.register_blueprint(store_bp, url_prefix=f"{PREFIX}/store")
     return app

@@ -108,7 +108,9 @@ class JupyterVouch:
         except urllib.error.HTTPError as exc:
             status = exc.code
         except (urllib.error.URLError, OSError) as exc:
-            raise JupyterUnavailable(f"cannot ask the Jupyter server who is logged in: {exc}") from None
+            raise JupyterUnavailable(
+                f"cannot ask the Jupyter server who is logged in: {exc}"
+            ) from None
         if status != 200:
             raise Forbidden("the Jupyter server does not accept these credentials")
         with self._lock:

@@ -60,7 +60,7 @@ def after_hangup(conn: socket.socket | None, job: Callable[[], object], what: st
                     dup.close()
         try:
             job()
-        except Exception as exc:  # noqa: BLE001 - nobody is left to answer; log it
+        except Exception as exc:
             log.warning("%s failed: %s", what, getattr(exc, "message", exc))
 
     threading.Thread(target=run, name="jusnap-handoff", daemon=True).start()

@@ -7,16 +7,16 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import request
 
-from ..errors import Forbidden, InvalidRequest
+from ..errors import Forbidden
 from ..snapshots import Skipped
 from .auth import identity
-from .handoff import after_hangup
 from .deps import engine, kernel_view
+from .docs import BODY, BY_ID, errors, response
+from .handoff import after_hangup
 from .schemas import (
     AutoIn,
     AutoOut,
     ClearedOut,
-    ErrorOut,
     KernelCreatedOut,
     KernelIn,
     KernelOut,
@@ -27,12 +27,11 @@ from .schemas import (
 )
 
 bp = APIBlueprint("kernels", __name__)
-ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
 
 
 @bp.get("")
 @bp.output(KernelOut(many=True))
-@bp.doc(responses={401: ErrorOut, 403: ErrorOut})
+@bp.doc(responses=errors())
 def list_kernels() -> list[dict[str, Any]]:
     return [kernel_view(k) for k in engine().kernels(identity().owner)]
 
@@ -40,7 +39,7 @@ def list_kernels() -> list[dict[str, Any]]:
 @bp.post("")
 @bp.input(KernelIn, arg_name="body")
 @bp.output(KernelCreatedOut, status_code=201)
-@bp.doc(responses={**ERRORS, 400: ErrorOut})
+@bp.doc(responses=errors(*BODY))
 def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
     who = identity()
     e = engine()
@@ -60,14 +59,14 @@ def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/<kernel_id>")
 @bp.output(KernelOut)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID))
 def get_kernel(kernel_id: str) -> dict[str, Any]:
     return kernel_view(engine().kernel(kernel_id, identity().owner))
 
 
 @bp.get("/<kernel_id>/connection")
 @bp.output(KernelCreatedOut)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID))
 def get_connection(kernel_id: str) -> dict[str, Any]:
     k = engine().kernel(kernel_id, identity().owner)
     return {**kernel_view(k), "connection": k.connection}
@@ -75,7 +74,7 @@ def get_connection(kernel_id: str) -> dict[str, Any]:
 
 @bp.delete("/<kernel_id>")
 @bp.output({}, status_code=204)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID, 409))
 def shutdown_kernel(kernel_id: str) -> tuple[str, int]:
     engine().shutdown_kernel(kernel_id, identity().owner)
     return "", 204
@@ -83,14 +82,14 @@ def shutdown_kernel(kernel_id: str) -> tuple[str, int]:
 
 @bp.post("/<kernel_id>/restart")
 @bp.output(KernelOut)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID, 409))
 def restart_kernel(kernel_id: str) -> dict[str, Any]:
     return kernel_view(engine().restart_kernel(kernel_id, identity().owner))
 
 
 @bp.post("/<kernel_id>/interrupt")
 @bp.output({}, status_code=204)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID, 409))
 def interrupt_kernel(kernel_id: str) -> tuple[str, int]:
     engine().interrupt_kernel(kernel_id, identity().owner)
     return "", 204
@@ -99,7 +98,7 @@ def interrupt_kernel(kernel_id: str) -> tuple[str, int]:
 @bp.post("/<kernel_id>/signal")
 @bp.input(SignalIn, arg_name="body")
 @bp.output({}, status_code=204)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID, *BODY, 409))
 def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
     engine().signal_kernel(kernel_id, body["signal"], identity().owner)
     return "", 204
@@ -107,7 +106,7 @@ def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
 
 @bp.get("/<kernel_id>/auto")
 @bp.output(AutoOut)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID))
 def get_auto(kernel_id: str) -> dict[str, Any]:
     e = engine()
     return e.auto_settings(e.kernel(kernel_id, identity().owner))
@@ -116,7 +115,7 @@ def get_auto(kernel_id: str) -> dict[str, Any]:
 @bp.patch("/<kernel_id>/auto")
 @bp.input(AutoIn, arg_name="body")
 @bp.output(AutoOut)
-@bp.doc(responses={**ERRORS, 400: ErrorOut})
+@bp.doc(responses=errors(*BY_ID, *BODY))
 def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
     e = engine()
     k = e.set_auto(kernel_id, identity().owner, body.get("enabled"), body.get("cooldown"))
@@ -125,40 +124,46 @@ def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/<kernel_id>/snapshots")
 @bp.output(SnapshotOut(many=True))
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID))
 def list_snapshots(kernel_id: str) -> list[dict[str, Any]]:
     """The kernel's snapshots and those of its notebook; ``restorable``: they fit its ports."""
     e = engine()
     k = e.kernel(kernel_id, identity().owner)
-    return [{**s.public(), "restorable": s.ports == k.ports()} for s in e.list_snapshots(k.id, identity().owner)]
+    snaps = e.list_snapshots(k.id, identity().owner)
+    return [{**s.public(), "restorable": s.ports == k.ports()} for s in snaps]
 
 
 @bp.post("/<kernel_id>/snapshots")
 @bp.input(SnapshotIn, arg_name="body")
 @bp.output(SnapshotCreatedOut, status_code=201)
-@bp.doc(responses={**ERRORS, 200: SnapshotCreatedOut, 202: SnapshotCreatedOut, 400: ErrorOut, 422: ErrorOut,
-                   500: ErrorOut, 507: ErrorOut})
+@bp.doc(
+    responses={
+        **errors(*BY_ID, *BODY, 409, 500, 507),
+        200: response("SnapshotCreatedOut", "automatic snapshot skipped (cooldown, off, busy)"),
+        202: response("SnapshotCreatedOut", '"wait": false: taken once the caller hangs up'),
+    }
+)
 def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     e = engine()
     owner = identity().owner
+    trigger = body.get("trigger", "manual")
     if body.get("wait") is False:
         # Asked from inside the kernel: answer first, dump once the kernel has hung up.
-        if body.get("trigger") != "auto":
-            raise InvalidRequest('"wait": false is for automatic snapshots ("trigger": "auto")')
-        skipped = e.check_auto(kernel_id, owner)
+        k = e.kernel(kernel_id, owner)
+        skipped = e.check_auto(k.id, owner) if trigger == "auto" else None
         if skipped is not None:
             return skipped.public(), 200
-        count = body.get("execution_count")
+        count, label = body.get("execution_count"), body.get("label")
         after_hangup(
             request.environ.get("gunicorn.socket"),
-            lambda: e.snapshot(kernel_id, owner, trigger="auto", execution_count=count),
-            f"automatic snapshot of {kernel_id}",
+            lambda: e.snapshot(k.id, owner, trigger=trigger, label=label, execution_count=count),
+            f"{trigger} snapshot of {k.id}",
         )
-        return {"status": "scheduled", "kernel_id": kernel_id}, 202
+        return {"status": "scheduled", "kernel_id": k.id}, 202
     result = e.snapshot(
         kernel_id,
         owner,
-        trigger=body.get("trigger", "manual"),
+        trigger=trigger,
         label=body.get("label"),
         execution_count=body.get("execution_count"),
     )
@@ -169,6 +174,6 @@ def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any
 
 @bp.delete("/<kernel_id>/snapshots")
 @bp.output(ClearedOut)
-@bp.doc(responses=ERRORS)
+@bp.doc(responses=errors(*BY_ID, 409))
 def clear_snapshots(kernel_id: str) -> dict[str, Any]:
     return {"deleted": engine().clear(kernel_id, identity().owner)}

@@ -5,9 +5,22 @@ from __future__ import annotations
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range, Regexp
-from marshmallow import RAISE
+from marshmallow import RAISE, ValidationError
 
 KERNEL_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# Strings that reach argv, the environment, file names or SQLite: no NUL (a process cannot get
+# it), no lone surrogate (no encoding can store it); labels also without control characters.
+TEXT = r"^[^\x00]*$"
+ENV_NAME = r"^[^\x00=]+$"
+LABEL = r"^[^\x00-\x1f\x7f]*$"
+
+
+def encodable(value: str) -> None:
+    """Reject lone surrogates (JSON can carry them as \\udXXX escapes; nothing downstream can)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("must be valid Unicode text (no lone surrogates)") from None
 
 
 class Strict(Schema):
@@ -36,17 +49,18 @@ class ConnectionIn(Strict):
     hb_port = Integer(required=True, validate=Range(1024, 65535))
     ip = String(validate=OneOf(["127.0.0.1", "localhost"]))
     transport = String(validate=OneOf(["tcp"]))
-    key = String(required=True, validate=Length(16, 256))
+    key = String(required=True, validate=[Length(16, 256), Regexp(TEXT), encodable])
     signature_scheme = String(validate=OneOf(["hmac-sha256"]))
-    kernel_name = String(validate=Length(0, 64))
+    kernel_name = String(validate=[Length(0, 64), Regexp(TEXT), encodable])
 
 
 class KernelIn(Strict):
     kernel_id = String(validate=Regexp(KERNEL_ID))
-    argv = List(String(validate=Length(1, 4096)), validate=Length(1, 64))
-    env = Dict(keys=String(validate=Length(1, 256)), values=String(validate=Length(0, 8192)))
-    cwd = String(validate=Length(1, 4096))
-    notebook_path = String(validate=Length(0, 4096), allow_none=True)
+    argv = List(String(validate=[Length(1, 4096), Regexp(TEXT), encodable]), validate=Length(1, 64))
+    env = Dict(keys=String(validate=[Length(1, 256), Regexp(ENV_NAME), encodable]),
+               values=String(validate=[Length(0, 8192), Regexp(TEXT), encodable]))  # fmt: skip
+    cwd = String(validate=[Length(1, 4096), Regexp(TEXT), encodable])
+    notebook_path = String(validate=[Length(0, 4096), Regexp(TEXT), encodable], allow_none=True)
     connection = Nested(ConnectionIn)
 
 
@@ -73,7 +87,7 @@ class SnapshotOut(Schema):
     execution_count = Integer(allow_none=True)
     has_history = Boolean()
     hooks = Dict()
-    restorable = Boolean(metadata={"description": "fits the kernel's ports (in a kernel's list only)"})
+    restorable = Boolean(metadata={"description": "fits the kernel's ports (in a kernel's list)"})
 
 
 class KernelOut(Schema):
@@ -88,7 +102,7 @@ class KernelOut(Schema):
     created_at = Float(required=True)
     execution_count = Integer(allow_none=True)
     execution_state = String(allow_none=True)
-    operation = String(allow_none=True, metadata={"description": "snapshot, restore, ... in progress"})
+    operation = String(allow_none=True, metadata={"description": "snapshot, restore, ... running"})
     auto = Nested(AutoOut)
     last_snapshot = Nested(SnapshotOut, allow_none=True)
 
@@ -98,12 +112,14 @@ class KernelCreatedOut(KernelOut):
 
 
 class SnapshotIn(Strict):
-    label = String(validate=Length(0, 200), allow_none=True)
+    label = String(validate=[Length(0, 200), Regexp(LABEL), encodable], allow_none=True)
     trigger = String(validate=OneOf(["manual", "auto"]))
     execution_count = Integer(validate=Range(0, 2**31), allow_none=True)
     wait = Boolean(
-        metadata={"description": "false: answer 202 at once and take the (automatic) snapshot once the"
-                  " caller has closed its connection; for the kernel's own auto-snapshot extension"}
+        metadata={
+            "description": "false: answer 202 at once, take the snapshot once the caller has"
+            " closed its connection (for the kernel's own auto-snapshot extension)"
+        }
     )
 
 
@@ -116,7 +132,9 @@ class SnapshotCreatedOut(Schema):
 
 
 class LabelIn(Strict):
-    label = String(required=True, validate=Length(0, 200), allow_none=True)
+    label = String(
+        required=True, validate=[Length(0, 200), Regexp(LABEL), encodable], allow_none=True
+    )
 
 
 class RestoreIn(Strict):

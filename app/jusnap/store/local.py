@@ -3,12 +3,25 @@
 CRIU runs as the kernel's uid, so it dumps into (and restores from) a scratch directory that
 uid owns. The store never trusts that directory: files are opened without following links,
 must be regular, and are *copied* into root-owned files (a rename would keep the user's inode,
-which an open descriptor could still change). Every file is hashed on the way in and verified
-on the way out, so a damaged image fails the restore instead of restoring garbage.
+which an open descriptor could still change).
 
-Crash safety: a snapshot is assembled under ``.partial-<id>``, fsynced, then renamed to its
-id; only then does the engine record it. Start-up removes partial directories and directories
-no record points to.
+Layout (manifest version 2)::
+
+    snapshots/<id>/manifest.json     what the snapshot is made of
+    snapshots/<id>/<small image>     CRIU's small images and the history file, whole
+    chunks/<owner uid>/              the owner's content-addressed pages (``cas.py``)
+
+Page images (``pages-*.img``, nearly all of a snapshot's bytes) are split into 4 KiB pages
+that are stored once per owner, zstd-compressed, and listed in the manifest through blocks of
+page hashes. The small images stay whole: they are a few hundred KiB, change every time, and
+tests and people can read them as CRIU wrote them. Every byte is verified on the way out (page
+hashes, small files' xxh3), so a damaged snapshot fails its restore before the kernel is
+stopped, instead of restoring garbage.
+
+Crash safety: a snapshot is assembled under ``.partial-<id>`` (pages first go to the owner's
+chunk store, fsynced), the manifest is fsynced, the directory renamed to its id; only then
+does the engine record it. Start-up removes partial directories and directories no record
+points to; chunks nobody references are left to garbage collection.
 """
 
 from __future__ import annotations
@@ -16,28 +29,81 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
+import sqlite3
 import stat
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
-from ..errors import RestoreFailed, SnapshotFailed, StoreFull
+from ..errors import ConfigError, RestoreFailed, SnapshotFailed, StoreFull
 from ..ids import SNAPSHOT_ID_RE
+from . import pagemap
+from .cas import PAGE, ChunkError, ChunkStore, hash_tree, split_digests
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
 BUF = 8 * 1024 * 1024
+VERSION = 2
+READ_PIECE = 64 * 1024 * 1024  # bytes of a page image hashed and compressed at a time
+STAGE_PIECE = 4096  # pages reassembled per task when staging out
+# Page hashes by address of each kernel's last snapshot, kept in memory as delta bases for its
+# next one; kernels with more pages than this go without (about 40 MB of memory at the limit).
+PARENT_LIMIT = 300_000
+# Small images other than the per-thread core images (which change every time) go to the chunk
+# store whole: most are identical from one snapshot to the next, and as files each would cost
+# a filesystem block (on a Python kernel ~35 files, ~140 KiB per snapshot).
+SMALL_CAS_MAX = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class StoredFile:
     name: str
     size: int
-    xxh3: str
+    xxh3: str | None  # whole-file hash (small files); pages are checked page by page
     mode: int = 0o600  # the source file's permission bits: CRIU checks them at restore
+    lists: list[str] = field(default_factory=list)  # roots of a page image's hash tree
+    depth: int = 1  # levels of hash blocks under the roots
+    cas: bool = False  # a small image kept as one chunk (its xxh3 is the chunk's hash)
+
+    @property
+    def chunked(self) -> bool:
+        return self.xxh3 is None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "size": self.size, "xxh3": self.xxh3,
+                             "mode": self.mode}  # fmt: skip
+        if self.chunked:
+            d["lists"] = self.lists
+            d["depth"] = self.depth
+        if self.cas:
+            d["cas"] = True
+        return d
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: int
+    owner: int | None
+    files: list[StoredFile]
+    new_bytes: int = 0  # compressed chunk bytes the commit added to the owner's store
+    new_page_bytes: int = 0  # uncompressed size of the pages it added (what changed)
+
+    @property
+    def logical_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def is_page_image(name: str) -> bool:
+    return name.startswith("pages-") and name.endswith(".img")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,6 +132,24 @@ def _copy_fd(src: int, dst: int) -> tuple[int, str]:
     return total, h.hexdigest()
 
 
+def _read_pieces(fd: int) -> Iterator[bytes]:
+    while True:
+        parts = []
+        want = READ_PIECE
+        while want:
+            data = os.read(fd, want)
+            if not data:
+                break
+            parts.append(data)
+            want -= len(data)
+        piece = b"".join(parts)
+        if not piece:
+            return
+        yield piece
+        if want:
+            return
+
+
 def _open_untrusted(dirfd: int, name: str) -> int:
     """Open a file in a user-owned directory: no links, regular files only."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
@@ -75,15 +159,86 @@ def _open_untrusted(dirfd: int, name: str) -> int:
     return fd
 
 
+def write_manifest(directory: Path, manifest: Manifest, name: str = MANIFEST) -> None:
+    """Write ``name`` in ``directory`` atomically (temp, fsync, rename)."""
+    data = {"version": manifest.version, "owner": manifest.owner,
+            "new_bytes": manifest.new_bytes,
+            "new_page_bytes": manifest.new_page_bytes,
+            "files": [f.to_json() for f in manifest.files]}  # fmt: skip
+    tmp = directory / f".{name}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(directory / name)
+    _fsync_dir(directory)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse a manifest (version 1 or 2); raises ValueError/OSError/KeyError/TypeError."""
+    data = json.loads(path.read_text())
+    version = int(data["version"])
+    if version > VERSION:
+        raise ConfigError(
+            f"snapshot store {path.parent.parent} was written by a newer jusnap"
+            f" (manifest version {version}); refusing to use it"
+        )
+    files = [
+        StoredFile(
+            f["name"],
+            int(f["size"]),
+            f.get("xxh3"),
+            int(f.get("mode", 0o600)),
+            list(f.get("lists") or []),
+            int(f.get("depth", 1)),
+            bool(f.get("cas", False)),
+        )
+        for f in data["files"]
+    ]
+    return Manifest(
+        version,
+        data.get("owner"),
+        files,
+        int(data.get("new_bytes", 0)),
+        int(data.get("new_page_bytes", 0)),
+    )
+
+
 class LocalStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        chunk_root: Path | None = None,
+        level: int = 1,
+        threads: int = 2,
+    ) -> None:
         self.root = root
+        self.chunk_root = chunk_root or root.parent / "chunks"
+        self.level = level
+        self.threads = max(1, threads)
+        self._chunks: dict[int, ChunkStore] = {}
+        self._parents: dict[tuple[int, int], dict[pagemap.Key, bytes]] = {}
 
     # ---- layout ----------------------------------------------------------------------
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chown(self.root, os.geteuid(), os.getegid())
-        self.root.chmod(0o700)
+        for d in (self.root, self.chunk_root):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chown(d, os.geteuid(), os.getegid())
+            d.chmod(0o700)
+
+    def chunks(self, owner: int) -> ChunkStore:
+        """The owner's chunk store (created on first use)."""
+        cs = self._chunks.get(owner)
+        if cs is None:
+            cs = ChunkStore(self.chunk_root / str(int(owner)), self.level, self.threads)
+            self._chunks[owner] = cs
+        return cs
+
+    def owners(self) -> list[int]:
+        return sorted(int(p.name) for p in self.chunk_root.iterdir() if p.name.isdigit())
 
     def path(self, snapshot_id: str) -> Path:
         if not SNAPSHOT_ID_RE.match(snapshot_id):
@@ -92,6 +247,9 @@ class LocalStore:
 
     def exists(self, snapshot_id: str) -> bool:
         return (self.path(snapshot_id) / MANIFEST).is_file()
+
+    def snapshot_ids(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if SNAPSHOT_ID_RE.match(p.name))
 
     def recover(self, known: set[str]) -> list[str]:
         """Remove leftovers of interrupted writes and unrecorded snapshots; return what went."""
@@ -105,79 +263,154 @@ class LocalStore:
         return removed
 
     # ---- writing ---------------------------------------------------------------------
-    def commit(self, snapshot_id: str, staging: Path, extra: dict[str, Path] | None = None) -> int:
-        """Copy a finished dump into the store atomically; return its size in bytes."""
+    def commit(
+        self,
+        snapshot_id: str,
+        staging: Path,
+        extra: dict[str, Path] | None = None,
+        owner: int = 0,
+    ) -> int:
+        """Copy a finished dump into the store atomically; return its (logical) size in bytes.
+
+        Runs after CRIU let the kernel go (``--leave-running``): hashing and compressing here
+        never lengthens the kernel's freeze.
+        """
         final = self.path(snapshot_id)
         partial = self.root / f"{PARTIAL_PREFIX}{snapshot_id}"
         partial.mkdir(mode=0o700)
+        cs = self.chunks(owner)
+        writer = cs.writer(snapshot_id)
         files: list[StoredFile] = []
         try:
-            sources: list[tuple[str, int, str]] = []  # (name, dirfd, name-in-dir)
-            sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            try:
-                sources = [(n, sfd, n) for n in sorted(os.listdir(sfd))]  # noqa: PTH208 - listdir of an fd
-                for store_name, path in (extra or {}).items():
-                    sources.append((store_name, -1, str(path)))
-                for store_name, dirfd, name in sources:
-                    try:
-                        src = (
-                            _open_untrusted(dirfd, name)
-                            if dirfd >= 0
-                            else _open_untrusted_path(Path(name))
-                        )
-                    except FileNotFoundError:
-                        continue
-                    except OSError as exc:
-                        if exc.errno == errno.EINVAL:
-                            continue  # sockets, fifos: never part of an image
-                        raise
-                    mode = os.fstat(src).st_mode & 0o777
-                    try:
-                        dst = os.open(
-                            partial / store_name,
-                            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                            0o600,
-                        )
+            with cs.lock():
+                sfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    names = sorted(os.listdir(sfd))  # noqa: PTH208 - listdir of an fd
+                    sources = [(n, sfd, n) for n in names]
+                    pages_at = pagemap.layout(sfd, names)
+                    root = pagemap.root_pid(names)
+                    parent = self._parents.get((owner, root or -1), {})
+                    addresses: dict[pagemap.Key, bytes] = {}
+                    for store_name, path in (extra or {}).items():
+                        sources.append((store_name, -1, str(path)))
+                    for store_name, dirfd, name in sources:
                         try:
-                            size, digest = _copy_fd(src, dst)
-                            os.fsync(dst)
+                            src = (
+                                _open_untrusted(dirfd, name)
+                                if dirfd >= 0
+                                else _open_untrusted_path(Path(name))
+                            )
+                        except FileNotFoundError:
+                            continue
+                        except OSError as exc:
+                            if exc.errno == errno.EINVAL:
+                                continue  # sockets, fifos: never part of an image
+                            raise
+                        try:
+                            mode = os.fstat(src).st_mode & 0o777
+                            if is_page_image(store_name):
+                                where = pages_at.get(store_name) if dirfd >= 0 else None
+                                files.append(
+                                    self._put_pages(
+                                        writer, store_name, src, mode, where, parent, addresses
+                                    )
+                                )
+                            else:
+                                files.append(
+                                    self._put_small(writer, partial, store_name, src, mode)
+                                )
                         finally:
-                            os.close(dst)
-                    finally:
-                        os.close(src)
-                    files.append(StoredFile(store_name, size, digest, mode))
-            finally:
-                os.close(sfd)
-            manifest = {"version": 1, "files": [f.__dict__ for f in files]}
-            mfd = os.open(
-                partial / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-            with os.fdopen(mfd, "w") as fh:
-                json.dump(manifest, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(partial)
-            partial.rename(final)
-            _fsync_dir(self.root)
-        except OSError as exc:
+                            os.close(src)
+                finally:
+                    os.close(sfd)
+                writer.finish()
+                manifest = Manifest(VERSION, owner, files, writer.new_bytes, writer.new_page_bytes)
+                write_manifest(partial, manifest)
+                partial.rename(final)
+                _fsync_dir(self.root)
+            if root is not None:
+                self._parents.pop((owner, root), None)
+                if 0 < len(addresses) <= PARENT_LIMIT:
+                    self._parents[(owner, root)] = addresses
+        except (OSError, sqlite3.Error) as exc:
+            writer.abort()
             shutil.rmtree(partial, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+                isinstance(exc, sqlite3.Error) and "full" in str(exc)
+            )
+            if full:
                 raise StoreFull("snapshot failed: no space left on the snapshot store") from None
-            raise SnapshotFailed(
-                f"snapshot failed: cannot store images: {exc.strerror or exc}"
-            ) from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise SnapshotFailed(f"snapshot failed: cannot store images: {why}") from None
+        except BaseException:
+            writer.abort()
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         return sum(f.size for f in files)
 
-    # ---- reading ---------------------------------------------------------------------
-    def manifest(self, snapshot_id: str) -> list[StoredFile]:
+    def _put_small(self, writer: Any, partial: Path, name: str, src: int, mode: int) -> StoredFile:
+        if name.startswith("core-") or os.fstat(src).st_size > SMALL_CAS_MAX:
+            return self._put_whole(partial, name, src, mode)
+        data = b"".join(_read_pieces(src))
+        (digest,) = writer.put([data])
+        return StoredFile(name, len(data), digest.hex(), mode, cas=True)
+
+    def _put_whole(self, partial: Path, name: str, src: int, mode: int) -> StoredFile:
+        dst = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            data = json.loads((self.path(snapshot_id) / MANIFEST).read_text())
-            return [StoredFile(**f) for f in data["files"]]
+            size, digest = _copy_fd(src, dst)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        return StoredFile(name, size, digest, mode)
+
+    def _put_pages(
+        self,
+        writer: Any,
+        name: str,
+        src: int,
+        mode: int,
+        where: list[pagemap.Key] | None = None,
+        parent: dict[pagemap.Key, bytes] | None = None,
+        addresses: dict[pagemap.Key, bytes] | None = None,
+    ) -> StoredFile:
+        """Store a page image; ``where`` (page addresses) and ``parent`` find delta bases."""
+        size = 0
+        digests: list[bytes] = []
+        for piece in _read_pieces(src):
+            view = memoryview(piece)
+            chunks = [view[i : i + PAGE] for i in range(0, len(piece), PAGE)]
+            keys = where[len(digests) : len(digests) + len(chunks)] if where else []
+            bases = [parent.get(k) for k in keys] if parent and len(keys) == len(chunks) else None
+            got = writer.put(chunks, bases)
+            if addresses is not None and len(keys) == len(chunks):
+                addresses.update(zip(keys, got, strict=True))
+            digests += got
+            size += len(piece)
+        roots, depth = hash_tree(writer.put, digests)
+        return StoredFile(name, size, None, mode, [d.hex() for d in roots], depth)
+
+    # ---- reading ---------------------------------------------------------------------
+    def read_manifest(self, snapshot_id: str) -> Manifest:
+        try:
+            return read_manifest(self.path(snapshot_id) / MANIFEST)
+        except ConfigError:
+            raise
         except (OSError, ValueError, KeyError, TypeError):
             raise RestoreFailed(f"snapshot {snapshot_id} is damaged: unreadable manifest") from None
 
+    def manifest(self, snapshot_id: str) -> list[StoredFile]:
+        return self.read_manifest(snapshot_id).files
+
     def has_file(self, snapshot_id: str, name: str) -> bool:
         return any(f.name == name for f in self.manifest(snapshot_id))
+
+    def page_digests(self, cs: ChunkStore, f: StoredFile) -> list[bytes]:
+        """A chunked file's page hashes, in order, from its (verified) hash tree."""
+        level = [bytes.fromhex(h) for h in f.lists]
+        for _ in range(f.depth):
+            level = [d for block in cs.read(level) for d in split_digests(block)]
+        return level
 
     def stage_out(
         self,
@@ -189,51 +422,112 @@ class LocalStore:
         skip: set[str] | None = None,
         rename: dict[str, Path] | None = None,
     ) -> None:
-        """Copy verified files into ``dest`` (owned by ``uid``) or to paths in ``rename``."""
+        """Write verified files into ``dest`` (owned by ``uid``) or to paths in ``rename``."""
+        m = self.read_manifest(snapshot_id)
         src_dir = self.path(snapshot_id)
-        for f in self.manifest(snapshot_id):
+        for f in m.files:
             if (only is not None and f.name not in only) or (skip and f.name in skip):
                 continue
             target = (rename or {}).get(f.name, dest / f.name)
             tmp = target.with_name(f".{target.name}.jusnap-tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
             try:
-                src = os.open(src_dir / f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                raise RestoreFailed(
-                    f"snapshot {snapshot_id} is damaged: {f.name} is missing"
-                ) from None
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
                 dst = os.open(
                     tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
                 )
-                try:
-                    size, digest = _copy_fd(src, dst)
-                    if os.geteuid() == 0:
-                        os.fchown(dst, uid, gid)
-                    os.fchmod(dst, f.mode)
-                finally:
-                    os.close(dst)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
                 raise RestoreFailed(
                     f"cannot stage snapshot {snapshot_id}: {exc.strerror or exc}"
                 ) from None
-            finally:
-                os.close(src)
-            if size != f.size or digest != f.xxh3:
+            try:
+                if f.chunked:
+                    if m.owner is None:
+                        raise RestoreFailed(f"snapshot {snapshot_id} is damaged: no owner")
+                    self._stage_pages(snapshot_id, self.chunks(int(m.owner)), f, dst)
+                elif f.cas and not (src_dir / f.name).exists():
+                    if m.owner is None:
+                        raise RestoreFailed(f"snapshot {snapshot_id} is damaged: no owner")
+                    self._stage_cas(snapshot_id, self.chunks(int(m.owner)), f, dst)
+                else:
+                    self._stage_whole(snapshot_id, src_dir, f, dst)
+                if os.geteuid() == 0:
+                    os.fchown(dst, uid, gid)
+                os.fchmod(dst, f.mode)
+            except OSError as exc:
+                os.close(dst)
                 tmp.unlink()
                 raise RestoreFailed(
-                    f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum"
-                )
+                    f"cannot stage snapshot {snapshot_id}: {exc.strerror or exc}"
+                ) from None
+            except BaseException:
+                os.close(dst)
+                tmp.unlink()
+                raise
+            os.close(dst)
             tmp.replace(target)
 
+    def _stage_whole(self, snapshot_id: str, src_dir: Path, f: StoredFile, dst: int) -> None:
+        try:
+            src = os.open(src_dir / f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} is missing") from None
+        try:
+            size, digest = _copy_fd(src, dst)
+        finally:
+            os.close(src)
+        if size != f.size or digest != f.xxh3:
+            raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum")
+
+    def _stage_cas(self, snapshot_id: str, cs: ChunkStore, f: StoredFile, dst: int) -> None:
+        assert f.xxh3 is not None
+        try:
+            with cs.lock():
+                (data,) = cs.read([bytes.fromhex(f.xxh3)])
+        except (ChunkError, ValueError) as exc:
+            raise RestoreFailed(
+                f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum ({exc})"
+            ) from None
+        if len(data) != f.size:
+            raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum")
+        view = memoryview(data)
+        written = 0
+        while written < len(data):
+            written += os.write(dst, view[written:])
+
+    def _stage_pages(self, snapshot_id: str, cs: ChunkStore, f: StoredFile, dst: int) -> None:
+        """Reassemble a page image, several pieces at a time (zstd releases the GIL)."""
+        try:
+            with cs.lock():
+                digests = self.page_digests(cs, f)
+                locs = cs.locate(digests)
+
+                def piece(start: int) -> None:
+                    part = digests[start : start + STAGE_PIECE]
+                    data = b"".join(cs.read(part, locs))
+                    os.pwrite(dst, data, start * PAGE)
+
+                starts = range(0, len(digests), STAGE_PIECE)
+                if self.threads > 1 and len(starts) > 1:
+                    with ThreadPoolExecutor(self.threads) as pool:
+                        list(pool.map(piece, starts))
+                else:
+                    for s in starts:
+                        piece(s)
+        except ChunkError as exc:
+            raise RestoreFailed(
+                f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum ({exc})"
+            ) from None
+        except sqlite3.Error as exc:
+            raise RestoreFailed(f"snapshot {snapshot_id}: chunk index unreadable ({exc})") from None
+        if os.fstat(dst).st_size != f.size:
+            raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} has the wrong size")
+
     def size(self, snapshot_id: str) -> int:
-        return sum(f.size for f in self.manifest(snapshot_id))
+        return self.read_manifest(snapshot_id).logical_bytes
 
     def delete(self, snapshot_id: str) -> None:
+        """Forget a snapshot; its chunks stay until garbage collection finds them unreferenced."""
         path = self.path(snapshot_id)
         if path.exists():
             # Rename first so a crash mid-delete leaves a partial dir, cleaned at start-up.

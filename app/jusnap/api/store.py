@@ -1,0 +1,88 @@
+"""The snapshot store: space used (``jusnap du``), retention settings, garbage collection.
+
+A user sees and collects only their own store (snapshots are stored per owner uid); the
+administrator sees every owner's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint, Schema
+from apiflask.fields import Boolean, Float, Integer, List, Nested, String
+
+from .auth import identity
+from .deps import engine
+from .docs import errors
+
+bp = APIBlueprint("store", __name__)
+
+
+class RetentionOut(Schema):
+    keep_auto = Integer(metadata={"description": "automatic snapshots kept per notebook"})
+    max_user_mb = Integer(metadata={"description": "space cap per user in MB (0: none)"})
+    pre_restore_ttl = Float(metadata={"description": "seconds pre-restore copies are kept"})
+    gc_after_retention = Boolean()
+    compression_level = Integer()
+    lazy_pages = String()
+    lazy_threshold_mb = Integer()
+    chunk_bytes = Integer()
+
+
+class SnapshotUsageOut(Schema):
+    id = String()
+    logical_bytes = Integer()
+    unique_bytes = Integer(metadata={"description": "bytes freed if only it were deleted"})
+
+
+class UsageOut(Schema):
+    owner_uid = Integer()
+    snapshots = Integer()
+    logical_bytes = Integer(metadata={"description": "sum of the snapshots' image sizes"})
+    stored_bytes = Integer(metadata={"description": "bytes the snapshots need, after dedup"})
+    disk_bytes = Integer(metadata={"description": "bytes on disk, garbage included"})
+    unique_bytes = Integer(metadata={"description": "page bytes used by one snapshot only"})
+    shared_bytes = Integer(metadata={"description": "page bytes used by several snapshots"})
+    whole_file_bytes = Integer()
+    index_bytes = Integer()
+    garbage_bytes = Integer(metadata={"description": "unreferenced bytes gc would free"})
+    pages_stored = Integer()
+    compression_ratio = Float(allow_none=True)
+    dedup_ratio = Float(allow_none=True)
+    per_snapshot = List(Nested(SnapshotUsageOut))
+
+
+class StoreOut(Schema):
+    retention = Nested(RetentionOut)
+    usage = List(Nested(UsageOut))
+
+
+class GcResultOut(Schema):
+    owner_uid = Integer()
+    chunks_removed = Integer()
+    packs_removed = Integer()
+    packs_compacted = Integer()
+    bytes_freed = Integer()
+    seconds = Float()
+
+
+class GcOut(Schema):
+    results = List(Nested(GcResultOut))
+
+
+ERRORS = errors()  # documented auth errors; bodies are ErrorOut (HTTP_ERROR_SCHEMA)
+
+
+@bp.get("")
+@bp.output(StoreOut)
+@bp.doc(summary="Space used and retention settings", responses=errors())
+def store_usage() -> dict[str, Any]:
+    storage = engine().storage
+    return {"retention": storage.public_settings(), "usage": storage.usage(identity().owner)}
+
+
+@bp.post("/gc")
+@bp.output(GcOut)
+@bp.doc(summary="Collect unreferenced pages", responses=errors())
+def store_gc() -> dict[str, Any]:
+    return {"results": engine().storage.gc(identity().owner)}

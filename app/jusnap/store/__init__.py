@@ -1,0 +1,1 @@
+"""Where snapshot images live: manifests and small images per snapshot, pages by content."""

@@ -1,0 +1,440 @@
+"""Content-addressed chunks of one owner: 4 KiB pages, hashed, stored once, zstd-compressed.
+
+Why 4 KiB: CRIU's ``pages-*.img`` is the concatenation of the dumped pages, so one page more
+or less shifts everything after it. Fixed chunks larger than a page then stop lining up after
+the first change: on a real 336 MiB kernel a trivial cell made 0.73 % of the bytes new with
+4 KiB chunks, 13 % with 16 KiB and 17 % with 256 KiB (``bench/storage/chunk_size.py``).
+
+Why packs: one file per 4 KiB chunk would cost a filesystem block and an inode each, more than
+the compressed chunk itself. Each commit appends its new chunks to one pack file of its own;
+an SQLite index maps a chunk's xxh3-128 to (pack, offset, length). A pack is fsynced before
+its index rows are committed, so a row always points at durable bytes; a crash in between
+leaves an orphan pack that garbage collection removes.
+
+Why one store per owner uid: a store shared between users would let one user learn, from how
+little a snapshot adds, that another user holds the same bytes.
+
+Concurrency: commits and reads hold a shared ``flock`` on the store's lock file, garbage
+collection holds it exclusively, so a chunk that a commit found in the index cannot be swept
+before that commit's manifest exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+import zstandard
+
+PAGE = 4096
+DIGEST = 16  # xxh3-128
+SQL_BATCH = 900  # below SQLite's default limit of host parameters
+# A chunk whose zstd frame is not smaller than this fraction is stored raw: random floats
+# shrink ~1.1x at best, and a raw chunk costs nothing to read back.
+RAW_IF_RATIO = 0.95
+# A page may be stored as the XOR with an earlier page (its predecessor at the same address):
+# a cell typically dirties hundreds of pages by a few bytes each (reference counts, GC
+# headers), and such deltas compress ~15x better than the pages (bench/storage/
+# delta_potential.py). Chains stay short so that a restore reads at most this many bases.
+MAX_DELTA_DEPTH = 6
+DELTA_IF_RATIO = 0.5  # use the delta only when it is at most half the page's own frame
+# Deltas cost a base read and a second compression per page: a batch first tries a sample
+# and skips deltas when few pay off (new data written where old data was, e.g. a rebuilt
+# DataFrame, is no near-copy of what was there).
+DELTA_SAMPLE = 128
+DELTA_SAMPLE_HITS = 0.25
+
+
+class ChunkError(Exception):
+    """A chunk is missing or does not match its hash: the snapshot that needs it is damaged."""
+
+
+@dataclass(frozen=True)
+class Loc:
+    pack: str
+    offset: int
+    clen: int  # bytes in the pack
+    raw: bool  # stored uncompressed
+    base: bytes | None = None  # stored as XOR with this chunk (a zstd frame of the XOR)
+    depth: int = 0  # length of the base chain under it
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+def split_lists(
+    digests: Sequence[bytes], mask: int = 31, min_len: int = 4, max_len: int = 256
+) -> list[bytes]:
+    """Cut a hash sequence into blocks at content-defined points (``hash[0] & mask == 0``).
+
+    Blocks are stored as chunks themselves, in a tree (``hash_tree``), so a manifest holds a
+    few dozen hashes whatever the image size, and blocks that did not change are shared
+    between snapshots even when pages were inserted before them (fixed-size blocks would
+    shift). Small blocks (32 hashes on average, 512 bytes) keep what a changed page costs in
+    hash blocks small; ``min_len`` keeps runs of identical pages (zero pages) from making one
+    block per page.
+    """
+    blocks: list[bytes] = []
+    start = 0
+    for i, d in enumerate(digests):
+        n = i + 1 - start
+        if (n >= min_len and not d[0] & mask) or n >= max_len:
+            blocks.append(b"".join(digests[start : i + 1]))
+            start = i + 1
+    if start < len(digests):
+        blocks.append(b"".join(digests[start:]))
+    return blocks
+
+
+def hash_tree(
+    put: Callable[[list[bytes]], list[bytes]], digests: list[bytes], fanout: int = 64
+) -> tuple[list[bytes], int]:
+    """Store the page hashes as a tree of hash blocks; return (roots, depth)."""
+    level, depth = digests, 0
+    while len(level) > fanout or depth == 0:
+        level = put(split_lists(level))
+        depth += 1
+    return level, depth
+
+
+def split_digests(block: bytes) -> list[bytes]:
+    return [block[i : i + DIGEST] for i in range(0, len(block), DIGEST)]
+
+
+class ChunkStore:
+    """The chunks of one owner under ``root`` (mode 0700, daemon only)."""
+
+    def __init__(self, root: Path, level: int = 1, threads: int = 2) -> None:
+        self.root = root
+        self.packs = root / "packs"
+        self.level = level
+        self.threads = max(1, threads)
+        self._local = threading.local()
+        self.ensure()
+
+    def ensure(self) -> None:
+        for d in (self.root, self.packs):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            d.chmod(0o700)
+        db = self._db()
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS chunks (h BLOB PRIMARY KEY, pack TEXT NOT NULL,"
+            " off INTEGER NOT NULL, clen INTEGER NOT NULL, ulen INTEGER NOT NULL,"
+            " raw INTEGER NOT NULL, base BLOB, depth INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+        )
+        cols = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+        if "base" not in cols:  # an index written before deltas existed
+            db.execute("ALTER TABLE chunks ADD COLUMN base BLOB")
+            db.execute("ALTER TABLE chunks ADD COLUMN depth INTEGER NOT NULL DEFAULT 0")
+        db.execute("CREATE INDEX IF NOT EXISTS chunks_pack ON chunks (pack)")
+        (self.root / "index.db").chmod(0o600)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.root / "index.db", timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    # ---- locking -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False) -> Iterator[None]:
+        """Shared for commits and reads, exclusive for garbage collection (see module doc)."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # ---- lookups -------------------------------------------------------------------------
+    def locate(self, digests: Iterable[bytes]) -> dict[bytes, Loc]:
+        wanted = list(dict.fromkeys(digests))
+        out: dict[bytes, Loc] = {}
+        db = self._db()
+        for i in range(0, len(wanted), SQL_BATCH):
+            part = wanted[i : i + SQL_BATCH]
+            marks = ",".join("?" * len(part))
+            for h, pack, off, clen, raw, base, depth in db.execute(
+                f"SELECT h, pack, off, clen, raw, base, depth FROM chunks WHERE h IN ({marks})",  # noqa: S608
+                part,
+            ):
+                out[h] = Loc(pack, off, clen, bool(raw), base, depth)
+        return out
+
+    # ---- writing -------------------------------------------------------------------------
+    def writer(self, name: str) -> PackWriter:
+        return PackWriter(self, name)
+
+    # ---- reading -------------------------------------------------------------------------
+    def read(self, digests: Sequence[bytes], locs: dict[bytes, Loc] | None = None) -> list[bytes]:
+        """The chunks' bytes, each decompressed and checked against its hash."""
+        locs = locs if locs is not None else self.locate(digests)
+        order: list[Loc] = []
+        for d in digests:
+            loc = locs.get(d)
+            if loc is None:
+                raise ChunkError(f"chunk {d.hex()} is missing")
+            order.append(loc)
+        frames: list[bytes] = []
+        fds: dict[str, int] = {}
+        try:
+            i = 0
+            while i < len(order):
+                # One read for a run of chunks lying back to back in the same pack (the usual
+                # case: a commit writes its new pages in image order).
+                first = order[i]
+                j, end = i + 1, first.offset + first.clen
+                while j < len(order) and order[j].pack == first.pack and order[j].offset == end:
+                    end += order[j].clen
+                    j += 1
+                fd = fds.get(first.pack)
+                if fd is None:
+                    try:
+                        fd = os.open(self.packs / first.pack, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        raise ChunkError(f"pack {first.pack} is missing") from None
+                    fds[first.pack] = fd
+                data = os.pread(fd, end - first.offset, first.offset)
+                if len(data) != end - first.offset:
+                    raise ChunkError(f"pack {first.pack} is truncated")
+                view = memoryview(data)
+                pos = 0
+                for loc in order[i:j]:
+                    frames.append(bytes(view[pos : pos + loc.clen]) if j - i > 1 else data)
+                    pos += loc.clen
+                i = j
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        raw_flags = [loc.raw for loc in order]
+        out = self._decompress(frames, raw_flags)
+        bases = list(dict.fromkeys(loc.base for loc in order if loc.base is not None))
+        if bases:
+            plain = dict(zip(bases, self.read(bases), strict=True))  # verified themselves
+            for i, loc in enumerate(order):
+                if loc.base is not None:
+                    if len(out[i]) != len(plain[loc.base]):
+                        raise ChunkError(f"chunk {digests[i].hex()} fails its checksum")
+                    out[i] = xor(out[i], plain[loc.base])
+        for d, data in zip(digests, out, strict=True):
+            if xxhash.xxh3_128_digest(data) != d:
+                raise ChunkError(f"chunk {d.hex()} fails its checksum")
+        return out
+
+    def _decompress(self, frames: list[bytes], raw_flags: list[bool]) -> list[bytes]:
+        packed = [f for f, raw in zip(frames, raw_flags, strict=True) if not raw]
+        try:
+            if len(packed) > 64 and self.threads > 1:
+                coll = zstandard.ZstdDecompressor().multi_decompress_to_buffer(
+                    packed, threads=self.threads
+                )
+                plain = [coll[i].tobytes() for i in range(len(coll))]
+            else:
+                dctx = zstandard.ZstdDecompressor()
+                plain = [dctx.decompress(f) for f in packed]
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise ChunkError(f"a chunk cannot be decompressed ({exc})") from None
+        it = iter(plain)
+        return [f if raw else next(it) for f, raw in zip(frames, raw_flags, strict=True)]
+
+    # ---- maintenance ---------------------------------------------------------------------
+    def all_rows(self) -> Iterator[tuple[bytes, str, int, int]]:
+        yield from self._db().execute("SELECT h, pack, clen, ulen FROM chunks")
+
+    def closure(self, live: set[bytes]) -> set[bytes]:
+        """``live`` plus every chunk a live delta chunk is based on, transitively."""
+        based = dict(self._db().execute("SELECT h, base FROM chunks WHERE base IS NOT NULL"))
+        out = set(live)
+        for h in live:
+            b = based.get(h)
+            while b is not None and b not in out:
+                out.add(b)
+                b = based.get(b)
+        return out
+
+    def forget(self, digests: Iterable[bytes]) -> None:
+        db = self._db()
+        items = list(digests)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(items), SQL_BATCH):
+                part = items[i : i + SQL_BATCH]
+                marks = ",".join("?" * len(part))
+                db.execute(f"DELETE FROM chunks WHERE h IN ({marks})", part)  # noqa: S608
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def move(self, rows: list[tuple[bytes, str, int]]) -> None:
+        """Point chunks at their new place (pack, offset) after a compaction."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE chunks SET pack=?, off=? WHERE h=?",
+                           [(p, o, h) for h, p, o in rows])  # fmt: skip
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(chunks, compressed bytes, uncompressed bytes) in the index."""
+        n, c, u = (
+            self._db()
+            .execute("SELECT count(*), coalesce(sum(clen),0), coalesce(sum(ulen),0) FROM chunks")
+            .fetchone()
+        )
+        return int(n), int(c), int(u)
+
+    def pack_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.packs.iterdir())
+
+
+class PackWriter:
+    """Appends one commit's new chunks to its own pack; rows become visible on ``finish``."""
+
+    def __init__(self, store: ChunkStore, name: str) -> None:
+        self.store = store
+        self.name = f"{name}.pack"
+        self.path = store.packs / self.name
+        self.fd: int | None = None
+        self.offset = 0
+        self.rows: dict[bytes, tuple[str, int, int, int, int, bytes | None, int]] = {}
+        self.new_bytes = 0  # compressed bytes this commit added
+        self.new_raw_bytes = 0  # their uncompressed size
+        self.new_page_bytes = 0  # of which 4 KiB pages (not hash blocks)
+        self.cctx = zstandard.ZstdCompressor(level=store.level, write_checksum=False)
+        self._base_depth: dict[bytes, int] = {}
+
+    def put(
+        self,
+        chunks: Sequence[bytes | memoryview],
+        bases: Sequence[bytes | None] | None = None,
+    ) -> list[bytes]:
+        """Store what is not stored yet; return every chunk's hash, in order.
+
+        ``bases``: for each chunk, the hash of a likely predecessor (the page at the same
+        address in the previous snapshot), tried as a delta base.
+        """
+        digests = [xxhash.xxh3_128_digest(c) for c in chunks]
+        known = self.store.locate(d for d in digests if d not in self.rows)
+        todo: dict[bytes, int] = {}
+        for i, d in enumerate(digests):
+            if d not in known and d not in self.rows and d not in todo:
+                todo[d] = i
+        if todo:
+            self._append([(d, chunks[i], bases[i] if bases else None) for d, i in todo.items()])
+        return digests
+
+    def _deltas(self, items: list[tuple[bytes, bytes, bytes | None]]) -> dict[bytes, bytes]:
+        """XOR of each new page with its base, where the base is stored and chains are short."""
+        wanted = [b for _, p, b in items if b is not None and len(p) == PAGE]
+        if not wanted:
+            return {}
+        locs = self.store.locate(wanted)
+        usable = [b for b in dict.fromkeys(wanted) if b in locs and locs[b].depth < MAX_DELTA_DEPTH]
+        if not usable:
+            return {}
+        try:
+            plain = dict(zip(usable, self.store.read(usable, locs), strict=True))
+        except ChunkError:
+            return {}  # a damaged base: store the pages whole
+        self._base_depth.update({b: locs[b].depth for b in usable})
+        return {d: xor(p, plain[b]) for d, p, b in items if b in plain and len(plain[b]) == len(p)}
+
+    def _compress(self, plain: list[bytes]) -> list[bytes]:
+        if len(plain) > 64 and self.store.threads > 1:
+            coll = self.cctx.multi_compress_to_buffer(plain, threads=self.store.threads)
+            return [coll[i].tobytes() for i in range(len(coll))]
+        return [self.cctx.compress(p) for p in plain]
+
+    def _append(self, items: list[tuple[bytes, bytes | memoryview, bytes | None]]) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        plain = [bytes(c) for _, c, _ in items]
+        frames = self._compress(plain)
+        cands = [(d, p, b) for (d, _, b), p in zip(items, plain, strict=True) if b is not None]
+        if len(cands) > DELTA_SAMPLE:
+            size = {
+                d: min(len(f), len(p)) for (d, _, _), p, f in zip(items, plain, frames, strict=True)
+            }
+            sample = cands[:: len(cands) // DELTA_SAMPLE][:DELTA_SAMPLE]
+            hits = sum(
+                len(self.cctx.compress(x)) <= size[d] * DELTA_IF_RATIO
+                for d, x in self._deltas(sample).items()
+            )
+            if hits < len(sample) * DELTA_SAMPLE_HITS:
+                cands = []
+        deltas = self._deltas(cands)
+        dframes = dict(zip(deltas, self._compress(list(deltas.values())), strict=True))
+        out: list[bytes] = []
+        for (d, _, b), p, f in zip(items, plain, frames, strict=True):
+            raw = len(f) >= len(p) * RAW_IF_RATIO
+            data = p if raw else f
+            df = dframes.get(d)
+            if df is not None and b is not None and len(df) <= len(data) * DELTA_IF_RATIO:
+                data, raw = df, False
+                self.rows[d] = (self.name, self.offset, len(data), len(p), 0, b,
+                                self._base_depth[b] + 1)  # fmt: skip
+            else:
+                self.rows[d] = (self.name, self.offset, len(data), len(p), int(raw), None, 0)
+            self.offset += len(data)
+            self.new_bytes += len(data)
+            self.new_raw_bytes += len(p)
+            if len(p) == PAGE:
+                self.new_page_bytes += len(p)
+            out.append(data)
+        blob = b"".join(out)
+        view = memoryview(blob)
+        written = 0
+        while written < len(blob):
+            written += os.write(self.fd, view[written:])
+
+    def finish(self) -> None:
+        """Make the pack durable, then publish its rows."""
+        if self.fd is None:
+            return
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        dfd = os.open(self.store.packs, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        db = self.store._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks (h, pack, off, clen, ulen, raw, base, depth)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(h, *r) for h, r in self.rows.items()],
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def abort(self) -> None:
+        """Drop the pack of a failed commit (its rows were never published)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

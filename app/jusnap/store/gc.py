@@ -1,0 +1,109 @@
+"""Garbage collection of chunks no snapshot references (mark and sweep, then compaction).
+
+Runs under the owner's store lock held exclusively: a commit holds it shared from the moment
+it looks a chunk up in the index until its manifest is in place, so no chunk a commit decided
+to reuse can be swept under it (no grace period needed). A manifest that cannot be read stops
+the collection: when in doubt, nothing is deleted.
+
+Packs whose live bytes fall under ``compact_below`` of their size are rewritten with only the
+live chunks (frames copied as they are, no recompression); empty and orphaned packs (a
+crash between a pack's fsync and its index rows) are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..ids import new_snapshot_id
+from .cas import ChunkStore
+from .local import LocalStore
+from .usage import references
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GcResult:
+    owner_uid: int
+    chunks_removed: int = 0
+    packs_removed: int = 0
+    packs_compacted: int = 0
+    bytes_freed: int = 0
+    seconds: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 4)
+        return d
+
+
+def collect(store: LocalStore, owner: int, compact_below: float = 0.5) -> GcResult:
+    t0 = time.monotonic()
+    cs = store.chunks(owner)
+    res = GcResult(owner)
+    with cs.lock(exclusive=True):
+        live = cs.closure(references(store, cs, owner).live())  # with delta bases
+        dead: list[bytes] = []
+        live_rows: dict[str, list[tuple[bytes, int]]] = defaultdict(list)
+        live_bytes: dict[str, int] = defaultdict(int)
+        for h, pack, clen, _ulen in cs.all_rows():
+            if h in live:
+                live_rows[pack].append((h, clen))
+                live_bytes[pack] += clen
+            else:
+                dead.append(h)
+        cs.forget(dead)
+        res.chunks_removed = len(dead)
+        for path in sorted(cs.packs.iterdir()):
+            size = path.stat().st_size
+            keep = live_bytes.get(path.name, 0)
+            if keep == 0:
+                path.unlink()
+                res.packs_removed += 1
+                res.bytes_freed += size
+            elif keep < size * compact_below:
+                _compact(cs, path.name)
+                res.packs_compacted += 1
+                res.bytes_freed += size - keep
+    res.seconds = time.monotonic() - t0
+    if res.chunks_removed or res.packs_removed:
+        log.info("gc of uid %d: %s", owner, res.public())
+    return res
+
+
+def _compact(cs: ChunkStore, pack: str) -> None:
+    """Copy a pack's live chunks into a new pack, repoint them, drop the old pack."""
+    rows = (
+        cs._db()
+        .execute("SELECT h, off, clen FROM chunks WHERE pack=? ORDER BY off", (pack,))
+        .fetchall()
+    )
+    new_name = f"gc-{new_snapshot_id()}.pack"
+    new_path = cs.packs / new_name
+    src = os.open(cs.packs / pack, os.O_RDONLY | os.O_CLOEXEC)
+    dst = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    moved: list[tuple[bytes, str, int]] = []
+    try:
+        off = 0
+        for h, old_off, clen in rows:
+            data = os.pread(src, clen, old_off)
+            os.write(dst, data)
+            moved.append((h, new_name, off))
+            off += clen
+        os.fsync(dst)
+    except BaseException:
+        os.close(dst)
+        with contextlib.suppress(FileNotFoundError):
+            new_path.unlink()
+        raise
+    finally:
+        os.close(src)
+    os.close(dst)
+    cs.move(moved)
+    (cs.packs / pack).unlink()

@@ -1,0 +1,122 @@
+"""The store as the engine uses it: retention after snapshots, gc, usage, migration, lazy.
+
+Kept apart from the engine so that ``snapshots.py`` only calls in at a few points: after a
+snapshot is recorded (``after_snapshot``), at start-up (``start``), for a restore's lazy-pages
+decision (``lazy_for``), and from the API (``usage``, ``gc``, ``settings``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import StoreSettings
+from ..registry import Registry, Snapshot
+from . import gc as gc_mod
+from . import retention
+from .local import LocalStore
+from .migrate import migrate
+from .usage import references, usage
+
+log = logging.getLogger(__name__)
+
+
+class StoreService:
+    def __init__(self, store: LocalStore, settings: StoreSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._retention_lock = threading.Lock()
+
+    @property
+    def policy(self) -> retention.Policy:
+        st = self.settings
+        return retention.Policy(st.keep_auto, st.max_user_mb * 1024 * 1024, st.pre_restore_ttl)
+
+    def start(self, registry: Registry) -> int:
+        """Migrate snapshots of the previous layout (or refuse a newer one: ConfigError)."""
+        owners = {}
+        for sid in registry.all_snapshot_ids():
+            s = registry.get_snapshot(sid)
+            if s is not None:
+                owners[sid] = s.owner_uid
+        return migrate(self.store, owners)
+
+    # ---- retention -----------------------------------------------------------------------
+    def after_snapshot(
+        self,
+        registry: Registry,
+        snap: Snapshot,
+        busy: Callable[[str], bool],
+        now: float | None = None,
+    ) -> list[str]:
+        """Apply retention to the snapshot owner's snapshots; return the ids removed.
+
+        ``busy(kernel_id)``: that kernel has an operation running (e.g. a restore that might be
+        reading one of its snapshots); its snapshots are left for the next pass.
+        """
+        with self._retention_lock:
+            owner = snap.owner_uid
+            snaps = [
+                s
+                for s in (registry.get_snapshot(i) for i in registry.all_snapshot_ids())
+                if s is not None and s.owner_uid == owner
+            ]
+            protect = {snap.id} | {s.id for s in snaps if busy(s.kernel_id)}
+            now = time.time() if now is None else now
+            doomed = retention.by_count_and_age(snaps, self.policy, now, protect)
+            self._remove(registry, doomed)
+            if self.policy.max_user_bytes > 0:
+                left = [s for s in snaps if s.id not in set(doomed)]
+                cs = self.store.chunks(owner)
+                with cs.lock():
+                    refs = references(self.store, cs, owner)
+                    sizes = {h: clen for h, _p, clen, _u in cs.all_rows()}
+                more = retention.by_size(left, refs, sizes, self.policy, protect)
+                self._remove(registry, more)
+                doomed += more
+            if doomed and self.settings.gc_after_retention:
+                gc_mod.collect(self.store, owner)
+        if doomed:
+            log.info("retention removed %d snapshot(s) of uid %d", len(doomed), owner)
+        return doomed
+
+    def _remove(self, registry: Registry, ids: list[str]) -> None:
+        for sid in ids:
+            registry.delete_snapshot(sid)
+            self.store.delete(sid)
+
+    # ---- reports and maintenance ---------------------------------------------------------
+    def owners(self, owner: int | None) -> list[int]:
+        return self.store.owners() if owner is None else [owner]
+
+    def usage(self, owner: int | None) -> list[dict[str, Any]]:
+        return [usage(self.store, o) for o in self.owners(owner)]
+
+    def gc(self, owner: int | None) -> list[dict[str, Any]]:
+        return [gc_mod.collect(self.store, o).public() for o in self.owners(owner)]
+
+    def public_settings(self) -> dict[str, Any]:
+        st = self.settings
+        return {
+            "keep_auto": st.keep_auto,
+            "max_user_mb": st.max_user_mb,
+            "pre_restore_ttl": float(st.pre_restore_ttl),
+            "gc_after_retention": st.gc_after_retention,
+            "compression_level": st.compression_level,
+            "lazy_pages": st.lazy_pages,
+            "lazy_threshold_mb": st.lazy_threshold_mb,
+            "chunk_bytes": 4096,
+        }
+
+    # ---- restore ------------------------------------------------------------------------
+    def lazy_for(self, snap: Snapshot, capable: bool) -> bool:
+        """Whether to restore ``snap`` with lazy pages (``capable``: CRIU can, for this uid)."""
+        mode = self.settings.lazy_pages
+        if mode == "false" or not capable:
+            if mode == "true" and not capable:
+                log.warning("lazy pages requested but CRIU runs --unprivileged; restoring eagerly")
+            return False
+        return mode == "true" or snap.size_bytes >= self.settings.lazy_threshold_mb * 1024 * 1024

@@ -1,0 +1,187 @@
+"""Jusnap's snapshot and restore against raw `criu` on the same kernel, in one run.
+
+Run by hand as root on a quiet machine (not in CI):
+
+    sudo /opt/jusnap-test/venv/bin/python bench/engine_vs_criu.py --sizes 100M,1G,4G --repeat 3
+
+For each size a fresh ipykernel (as the unprivileged test user, like production) fills a numpy
+array with random bytes (incompressible, every page touched), then, alternating:
+
+* Jusnap: ``Engine.snapshot`` (freeze = CRIU's own frozen time; wall = the whole call, with
+  the copy into the daemon-only store) and ``Engine.restore`` timed to the first answered
+  ``execute`` (this includes Jusnap's safety net: the pre-restore snapshot of the current
+  state, verifying and staging the images, and waiting for the client to reconnect);
+* raw CRIU: ``criu dump --leave-running`` with the same flags, and kill + ``criu restore`` +
+  first answered ``execute`` (no safety net, no store).
+
+Prints a Markdown table and writes JSON next to it (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jusnap.config import load_settings  # noqa: E402
+from jusnap.criu import frozen_seconds  # noqa: E402
+from jusnap.proc import kill_tree, start_time  # noqa: E402
+from jusnap.snapshots import Engine  # noqa: E402
+from tests.helpers import connect, run_cell  # noqa: E402
+
+UNITS = {"M": 1024**2, "G": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    return int(float(text[:-1]) * UNITS[text[-1].upper()])
+
+
+def first_execute(kc: Any, timeout: float = 120) -> float:
+    """Seconds until an execute request is answered (the user's view of 'usable')."""
+    t0 = time.monotonic()
+    msg_id = kc.execute("_bench = 1", silent=False, store_history=False)
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return time.monotonic() - t0
+
+
+def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float, float]:
+    images.mkdir(parents=True)
+    os.chown(images, creds.uid, creds.gid)
+    os.chown(images.parent, creds.uid, creds.gid)  # criu writes its pid file there
+    t0 = time.monotonic()
+    engine.criu.dump(pid, images, creds)
+    wall = time.monotonic() - t0
+    return frozen_seconds(images) or wall, wall
+
+
+def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> float:
+    """Kill the kernel, restore it with plain criu, time to the first answered execute."""
+    t0 = time.monotonic()
+    kill_tree(k.pid, k.started, signal.SIGKILL)
+    engine.reaper.wait_gone(k.pid, k.started, 30)
+    pidfile = images.parent / "raw.pid"
+    pidfile.unlink(missing_ok=True)
+    r = engine.criu.restore(images, creds, pidfile)
+    k.pid, k.started = r.pid, start_time(r.pid)
+    engine.registry.put_kernel(k)
+    first_execute(kc)
+    return time.monotonic() - t0
+
+
+def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, Any]:
+    k = engine.launch_kernel(owner_uid=0)
+    kc = connect(k.connection)
+    run_cell(kc, f"import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)", timeout=600)
+    creds = engine.supervisor.creds(k)
+    rows: dict[str, list[float]] = {key: [] for key in (
+        "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_restore_to_execute",
+        "criu_freeze", "criu_dump_wall", "criu_restore_to_execute", "image_bytes")}  # fmt: skip
+    for i in range(repeat):
+        snap = engine.snapshot(k.id)
+        rows["jusnap_freeze"].append(snap.frozen_seconds)
+        t0 = time.monotonic()
+        snap2 = engine.snapshot(k.id)  # timed separately from the first (page cache warm-up)
+        rows["jusnap_snapshot_wall"].append(time.monotonic() - t0)
+        rows["image_bytes"].append(snap2.size_bytes)
+        engine.delete_snapshot(snap2.id)
+
+        raw = work / f"raw-{size}-{i}"
+        freeze, wall = raw_dump(engine, engine.kernel(k.id).pid, creds, raw / "img")
+        rows["criu_freeze"].append(freeze)
+        rows["criu_dump_wall"].append(wall)
+
+        t0 = time.monotonic()
+        result = engine.restore(snap.id)
+        first_execute(kc)
+        rows["jusnap_restore_to_execute"].append(time.monotonic() - t0)
+        if result.pre_restore:
+            engine.delete_snapshot(result.pre_restore.id)
+        engine.delete_snapshot(snap.id)
+
+        rows["criu_restore_to_execute"].append(raw_restore(engine, engine.kernel(k.id), creds, raw / "img", kc))
+        shutil.rmtree(raw)
+        print(f"  {size >> 20} MiB run {i + 1}/{repeat}: " + ", ".join(f"{key}={v[-1]:.3f}" for key, v in rows.items() if key != "image_bytes"), flush=True)
+    kc.stop_channels()
+    engine.shutdown_kernel(k.id)
+    return {key: statistics.median(v) for key, v in rows.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100M,1G,4G")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--user", default=os.environ.get("JUSNAP_TEST_USER", "jusnap-test"))
+    ap.add_argument("--criu", default="/usr/local/lib/jusnap/criu")
+    ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
+    args = ap.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
+    state.chmod(0o711)
+    settings = load_settings(None, {
+        "jusnap.state_dir": str(state), "jusnap.criu.binary": args.criu, "jusnap.os.uid": args.user,
+        "jusnap.ipython.python_interpreter": sys.executable, "jusnap.http.socket": str(state / "s.sock"),
+    })  # fmt: skip
+    engine = Engine(settings).start()
+    results = {}
+    try:
+        for text in args.sizes.split(","):
+            print(f"== {text}", flush=True)
+            results[text] = bench_size(engine, parse_size(text), args.repeat, state / "work")
+    finally:
+        engine.close()
+        subprocess.run(["pkill", "-KILL", "-f", f"{state}/kernels/"], check=False)
+        shutil.rmtree(state, ignore_errors=True)
+    machine = {
+        "cpu": _cpu(), "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3),
+        "kernel": platform.release(), "criu": subprocess.run([args.criu, "--version"], capture_output=True, text=True).stdout.split()[1],
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    print(table(results, machine))
+    return 0
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']}, CRIU {machine['criu']}, {machine['date']}. Median of runs.",
+        "",
+        "| kernel data | image | freeze: Jusnap / raw criu | snapshot wall: Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
+        "|---|---|---|---|---|",
+    ]
+    for size, r in results.items():
+        lines.append(
+            f"| {size} | {r['image_bytes'] / 1024**2:.0f} MiB "
+            f"| {r['jusnap_freeze']:.3f} s / {r['criu_freeze']:.3f} s ({_pct(r['jusnap_freeze'], r['criu_freeze'])}) "
+            f"| {r['jusnap_snapshot_wall']:.2f} s / {r['criu_dump_wall']:.2f} s "
+            f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
+        )
+    return "\n".join(lines)
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{(a / b - 1) * 100:+.0f}%" if b else "n/a"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

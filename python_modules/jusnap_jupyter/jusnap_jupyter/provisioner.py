@@ -1,0 +1,180 @@
+"""A jupyter_client kernel provisioner whose kernels the Jusnap daemon launches and supervises.
+
+The daemon, not Jupyter, owns the kernel process: it launches it as the kernel user, knows its
+PID after a restore (a restored kernel is a new child of the daemon with the old PID), and keeps
+its connection (ports and key) fixed across restarts, which is what lets a snapshot be restored
+into it. So every process operation of Jupyter's ``KernelManager`` -- poll, signal, kill,
+restart -- is a call to the daemon, and Jupyter's own restarter, which only ever asks ``poll``,
+sees a restored kernel as alive instead of fighting it.
+
+Contract with the frontend: the Jusnap kernel id *is* Jupyter's kernel id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import KernelProvisionerBase
+
+from .daemon import DaemonError, call
+
+# What the daemon is given of the Jupyter server's environment: the kernelspec's own ``env``
+# plus these. The rest (the server's PATH, tokens, JPY_PARENT_PID, ...) stays with the server.
+_PASSED_ENV = ("JPY_SESSION_NAME", "LANG", "LC_ALL", "TZ")
+_PYTHON_NAMES = {
+    "python",
+    f"python{sys.version_info[0]}",
+    "python{}.{}".format(*sys.version_info[:2]),
+}
+_SIGNAMES = {
+    signal.SIGINT: "SIGINT",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGKILL: "SIGKILL",
+    signal.SIGHUP: "SIGHUP",
+    signal.SIGUSR1: "SIGUSR1",
+    signal.SIGUSR2: "SIGUSR2",
+    signal.SIGQUIT: "SIGQUIT",
+}
+DEAD = 1  # the exit status reported for a kernel the daemon says is not running
+
+
+async def _call(method: str, path: str, body: Any = None, timeout: float = 600.0) -> Any:
+    """The blocking client off the event loop: Jupyter's server keeps serving meanwhile."""
+    return await asyncio.to_thread(call, method, path, body, timeout)
+
+
+class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Kernels launched, watched and signalled through the Jusnap daemon."""
+
+    _launched: bool = False
+    _exit_status: int | None = None
+    _cwd: str | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return self._launched
+
+    # ---- launch ----------------------------------------------------------------------------
+    def _kernel_cmd(self, extra_arguments: list[str]) -> list[str]:
+        """The kernelspec's argv, ``{connection_file}`` left for the daemon to fill in."""
+        argv = list(self.kernel_spec.argv) + list(extra_arguments)
+        if argv and argv[0] in _PYTHON_NAMES:
+            argv[0] = sys.executable  # as jupyter_client does: the server's own interpreter
+        resource_dir = getattr(self.kernel_spec, "resource_dir", "") or ""
+        return [a.replace("{resource_dir}", resource_dir) for a in argv]
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        extra = kwargs.pop("extra_arguments", [])
+        kwargs = await super().pre_launch(**kwargs)
+        full_env: dict[str, str] = kwargs.pop("env")
+        keep = set(self.kernel_spec.env or {}) | set(_PASSED_ENV)
+        kwargs["env"] = {k: v for k, v in full_env.items() if k in keep}
+        kwargs["cmd"] = self._kernel_cmd(extra)
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Launch (or, on a restart, restart) the kernel in the daemon; return its connection."""
+        env: dict[str, str] = kwargs.get("env") or {}
+        known = self._launched or await self._exists()
+        self._cwd = str(kwargs["cwd"]) if kwargs.get("cwd") else None
+        if known:
+            await _call("POST", f"/kernels/{self.kernel_id}/restart")
+            info = await _call("GET", f"/kernels/{self.kernel_id}/connection")
+        else:
+            body: dict[str, Any] = {"kernel_id": self.kernel_id, "argv": cmd, "env": env}
+            if kwargs.get("cwd"):
+                body["cwd"] = str(kwargs["cwd"])
+            if env.get("JPY_SESSION_NAME"):
+                body["notebook_path"] = env["JPY_SESSION_NAME"]
+            info = await _call("POST", "/kernels", body)
+        self._launched = True
+        self._exit_status = None
+        conn = dict(info["connection"])
+        conn["key"] = conn["key"].encode()
+        self.connection_info = conn
+        return conn
+
+    async def _exists(self) -> bool:
+        try:
+            await _call("GET", f"/kernels/{self.kernel_id}", timeout=30)
+        except DaemonError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # ---- state -----------------------------------------------------------------------------
+    async def poll(self) -> int | None:
+        """None while the daemon says the kernel runs, or is being restored or restarted."""
+        if not self._launched:
+            return self._exit_status
+        try:
+            k = await _call("GET", f"/kernels/{self.kernel_id}", timeout=30)
+        except DaemonError as exc:
+            if exc.status == 404:
+                return DEAD
+            # The daemon restarting: kernels outlive it and it re-adopts them; do not kill.
+            self.log.warning(
+                "jusnap: cannot ask the daemon about kernel %s: %s", self.kernel_id, exc.message
+            )
+            return None
+        if k["status"] == "running" or k.get("operation") in ("restore", "restart"):
+            return None
+        return DEAD
+
+    async def wait(self) -> int | None:
+        while (status := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        return status
+
+    # ---- signals ---------------------------------------------------------------------------
+    async def send_signal(self, signum: int) -> None:
+        name = _SIGNAMES.get(signum)
+        if name is None:
+            raise ValueError(
+                f"jusnap kernels accept {', '.join(_SIGNAMES.values())}, not signal {signum}"
+            )
+        try:
+            await _call("POST", f"/kernels/{self.kernel_id}/signal", {"signal": name}, timeout=30)
+        except DaemonError as exc:
+            if exc.code != "kernel_not_running":
+                raise
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """On shutdown the daemon forgets the kernel; the notebook keeps its snapshots."""
+        if restart or not self._launched:
+            return
+        try:
+            await _call("DELETE", f"/kernels/{self.kernel_id}", timeout=60)
+        except DaemonError as exc:
+            if exc.status != 404:
+                raise
+        self._launched = False
+        self._exit_status = DEAD
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info["launched"] = self._launched
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self._launched = bool(provisioner_info.get("launched"))
+
+    def resolve_path(self, path: str) -> str | None:
+        """Relative paths (e.g. for the debugger) resolve under the kernel's working directory."""
+        if not self._cwd:
+            return None
+        return os.path.normpath(Path(self._cwd) / Path(path).expanduser())

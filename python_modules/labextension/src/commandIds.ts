@@ -1,0 +1,12 @@
+/** Command ids, shared by the menu (schema/plugin.json), the panel and the toolbar. */
+export const CommandIds = {
+  create: 'jusnap:create',
+  createLabelled: 'jusnap:create-labelled',
+  restore: 'jusnap:restore',
+  remove: 'jusnap:delete',
+  relabel: 'jusnap:relabel',
+  clear: 'jusnap:clear',
+  refresh: 'jusnap:refresh',
+  toggleAuto: 'jusnap:toggle-auto',
+  openPanel: 'jusnap:open-panel'
+} as const;

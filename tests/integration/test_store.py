@@ -1,0 +1,278 @@
+"""The content-addressed store with real CRIU dumps: dedup, damage, gc, retention, lazy, du."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import xxhash
+from jusnap.errors import RestoreFailed
+from jusnap.registry import Snapshot
+from jusnap.snapshots import Engine
+from jusnap.store.local import MANIFEST, is_page_image
+
+from tests.conftest import Daemon, KernelSession, shutdown_all
+from tests.helpers import connect, run_cell, wait_until
+
+MiB = 1024 * 1024
+
+
+def _snap(engine: Engine, kernel: KernelSession, **kw: object) -> Snapshot:
+    s = engine.snapshot(kernel.id, **kw)
+    assert isinstance(s, Snapshot), s
+    return s
+
+
+def _new_bytes(engine: Engine, snap: Snapshot) -> int:
+    return engine.store.read_manifest(snap.id).new_bytes
+
+
+def test_second_snapshot_after_a_small_change_adds_little(
+    kernel: KernelSession, engine: Engine
+) -> None:
+    kernel.run("import numpy as np; a = np.arange(8_000_000, dtype=float)")  # 64 MB
+    first = _snap(engine, kernel)
+    kernel.run("a[:80_000] += 1")  # 1% of the array: 640 KB of pages
+    second = _snap(engine, kernel)
+    assert first.size_bytes > 64 * MiB
+    assert _new_bytes(engine, first) > 5 * MiB
+    # What the cell changed plus the kernel's own churn (heap, stacks), compressed.
+    assert _new_bytes(engine, second) < 3 * MiB, _new_bytes(engine, second)
+    (u,) = engine.storage.usage(0)
+    assert u["snapshots"] == 2
+    assert u["shared_bytes"] > 5 * u["unique_bytes"]
+    assert u["stored_bytes"] < first.size_bytes / 2  # two 64+ MB images in < one
+    engine.restore(first.id)
+    kernel.after_restore()
+    assert kernel.value("(a[0], a[80_000])") == "(np.float64(0.0), np.float64(80000.0))"
+    engine.restore(second.id)
+    kernel.after_restore()
+    assert kernel.value("(a[0], a[80_000])") == "(np.float64(1.0), np.float64(80000.0))"
+
+
+def test_damage_is_confined_to_the_snapshots_that_need_the_chunk(
+    kernel: KernelSession, engine: Engine
+) -> None:
+    kernel.run("import numpy as np; a = np.arange(2_000_000, dtype=float); v = 'first'")
+    first = _snap(engine, kernel)
+    kernel.run("a[:200_000] = -1.0; v = 'second'")
+    second = _snap(engine, kernel)
+    kernel.run("v = 'current'")
+    pack = engine.store.chunks(0).packs / f"{second.id}.pack"
+    with pack.open("r+b") as fh:  # the pages only the second snapshot has
+        fh.seek(pack.stat().st_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 64)
+    pid = engine.kernel(kernel.id).pid
+    with pytest.raises(RestoreFailed, match="checksum") as info:
+        engine.restore(second.id)
+        kernel.after_restore()
+    assert "not touched" in info.value.message
+    assert engine.kernel(kernel.id).pid == pid
+    assert kernel.value("v") == "'current'"
+    engine.restore(first.id)  # shares most pages, but not the damaged ones
+    kernel.after_restore()
+    assert kernel.value("(v, a[0])") == "('first', np.float64(0.0))"
+
+
+def test_gc_running_concurrently_never_removes_a_needed_chunk(
+    kernel: KernelSession, engine: Engine
+) -> None:
+    kernel.run("import numpy as np; a = np.zeros(4_000_000); i = 0")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    runs = [0]
+
+    def collector() -> None:
+        try:
+            while not stop.is_set():
+                engine.storage.gc(0)
+                runs[0] += 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=collector)
+    t.start()
+    kept: list[tuple[Snapshot, int]] = []
+    try:
+        for i in range(6):
+            kernel.run(f"i = {i}; a[{i} * 400_000:({i} + 1) * 400_000] = {i} + 1")
+            s = _snap(engine, kernel)
+            kept.append((s, i))
+            if i % 2:  # delete one snapshot in two: its unique pages become garbage
+                old = kept.pop(-2)[0]
+                engine.delete_snapshot(old.id)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert runs[0] >= 2, "gc really ran alongside"
+    for s, _ in kept:  # every remaining snapshot's every page is there and verifies
+        out = Path(engine.work_dir) / f"verify-{s.id}"
+        out.mkdir()
+        engine.store.stage_out(s.id, out, os.getuid(), os.getgid())
+    s, i = kept[0]
+    engine.restore(s.id)
+    kernel.after_restore()
+    assert kernel.value("(i, float(a.sum()))") == repr(
+        (i, sum((j + 1) * 400_000.0 for j in range(i + 1)))
+    )
+
+
+def test_retention_keeps_what_it_promises(make_settings) -> None:
+    e = Engine(make_settings(**{"jusnap.store.keep_auto": "2"})).start()
+    ks = KernelSession(e)
+    try:
+        ks.run("x = 0")
+        manual = _snap(e, ks)
+        autos = []
+        for i in range(4):
+            ks.run(f"x = {i + 1}")
+            autos.append(_snap(e, ks, trigger="auto"))
+            if i == 0:
+                e.relabel(autos[0].id, "keep me")
+        left = {s.id for s in e.list_snapshots(ks.id)}
+        assert left == {manual.id, autos[0].id, autos[2].id, autos[3].id}
+        assert not Path(e.store.path(autos[1].id)).exists()
+        (u,) = e.storage.usage(0)
+        assert u["garbage_bytes"] == 0, "gc ran after retention"
+        # A restore's safety copy expires after pre_restore_ttl.
+        r = e.restore(autos[2].id)
+        ks.after_restore()
+        assert r.pre_restore is not None
+        e.settings.jusnap.store.pre_restore_ttl = 0  # type: ignore[assignment]
+        time.sleep(0.05)
+        newest = _snap(e, ks, trigger="auto")
+        left = {s.id for s in e.list_snapshots(ks.id)}
+        assert r.pre_restore.id not in left
+        assert left == {manual.id, autos[0].id, autos[3].id, newest.id}
+        assert ks.value("x") == "3"
+    finally:
+        ks.close()
+        shutdown_all(e)
+
+
+def test_size_cap_removes_oldest_automatic_snapshots(make_settings) -> None:
+    e = Engine(make_settings(**{"jusnap.store.max_user_mb": "40"})).start()
+    ks = KernelSession(e)
+    try:
+        ks.run("import numpy as np; rng = np.random.default_rng(0)")
+        manual = _snap(e, ks)
+        autos = []
+        for _ in range(4):
+            ks.run("b = rng.random(1_500_000)")  # 12 MB of new, incompressible pages each
+            autos.append(_snap(e, ks, trigger="auto"))
+        left = [s.id for s in e.list_snapshots(ks.id)]
+        assert manual.id in left and autos[-1].id in left
+        assert autos[0].id not in left
+        (u,) = e.storage.usage(0)
+        assert u["stored_bytes"] <= 40 * MiB
+    finally:
+        ks.close()
+        shutdown_all(e)
+
+
+def test_lazy_restore_end_to_end(make_settings) -> None:
+    """Lazy pages need CRIU running privileged (CRIU 4.2.1 has no uffd in --unprivileged)."""
+    e = Engine(
+        make_settings(**{"jusnap.os.uid": "root", "jusnap.store.lazy_pages": "true"})
+    ).start()
+    used = []
+    real = e.criu.lazy_pages
+
+    def spy(images: Path, creds: object) -> int:
+        used.append(images)
+        return real(images, creds)  # type: ignore[arg-type]
+
+    e.criu.lazy_pages = spy  # type: ignore[method-assign]
+    ks = KernelSession(e)
+    try:
+        ks.run("import numpy as np; big = np.arange(30_000_000, dtype=float); tag = 'snap'")
+        s = _snap(e, ks)
+        ks.run("big[:] = 0; tag = 'later'")
+        e.restore(s.id)
+        ks.after_restore()
+        assert used, "the restore went through criu lazy-pages"
+        assert ks.value("(tag, float(big[-1]), float(big.sum()))") == repr(
+            ("snap", 29_999_999.0, float(sum(range(30_000_000))))
+        )
+        # The server hands over every page, exits, and its images are removed.
+        wait_until(lambda: not used[0].exists(), 60, what="the lazy-pages server to finish")
+    finally:
+        ks.close()
+        shutdown_all(e)
+
+
+def test_unprivileged_kernel_falls_back_to_eager_restore(make_settings) -> None:
+    e = Engine(make_settings(**{"jusnap.store.lazy_pages": "true"})).start()
+    ks = KernelSession(e)
+    try:
+        ks.run("y = 'kept'")
+        s = _snap(e, ks)
+        ks.run("y = 'changed'")
+        e.restore(s.id)
+        ks.after_restore()
+        assert ks.value("y") == "'kept'"
+    finally:
+        ks.close()
+        shutdown_all(e)
+
+
+def test_previous_layout_is_migrated_at_start(
+    kernel: KernelSession, engine: Engine, make_settings
+) -> None:
+    kernel.run("z = 'from the old layout'")
+    snap = _snap(engine, kernel)
+    d = engine.store.path(snap.id)
+    # Rewrite the snapshot as the previous store did: whole images, manifest version 1.
+    engine.store.stage_out(snap.id, d, os.getuid(), os.getgid(), skip=None)
+    files = []
+    for p in sorted(d.iterdir()):
+        if p.name == MANIFEST:
+            continue
+        data = p.read_bytes()
+        files.append({"name": p.name, "size": len(data),
+                      "xxh3": xxhash.xxh3_128_hexdigest(data), "mode": 0o600})  # fmt: skip
+    (d / MANIFEST).write_text(json.dumps({"version": 1, "files": files}))
+    assert any(is_page_image(f["name"]) for f in files)
+    kernel.run("z = 'new'")
+    again = Engine(make_settings()).start()
+    try:
+        m = again.store.read_manifest(snap.id)
+        assert m.version == 2 and m.owner == 0
+        assert not any(is_page_image(p.name) for p in d.iterdir())
+        again.restore(snap.id)
+        kernel.after_restore()
+        assert kernel.value("z") == "'from the old layout'"
+    finally:
+        again.close()
+
+
+def test_cli_du_and_gc(daemon: Daemon) -> None:
+    r = daemon.cli("--json", "start")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    kc = connect(info["connection"])
+    try:
+        run_cell(kc, "import numpy as np; a = np.arange(1_000_000, dtype=float)")
+        for _ in range(2):
+            assert daemon.cli("snapshot", info["id"]).returncode == 0
+        r = daemon.cli("du")
+        assert r.returncode == 0, r.stderr
+        assert "shared pages" in r.stdout and "uid 0: 2 snapshot(s)" in r.stdout
+        data = json.loads(daemon.cli("--json", "du").stdout)
+        assert data["retention"]["keep_auto"] == 50
+        (u,) = data["usage"]
+        assert u["shared_bytes"] > u["unique_bytes"] and u["compression_ratio"] > 1
+        snaps = json.loads(daemon.cli("--json", "snapshots", info["id"]).stdout)
+        assert daemon.cli("rm", snaps[0]["id"]).returncode == 0
+        r = daemon.cli("--json", "gc")
+        assert r.returncode == 0, r.stderr
+        (g,) = json.loads(r.stdout)["results"]
+        assert g["chunks_removed"] > 0
+        assert "freed" in daemon.cli("gc").stdout
+    finally:
+        kc.stop_channels()
