@@ -35,11 +35,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jusnap.config import load_settings  # noqa: E402
-from jusnap.criu import frozen_seconds  # noqa: E402
-from jusnap.proc import kill_tree, start_time  # noqa: E402
-from jusnap.snapshots import Engine  # noqa: E402
-from tests.helpers import connect, run_cell  # noqa: E402
+from jusnap.config import load_settings
+from jusnap.criu import frozen_seconds
+from jusnap.proc import kill_tree, start_time
+from jusnap.snapshots import Engine
+
+from tests.helpers import connect, run_cell
 
 UNITS = {"M": 1024**2, "G": 1024**3}
 
@@ -85,7 +86,11 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
 def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, Any]:
     k = engine.launch_kernel(owner_uid=0)
     kc = connect(k.connection)
-    run_cell(kc, f"import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)", timeout=600)
+    run_cell(
+        kc,
+        f"import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)",
+        timeout=600,
+    )
     creds = engine.supervisor.creds(k)
     rows: dict[str, list[float]] = {key: [] for key in (
         "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_restore_to_execute",
@@ -112,16 +117,24 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
             engine.delete_snapshot(result.pre_restore.id)
         engine.delete_snapshot(snap.id)
 
-        rows["criu_restore_to_execute"].append(raw_restore(engine, engine.kernel(k.id), creds, raw / "img", kc))
+        rows["criu_restore_to_execute"].append(
+            raw_restore(engine, engine.kernel(k.id), creds, raw / "img", kc)
+        )
         shutil.rmtree(raw)
-        print(f"  {size >> 20} MiB run {i + 1}/{repeat}: " + ", ".join(f"{key}={v[-1]:.3f}" for key, v in rows.items() if key != "image_bytes"), flush=True)
+        print(
+            f"  {size >> 20} MiB run {i + 1}/{repeat}: "
+            + ", ".join(f"{key}={v[-1]:.3f}" for key, v in rows.items() if key != "image_bytes"),
+            flush=True,
+        )
     kc.stop_channels()
     engine.shutdown_kernel(k.id)
     return {key: statistics.median(v) for key, v in rows.items()}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="100M,1G,4G")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--user", default=os.environ.get("JUSNAP_TEST_USER", "jusnap-test"))

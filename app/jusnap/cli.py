@@ -190,7 +190,7 @@ def cmd_start(args: argparse.Namespace, c: Client) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     k = c.launch(argv=argv or None, notebook_path=args.notebook, cwd=args.cwd)
     # Like Jupyter: a connection file in the runtime dir, so `jupyter console --existing` works.
-    runtime = Path(os.path.expanduser(args.runtime_path))
+    runtime = Path(args.runtime_path).expanduser()
     runtime.mkdir(parents=True, exist_ok=True)
     cfile = runtime / f"kernel-{k['id']}.json"
     fd = os.open(cfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -427,8 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("start", cmd_start, "launch a kernel (default: the configured IPython kernel)")
     sp.add_argument("--notebook", help="notebook path the kernel belongs to")
     sp.add_argument("--cwd", help="working directory")
-    sp.add_argument("--runtime-path", default=os.environ.get("JUPYTER_RUNTIME_DIR", "~/.local/share/jupyter/runtime/"),
-                    help="where to write the connection file (default: %(default)s)")  # fmt: skip
+    sp.add_argument(
+        "--runtime-path",
+        default=os.environ.get("JUPYTER_RUNTIME_DIR", "~/.local/share/jupyter/runtime/"),
+        help="where to write the connection file (default: %(default)s)",
+    )
     sp.add_argument("argv", nargs=argparse.REMAINDER, help="-- kernel argv with {connection_file}")
     per_kernel = (
         ("stop", cmd_stop, "shut a kernel down"),

@@ -66,8 +66,9 @@ def table(data: dict[str, Any]) -> str:
     by = index(data["results"])
     workloads = list(dict.fromkeys(r["workload"] for r in data["results"]))
     lines = [
-        "| workload | system | per-cell overhead | freeze / snapshot | snapshot call | on disk"
-        " (session) | added per later snapshot | restore early | restore latest | objects working |",
+        "| workload | system | per-cell overhead | freeze / snapshot | snapshot call"
+        " | on disk (session) | added per later snapshot | restore early | restore latest"
+        " | objects working |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in workloads:

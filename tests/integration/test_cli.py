@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 from jusnap.client import ApiError, Client
+
 from tests.conftest import Daemon
 from tests.helpers import connect, nudge, run_cell
 
@@ -135,7 +136,7 @@ def test_cli_and_api_agree(daemon: Daemon) -> None:
     assert [x["id"] for x in api.kernels()] == [x["id"] for x in _json(daemon, "kernels")]
 
 
-def test_check_runs_criu_as_the_kernel_user(criu_binary: str, kernel_user) -> None:  # noqa: ANN001
+def test_check_runs_criu_as_the_kernel_user(criu_binary: str, kernel_user) -> None:
     import subprocess
     import sys
 

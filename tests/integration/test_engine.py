@@ -239,7 +239,7 @@ def test_owner_cannot_touch_other_users_kernels(kernel: KernelSession, engine: E
     assert [s.id for s in engine.list_snapshots(kernel.id)] == [snap.id]
 
 
-def test_one_operation_per_kernel(kernel: KernelSession, engine: Engine, monkeypatch) -> None:  # noqa: ANN001
+def test_one_operation_per_kernel(kernel: KernelSession, engine: Engine, monkeypatch) -> None:
     import threading
 
     import jusnap.snapshots as snapshots_mod

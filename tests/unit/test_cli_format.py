@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from jusnap.cli import build_parser, human_size, main, relative, snapshot_rows, table
 
 
@@ -57,19 +56,19 @@ def test_every_issue_command_exists() -> None:
         parser.parse_args(argv)
 
 
-def test_daemon_not_running_is_one_line_and_exit_69(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_daemon_not_running_is_one_line_and_exit_69(tmp_path, capsys) -> None:
     code = main(["--socket", str(tmp_path / "nope.sock"), "kernels"])
     err = capsys.readouterr().err
     assert code == 69
     assert err.count("\n") == 1 and "daemon is not running" in err
 
 
-def test_bad_kernel_ref_is_a_usage_error(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_bad_kernel_ref_is_a_usage_error(tmp_path, capsys) -> None:
     assert main(["--socket", str(tmp_path / "nope.sock"), "snapshot", "Robert'); DROP TABLE"]) == 64
     assert "not a kernel id" in capsys.readouterr().err
 
 
-def test_help_lists_exit_codes(capsys) -> None:  # noqa: ANN001
+def test_help_lists_exit_codes(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "exit codes" in capsys.readouterr().out

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from jusnap.errors import InvalidRequest
 from jusnap.ids import check_kernel_id, check_snapshot_id, new_kernel_id, new_snapshot_id
 

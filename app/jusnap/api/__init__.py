@@ -101,7 +101,10 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         message = err.message
         if err.status_code == 422 and err.detail:
             message = "invalid request: " + _describe(err.detail)
-        body: dict[str, Any] = {"error": _HTTP_CODES.get(err.status_code, "error"), "message": message}
+        body: dict[str, Any] = {
+            "error": _HTTP_CODES.get(err.status_code, "error"),
+            "message": message,
+        }
         if err.detail:
             body["details"] = err.detail
         return body, err.status_code, err.headers
@@ -115,10 +118,14 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         code = err.code or 500
         # Keep werkzeug's headers (e.g. Allow on 405, as RFC 9110 requires), not its HTML type.
         headers = [(k, v) for k, v in err.get_headers() if k.lower() != "content-type"]
-        return {
-            "error": _HTTP_CODES.get(code, "error"),
-            "message": err.description or err.name,
-        }, code, headers
+        return (
+            {
+                "error": _HTTP_CODES.get(code, "error"),
+                "message": err.description or err.name,
+            },
+            code,
+            headers,
+        )
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> tuple[dict[str, Any], int]:

@@ -127,7 +127,7 @@ def established_peers(port: int) -> int:
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            with open(table) as fh:  # noqa: PTH123
+            with open(table) as fh:
                 next(fh)
                 for line in fh:
                     fields = line.split()
