@@ -202,8 +202,10 @@ def make_stack(criu_binary: str, kernel_user: pwd.struct_passwd) -> Iterator[Cal
         shutil.rmtree(stack.daemon.state_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope: Playwright's sync API keeps an asyncio loop running in this thread until it
+    # stops, which would break later tests that call asyncio.run().
     playwright = pytest.importorskip("playwright.sync_api")
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install -y chromium"
     with playwright.sync_playwright() as pw:
