@@ -84,7 +84,9 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
 
 
 def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, Any]:
-    k = engine.launch_kernel(owner_uid=0)
+    # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
+    env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
+    k = engine.launch_kernel(owner_uid=0, env=env)
     kc = connect(k.connection)
     run_cell(
         kc,

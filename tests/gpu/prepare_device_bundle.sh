@@ -61,7 +61,7 @@ pure=(
   stack-data==0.6.3 executing==2.3.0 asttokens==3.0.2 pure-eval==0.2.4 pexpect==4.9.0
   ptyprocess==0.7.0 flask==3.1.3 blinker itsdangerous
 )
-binary=(pyzmq==27.3.0 tornado==6.6.1 debugpy==1.8.22)
+binary=(pyzmq==27.3.0 tornado==6.6.1 debugpy==1.8.22 zstandard==0.25.0)
 plat=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_26_x86_64 manylinux_2_24_x86_64 \
          manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64 manylinux_2_5_x86_64; do

@@ -3,6 +3,8 @@
 #
 #   bash tests/gpu/run_on_device.sh          # pytest tests/gpu (the engine-level GPU test)
 #   bash tests/gpu/run_on_device.sh smoke    # tests/gpu/device_smoke.py (bundle + hook only)
+#   bash tests/gpu/run_on_device.sh bench    # bench/engine_vs_criu.py on that machine
+#   bash tests/gpu/run_on_device.sh all      # the GPU tests, then the benchmark
 #
 # The machine has no network, no CRIU and no Jupyter stack: .gpu/ (tests/gpu/prepare_device_bundle.sh)
 # brings them. Everything is teed to $OUT/gpu-test.log; timings land in $OUT/*.json.
@@ -38,6 +40,21 @@ case "$mode" in
   smoke)
     timeout -k 10 "$timeout_s" "$py" tests/gpu/device_smoke.py
     rc=$?
+    ;;
+  bench)
+    # bench/engine_vs_criu.py on this machine (kernels as root, CRIU privileged).
+    timeout -k 10 "$timeout_s" "$py" bench/engine_vs_criu.py --user root --criu "$JUSNAP_CRIU" \
+      --sizes "${BENCH_SIZES:-100M,1G,4G}" --repeat "${BENCH_REPEAT:-3}" --out "$OUT/engine_vs_criu.json"
+    rc=$?
+    ;;
+  all)
+    timeout -k 10 "$timeout_s" "$py" -m pytest tests/gpu -v -s -ra -p no:cacheprovider
+    rc=$?
+    timeout -k 10 "${BENCH_TIMEOUT:-240}" "$py" bench/engine_vs_criu.py --user root --criu "$JUSNAP_CRIU" \
+      --sizes "${BENCH_SIZES:-100M,1G,4G}" --repeat "${BENCH_REPEAT:-3}" --out "$OUT/engine_vs_criu.json"
+    brc=$?
+    echo "== bench exit $brc"
+    [ "$rc" -eq 0 ] && rc=$brc
     ;;
   *)
     timeout -k 10 "$timeout_s" "$py" -m pytest tests/gpu -v -s -ra -p no:cacheprovider "${@:2}"
