@@ -138,6 +138,7 @@ class KernelSession:
         return value(self.client, expr)
 
     def after_restore(self) -> None:
+        """What a Jupyter client does when its kernel came back (restore or restart)."""
         from tests.helpers import nudge
 
         nudge(self.client)

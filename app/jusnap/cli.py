@@ -353,7 +353,8 @@ def usage_text(data: dict[str, Any]) -> str:
         if u["per_snapshot"]:
             rows = [[s["id"], human_size(s["logical_bytes"]), human_size(s["unique_bytes"])]
                     for s in u["per_snapshot"]]  # fmt: skip
-            lines.append(table(rows, ["  SNAPSHOT", "IMAGE", "UNIQUE"]))
+            text = table(rows, ["SNAPSHOT", "IMAGE", "UNIQUE (freed if deleted)"])
+            lines += ["  " + ln for ln in text.splitlines()]
     return "\n".join(lines)
 
 
@@ -364,11 +365,13 @@ def cmd_du(args: argparse.Namespace, c: Client) -> int:
 
 def cmd_gc(args: argparse.Namespace, c: Client) -> int:
     with Progress("collecting garbage", not args.json):
-        r = c.gc()
+        r = c.gc(verify=args.verify)
     _out(args, r, lambda d: "\n".join(
         f"uid {x['owner_uid']}: freed {human_size(x['bytes_freed'])}"
         f" ({x['chunks_removed']} chunks, {x['packs_removed']} packs removed,"
         f" {x['packs_compacted']} compacted) in {x['seconds']:.2f}s"
+        + (f"; verified {x['verify']['chunks_checked']} chunks,"
+           f" {x['verify']['chunks_damaged']} damaged" if x.get("verify") else "")
         for x in d["results"]
     ) or "nothing to collect")  # fmt: skip
     return 0
@@ -468,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("snapshot")
     sp.add_argument("label", nargs="?", default="")
     add("du", cmd_du, "space the snapshot store uses: shared, unique, compression")
-    add("gc", cmd_gc, "remove stored pages no snapshot needs any more")
+    sp = add("gc", cmd_gc, "remove stored pages no snapshot needs any more")
+    sp.add_argument("--verify", action="store_true",
+                    help="also read back every stored page; forget damaged ones")  # fmt: skip
     sp = add("auto", cmd_auto, "show or set a kernel's automatic snapshots")
     sp.add_argument("kernel")
     sp.add_argument("state", nargs="?", choices=["on", "off"])

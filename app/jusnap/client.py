@@ -143,8 +143,8 @@ class Client:
     def store(self) -> Any:
         return self.request("GET", "/store")
 
-    def gc(self) -> Any:
-        return self.request("POST", "/store/gc")
+    def gc(self, verify: bool = False) -> Any:
+        return self.request("POST", "/store/gc" + ("?verify=true" if verify else ""))
 
     def restore(self, snapshot_id: str, kernel_id: str | None = None) -> Any:
         body = {"kernel_id": kernel_id} if kernel_id else {}

@@ -106,6 +106,7 @@ def test_restore_after_kernel_restart(kernel: KernelSession, engine: Engine) -> 
     old_pid = engine.kernel(kernel.id).pid
     engine.restart_kernel(kernel.id)
     assert engine.kernel(kernel.id).pid != old_pid
+    kernel.after_restore()  # a restarted kernel, too, needs the client's IOPub to come back
     assert kernel.value("'before_restart' in globals()") == "False"
     engine.restore(snap.id)
     kernel.after_restore()

@@ -314,3 +314,25 @@ def test_damaged_delta_base_fails_cleanly(store: LocalStore, tmp_path: Path) -> 
     out.mkdir()
     with pytest.raises(RestoreFailed, match="checksum"):
         store.stage_out(s2, out, os.getuid(), os.getgid())
+
+
+def test_scrub_finds_damage_and_later_snapshots_heal(store: LocalStore, tmp_path: Path) -> None:
+    data = pages(21, 100)
+    s1 = new_id()
+    store.commit(s1, dump(tmp_path, data), owner=13)
+    (pack,) = list(store.chunks(13).packs.iterdir())
+    with pack.open("r+b") as fh:
+        fh.seek(pack.stat().st_size // 3)
+        fh.write(b"\x00" * 64)
+    out = tmp_path / "out-scrub"
+    out.mkdir()
+    with pytest.raises(RestoreFailed, match="damaged"):
+        store.stage_out(s1, out, os.getuid(), os.getgid())
+    report = gc.scrub(store, 13)
+    assert report["chunks_damaged"] >= 1 and report["snapshots_damaged"] == [s1]
+    s2 = new_id()  # the same pages again: the damaged ones are stored anew
+    store.commit(s2, dump(tmp_path, data), owner=13)
+    assert stage(store, s2, tmp_path)["pages-1.img"] == data
+    assert gc.scrub(store, 13)["chunks_damaged"] == 0  # the damaged copy was forgotten
+    # Content addressing heals the first snapshot too: its pages are whole in the store again.
+    assert stage(store, s1, tmp_path)["pages-1.img"] == data

@@ -57,6 +57,14 @@ class StoreOut(Schema):
     usage = List(Nested(UsageOut))
 
 
+class VerifyOut(Schema):
+    owner_uid = Integer()
+    chunks_checked = Integer()
+    chunks_damaged = Integer()
+    snapshots_damaged = List(String(), allow_none=True)
+    seconds = Float()
+
+
 class GcResultOut(Schema):
     owner_uid = Integer()
     chunks_removed = Integer()
@@ -64,6 +72,14 @@ class GcResultOut(Schema):
     packs_compacted = Integer()
     bytes_freed = Integer()
     seconds = Float()
+    verify = Nested(VerifyOut)
+
+
+class GcIn(Schema):
+    verify = Boolean(
+        load_default=False,
+        metadata={"description": "also read back every chunk and forget damaged ones"},
+    )
 
 
 class GcOut(Schema):
@@ -82,7 +98,8 @@ def store_usage() -> dict[str, Any]:
 
 
 @bp.post("/gc")
+@bp.input(GcIn, location="query", arg_name="query")
 @bp.output(GcOut)
-@bp.doc(summary="Collect unreferenced pages", responses=errors())
-def store_gc() -> dict[str, Any]:
-    return {"results": engine().storage.gc(identity().owner)}
+@bp.doc(summary="Collect unreferenced pages", responses=errors(400, 422))
+def store_gc(query: dict[str, Any]) -> dict[str, Any]:
+    return {"results": engine().storage.gc(identity().owner, verify=query.get("verify", False))}

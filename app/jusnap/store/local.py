@@ -287,7 +287,7 @@ class LocalStore:
                 try:
                     names = sorted(os.listdir(sfd))  # noqa: PTH208 - listdir of an fd
                     sources = [(n, sfd, n) for n in names]
-                    pages_at = pagemap.layout(sfd, names)
+                    pages_at = pagemap.layout(sfd, names, PARENT_LIMIT)
                     root = pagemap.root_pid(names)
                     parent = self._parents.get((owner, root or -1), {})
                     addresses: dict[pagemap.Key, bytes] = {}
@@ -383,7 +383,11 @@ class LocalStore:
             keys = where[len(digests) : len(digests) + len(chunks)] if where else []
             bases = [parent.get(k) for k in keys] if parent and len(keys) == len(chunks) else None
             got = writer.put(chunks, bases)
-            if addresses is not None and len(keys) == len(chunks):
+            if (
+                addresses is not None
+                and len(keys) == len(chunks)
+                and len(addresses) <= PARENT_LIMIT
+            ):
                 addresses.update(zip(keys, got, strict=True))
             digests += got
             size += len(piece)

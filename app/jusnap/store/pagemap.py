@@ -34,9 +34,11 @@ def _entries(data: bytes) -> list[dict[int, int | bytes]]:
     return out
 
 
-def layout(dirfd: int, names: list[str]) -> dict[str, list[Key]]:
-    """{``pages-N.img``: [(pid, vaddr) of each of its pages, in file order]}; {} if unsure."""
+def layout(dirfd: int, names: list[str], limit: int = 1 << 62) -> dict[str, list[Key]]:
+    """{``pages-N.img``: [(pid, vaddr) of each of its pages, in file order]}; {} if unsure
+    or if there are more than ``limit`` pages (the caller would not keep them anyway)."""
     out: dict[str, list[Key]] = {}
+    total = 0
     try:
         for name in names:
             m = _NAME.match(name)
@@ -58,6 +60,9 @@ def layout(dirfd: int, names: list[str]) -> dict[str, list[Key]]:
                 if not (isinstance(vaddr, int) and isinstance(n, int) and isinstance(flags, int)):
                     return {}
                 if flags & PE_PRESENT:
+                    total += n
+                    if total > limit:
+                        return {}
                     keys.extend((pid, vaddr + j * 4096) for j in range(n))
     except (OSError, ValueError, IndexError, struct.error):
         return {}

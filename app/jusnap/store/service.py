@@ -95,8 +95,14 @@ class StoreService:
     def usage(self, owner: int | None) -> list[dict[str, Any]]:
         return [usage(self.store, o) for o in self.owners(owner)]
 
-    def gc(self, owner: int | None) -> list[dict[str, Any]]:
-        return [gc_mod.collect(self.store, o).public() for o in self.owners(owner)]
+    def gc(self, owner: int | None, verify: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for o in self.owners(owner):
+            res = gc_mod.collect(self.store, o).public()
+            if verify:
+                res["verify"] = gc_mod.scrub(self.store, o)
+            out.append(res)
+        return out
 
     def public_settings(self) -> dict[str, Any]:
         st = self.settings
