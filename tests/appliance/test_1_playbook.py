@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 import yaml
 
 from .host import ANSIBLE_VENV, REPO, TOKEN_FILE, provision, run
@@ -68,8 +67,7 @@ def test_programs_never_signal_the_process_group() -> None:
 
 def test_ansible_lint_production_profile() -> None:
     lint = ANSIBLE_VENV / "bin" / "ansible-lint"
-    if not lint.exists():
-        pytest.skip(f"{lint} missing: run .ci/provision.sh")
+    assert lint.exists(), f"{lint} missing: run .ci/provision.sh"
     env = {
         **os.environ,
         "PATH": f"{ANSIBLE_VENV / 'bin'}:{os.environ['PATH']}",
@@ -91,8 +89,7 @@ def test_ansible_lint_production_profile() -> None:
 
 def test_vagrantfile_validates() -> None:
     vagrant = shutil.which("vagrant")
-    if vagrant is None:
-        pytest.skip("vagrant missing (JUSNAP_PROVISION_TEST_DEPS=1 .ci/provision.sh installs it)")
+    assert vagrant is not None, "vagrant missing (JUSNAP_PROVISION_TEST_DEPS=1 .ci/provision.sh installs it)"
     with tempfile.TemporaryDirectory(prefix="jusnap-vagrant-") as home:
         env = {
             **os.environ,
