@@ -1,9 +1,10 @@
 """Fixtures for real-component tests: real CRIU, real ipykernel, a real unprivileged user.
 
-The integration tests need root (to launch kernels as another user) and CRIU's capability
-copy; CI has both (`.ci/run` installs them). Paths can be overridden for development:
+The integration tests need root (to launch kernels as another user, and to lend CRIU its
+capabilities) and CRIU; CI has both (`.ci/run` installs them). Paths can be overridden for
+development:
 
-* ``JUSNAP_TEST_CRIU``   – CRIU binary (default: the role's unprivileged copy)
+* ``JUSNAP_TEST_CRIU``   – CRIU binary (default: the one the criu role builds)
 * ``JUSNAP_TEST_USER``   – the kernel user (default ``jusnap-test``, created if missing)
 * ``JUSNAP_TEST_PYTHON`` – the interpreter kernels run with (default: this one)
 """
@@ -11,7 +12,6 @@ copy; CI has both (`.ci/run` installs them). Paths can be overridden for develop
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import pwd
 import shutil
@@ -30,9 +30,8 @@ from jusnap.snapshots import Engine
 
 from tests.helpers import connect
 
-CRIU = os.environ.get("JUSNAP_TEST_CRIU", "/usr/local/lib/jusnap/criu")
+CRIU = os.environ.get("JUSNAP_TEST_CRIU", "/usr/local/sbin/criu")
 KERNEL_USER = os.environ.get("JUSNAP_TEST_USER", "jusnap-test")
-CRIU_GROUP = os.environ.get("JUSNAP_TEST_CRIU_GROUP", "jusnap-kernels")
 PYTHON = os.environ.get("JUSNAP_TEST_PYTHON", sys.executable)
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,14 +44,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def kernel_user() -> pwd.struct_passwd:
-    """An unprivileged user in the CRIU group, as the Ansible role sets one up."""
+    """An unprivileged user, as the Ansible role sets one up (in no special group)."""
     assert os.geteuid() == 0, (
         "integration tests run as root (CI does): they launch kernels as another user"
     )
-    try:
-        grp.getgrnam(CRIU_GROUP)
-    except KeyError:
-        subprocess.run(["groupadd", "--system", CRIU_GROUP], check=True)
     try:
         user = pwd.getpwnam(KERNEL_USER)
     except KeyError:
@@ -60,7 +55,6 @@ def kernel_user() -> pwd.struct_passwd:
             ["useradd", "--create-home", "--shell", "/bin/bash", KERNEL_USER], check=True
         )
         user = pwd.getpwnam(KERNEL_USER)
-    subprocess.run(["usermod", "-a", "-G", CRIU_GROUP, KERNEL_USER], check=True)
     return user
 
 

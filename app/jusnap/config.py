@@ -43,13 +43,14 @@ class GracefulSettings:
 
 @dataclass
 class CriuSettings:
-    # The unprivileged copy installed by the ``criu`` Ansible role: file capabilities, group-only.
-    binary: str = "/usr/local/lib/jusnap/criu"
+    # CRIU as built by the ``criu`` Ansible role. It carries no file capabilities: the daemon
+    # hands CRIU the capabilities it needs for one run (see docs/security.md).
+    binary: str = "/usr/local/sbin/criu"
     # Unlinked-but-open files up to this many MB are stored in the image (original key; it was
     # silently treated as bytes by the Go daemon).
     ghost_limit: int = 64
     # "auto": CRIU's --unprivileged mode whenever the kernel is not root (the only mode that
-    # works here without CAP_SYS_RESOURCE, and the one where a crafted image cannot change uid).
+    # works without CAP_SYS_RESOURCE; CRIU runs as the kernel's uid with ambient capabilities).
     unprivileged: str = "auto"
     # New: longest a `criu dump` may take before it is killed (the kernel keeps running).
     dump_timeout: Duration = Duration(120)

@@ -4,26 +4,47 @@ Arguments are built as lists (never a shell line), every run has a timeout (``cr
 can hang on an internal BUG instead of exiting), and failures are turned into one readable
 line taken from CRIU's own log, so users see "file ... has bad size" rather than "exit 1".
 
-CRIU runs as the kernel's own uid in ``--unprivileged`` mode through a binary that carries
-just the file capabilities it needs: a crafted image can then never restore as another user.
+Privileges: CRIU runs as the kernel's own uid in ``--unprivileged`` mode, from a binary with
+no file capabilities (so the kernel's user, who can execute it, gains nothing by running it).
+The root daemon gives each run just the capabilities it needs as *ambient* capabilities of a
+child that switches to the kernel's uid and groups before it execs CRIU (``setpriv``). The
+kernel's other processes cannot borrow them: the kernel refuses ptrace, /proc/PID/mem and the
+like of a process holding capabilities its tracer lacks. CRIU restores the capability sets an
+image names up to what it holds, so images are checked first (``criu_images.py``).
+
+CRIU reads its logs, writes its pid file and runs in ``work_dir`` (``-W``), a directory the
+kernel's uid owns and may tamper with: logs are read through ``untrusted.py`` and the pid file
+is never believed (the engine checks the restored process itself).
 """
 
 from __future__ import annotations
 
+import os
 import re
-import struct
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .criu_images import stats_field
 from .errors import JusnapError, RestoreFailed, SnapshotFailed, StoreFull
 from .proc import Creds, Reaper
+from .untrusted import read_untrusted
 
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 LAZY_LOG = "lazy-pages.log"
 STATS_DUMP = "stats-dump"
-_STATS_MAGIC = 0x57093306
+LOG_LIMIT = 1024 * 1024  # the tail of a CRIU log worth reading
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+
+# What CRIU needs in --unprivileged mode (criu/crtools.c, measured here): checkpoint_restore
+# (set_tid, map_files), sys_ptrace (seize other processes of the uid), setpcap (restore the
+# bounding set); a dump of established TCP connections (the kernel's ZeroMQ peers) also needs
+# net_admin for TCP_REPAIR. A restore with --tcp-close does not, so it runs without it.
+DUMP_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap", "net_admin")
+RESTORE_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap")
 
 # CRIU log lines that explain a failure better than the last "Error" line does.
 _HINTS: list[tuple[re.Pattern[str], str]] = [
@@ -51,11 +72,11 @@ class CriuResult:
 
 
 def explain(log_path: Path, fallback: str) -> str:
-    """A one-line reason from a CRIU log."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
+    """A one-line reason from a CRIU log (a file the kernel's user can write)."""
+    data = read_untrusted(log_path, LOG_LIMIT, tail=True)
+    if data is None:
         return fallback
+    text = data.decode(errors="replace")
     for pattern, message in _HINTS:
         m = pattern.search(text)
         if m:
@@ -84,17 +105,31 @@ class Criu:
     def _common(self) -> list[str]:
         return ["--file-locks"] if self.file_locks else []
 
+    def _run(
+        self,
+        argv: list[str],
+        creds: Creds | None,
+        caps: Sequence[str],
+        timeout: float,
+        **kwargs: object,
+    ) -> tuple[int, bytes]:
+        """Run CRIU as ``creds`` holding exactly ``caps`` (ambient), or as root for root."""
+        if creds is None or creds.uid == 0 or os.geteuid() != 0:
+            return self.reaper.run(argv, None, timeout, **kwargs)  # type: ignore[arg-type]
+        return self.reaper.run(with_capabilities(argv, creds, caps), None, timeout, **kwargs)  # type: ignore[arg-type]
+
     def dump(
         self,
         pid: int,
         images_dir: Path,
+        work_dir: Path,
         creds: Creds,
         action_script: str | None = None,
         env: dict[str, str] | None = None,
     ) -> CriuResult:
         """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed."""
         argv = [
-            self.binary, "dump", "-t", str(pid), "-D", str(images_dir),
+            self.binary, "dump", "-t", str(pid), "-D", str(images_dir), "-W", str(work_dir),
             "--leave-running", "--tcp-established", "--network-lock", "skip",
             "--ghost-limit", str(self.ghost_limit_bytes), "-o", DUMP_LOG,
             *self._mode_flags(creds), *self._common(),
@@ -102,45 +137,41 @@ class Criu:
         if action_script:
             argv += ["--action-script", action_script]
         t0 = time.monotonic()
-        rc, err = self.reaper.run(argv, creds, self.dump_timeout, env=env)
+        rc, err = self._run(argv, creds, DUMP_CAPS, self.dump_timeout, env=env)
         elapsed = time.monotonic() - t0
         if rc != 0:
             if rc == -9:
                 raise SnapshotFailed(f"criu dump timed out after {self.dump_timeout:.0f}s")
-            why = explain(images_dir / DUMP_LOG, _stderr_line(err) or f"criu dump exited {rc}")
+            why = explain(work_dir / DUMP_LOG, _stderr_line(err) or f"criu dump exited {rc}")
             cls = StoreFull if "no space" in why else SnapshotFailed
             raise cls(f"snapshot failed: {why}")
         return CriuResult(elapsed)
 
     def restore(
-        self, images_dir: Path, creds: Creds, pidfile: Path, lazy: bool = False
+        self, images_dir: Path, work_dir: Path, creds: Creds, lazy: bool = False
     ) -> CriuResult:
-        """Restore detached; returns the restored root PID. Raises RestoreFailed.
+        """Restore detached. Raises RestoreFailed.
 
+        The restored tree keeps its dumped PIDs; CRIU's pid file is not read back, since the
+        kernel's user could have rewritten it (the engine checks the process itself).
         ``lazy``: pages come from a ``lazy_pages`` server already started on ``images_dir``.
         """
         argv = [
-            self.binary, "restore", "-D", str(images_dir), "--restore-detached",
-            "--tcp-close", "-o", RESTORE_LOG, "--pidfile", str(pidfile),
+            self.binary, "restore", "-D", str(images_dir), "-W", str(work_dir),
+            "--restore-detached", "--tcp-close", "-o", RESTORE_LOG,
             *self._mode_flags(creds), *self._common(),
         ]  # fmt: skip
         if lazy:
             argv.append("--lazy-pages")
         t0 = time.monotonic()
-        rc, err = self.reaper.run(argv, creds, self.restore_timeout)
+        rc, err = self._run(argv, creds, RESTORE_CAPS, self.restore_timeout)
         elapsed = time.monotonic() - t0
         if rc != 0:
             if rc == -9:
                 raise RestoreFailed(f"criu restore timed out after {self.restore_timeout:.0f}s")
-            why = explain(
-                images_dir / RESTORE_LOG, _stderr_line(err) or f"criu restore exited {rc}"
-            )
+            why = explain(work_dir / RESTORE_LOG, _stderr_line(err) or f"criu restore exited {rc}")
             raise RestoreFailed(f"restore failed: {why}")
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            raise RestoreFailed("restore failed: criu wrote no pid file") from None
-        return CriuResult(elapsed, pid)
+        return CriuResult(elapsed)
 
     def lazy_capable(self, creds: Creds) -> bool:
         """Whether CRIU can serve lazy pages for these credentials.
@@ -162,69 +193,50 @@ class Criu:
             self.binary, "lazy-pages", "-D", str(images_dir), "-d", "--pidfile", str(pidfile),
             "-o", LAZY_LOG, *self._mode_flags(creds),
         ]  # fmt: skip
-        rc, err = self.reaper.run(argv, creds, self.restore_timeout)
+        rc, err = self._run(argv, creds, RESTORE_CAPS, self.restore_timeout)
         if rc != 0:
             fallback = _stderr_line(err) or f"criu lazy-pages exited {rc}"
             why = explain(images_dir / LAZY_LOG, fallback)
             raise RestoreFailed(f"restore failed: lazy pages: {why}")
+        data = read_untrusted(pidfile, 32)  # privileged mode only: a root-owned directory
         try:
-            return int(pidfile.read_text().strip())
-        except (OSError, ValueError):
+            return int((data or b"").strip())
+        except ValueError:
             raise RestoreFailed("restore failed: criu lazy-pages wrote no pid file") from None
 
     def check(self, creds: Creds | None = None) -> str:
         """``criu check`` as the kernel user; returns its verdict line ("Looks good.")."""
         argv = [self.binary, "check", *(self._mode_flags(creds) if creds else [])]
-        rc, out = self.reaper.run(argv, creds, 60, merge_stdout=True)
+        rc, out = self._run(argv, creds, DUMP_CAPS, 60, merge_stdout=True)
         lines = [ln for ln in out.decode(errors="replace").splitlines() if ln and "Warn" not in ln]
         if rc != 0:
             raise JusnapError(f"criu check failed: {(lines or [str(rc)])[-1]}")
         return lines[-1] if lines else "Looks good."
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: bytes) -> dict[int, int | bytes]:
-    """Just enough protobuf to read CRIU's stats image (varints and nested messages)."""
-    out: dict[int, int | bytes] = {}
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            out[num], i = _varint(buf, i)
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            out[num] = buf[i : i + size]
-            i += size
-        else:
-            break
-    return out
-
-
 def frozen_seconds(images_dir: Path) -> float | None:
     """How long CRIU kept the tree frozen, from its own ``stats-dump`` image."""
-    try:
-        data = (images_dir / STATS_DUMP).read_bytes()
-        _, magic, size = struct.unpack_from("<III", data)
-        if magic != _STATS_MAGIC:
-            return None
-        dump = _fields(data[12 : 12 + size]).get(1)
-        if not isinstance(dump, bytes):
-            return None
-        frozen = _fields(dump).get(2)
-        return frozen / 1e6 if isinstance(frozen, int) else None
-    except (OSError, struct.error, IndexError):
-        return None
+    data = read_untrusted(images_dir / STATS_DUMP, 64 * 1024)
+    frozen = stats_field(data, 1, 2) if data else None  # dump_stats_entry.frozen_time (us)
+    return frozen / 1e6 if frozen is not None else None
+
+
+def with_capabilities(argv: Sequence[str], creds: Creds, caps: Sequence[str]) -> list[str]:
+    """``argv`` run as ``creds`` holding ``caps`` as ambient capabilities, via setpriv.
+
+    setpriv keeps the capabilities across the uid change and raises them into the inheritable
+    and ambient sets, so that the capability-less CRIU binary gets them at exec.
+    """
+    wanted = ",".join(["-all", *(f"+{c}" for c in caps)])
+    groups = (
+        [f"--groups={','.join(str(g) for g in creds.groups)}"]
+        if creds.groups
+        else ["--clear-groups"]
+    )
+    return [
+        SETPRIV, f"--reuid={creds.uid}", f"--regid={creds.gid}", *groups,
+        f"--inh-caps={wanted}", f"--ambient-caps={wanted}", "--", *argv,
+    ]  # fmt: skip
 
 
 def _stderr_line(err: bytes) -> str:

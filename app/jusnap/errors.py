@@ -110,6 +110,12 @@ class Refused(JusnapError):
     exit_code = 7
 
 
+class ImageRefused(Refused):
+    """A snapshot image that would restore more than the kernel had (credentials, kinds)."""
+
+    code = "image_refused"
+
+
 class JupyterUnavailable(JusnapError):
     """The Jupyter server that vouches for browser credentials did not answer."""
 

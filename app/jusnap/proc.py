@@ -71,6 +71,47 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def ticks_now() -> int:
+    """Now, in the clock ticks since boot that ``start_time`` counts."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def uids(pid: int) -> tuple[int, ...] | None:
+    """Real, effective, saved and filesystem uid of ``pid``; None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return tuple(int(v) for v in line.split()[1:5])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def check_restored(pid: int, uid: int, not_before: int) -> str | None:
+    """Why ``pid`` is not the tree a restore just brought back (None: it is).
+
+    The restore gives the process its dumped PID, re-parents it to us (the subreaper) and
+    runs it as the kernel's uid; it started after the restore began. A process of the
+    kernel's user cannot fake all four, so no file it can write decides what the daemon
+    adopts (and later signals).
+    """
+    started = start_time(pid)
+    if started is None or state(pid) in ("Z", "X"):
+        return f"no process {pid} after the restore"
+    if started + 1 < not_before:
+        return f"process {pid} is older than the restore"
+    if uids(pid) != (uid, uid, uid, uid):
+        return f"process {pid} does not run as uid {uid}"
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return f"no process {pid} after the restore"
+    if ppid != os.getpid():
+        return f"process {pid} is not a child of the daemon"
+    return None
+
+
 def state(pid: int) -> str | None:
     """One-letter process state (R, S, Z, ...) or None when there is no such process."""
     try:

@@ -29,6 +29,7 @@ from typing import Any
 from . import criu as criu_mod
 from .config import Settings
 from .criu import Criu
+from .criu_images import Identity, ImageCheck, needs_bytes
 from .errors import (
     Busy,
     Forbidden,
@@ -52,9 +53,9 @@ from .kernels.channels import (
 )
 from .kernels.supervisor import Supervisor, ports_free
 from .lazyrestore import serve_lazily
-from .proc import Reaper, kill_tree, start_time
+from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, Snapshot
-from .store.local import LocalStore, replace_contents
+from .store.local import LocalStore
 from .store.service import StoreService
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,12 @@ USER_WAIT = 30.0
 
 ACTION_SCRIPT = """#!/bin/sh
 # Run by CRIU as the kernel's user. At post-dump the kernel is still frozen, so the copy of its
-# history database matches exactly what the restored process will expect on disk.
+# history database matches exactly what the restored process will expect on disk. The copy
+# runs without the capabilities the daemon lent CRIU.
 [ "$CRTOOLS_SCRIPT_ACTION" = "post-dump" ] || exit 0
 [ -n "$JUSNAP_HISTORY_SRC" ] || exit 0
-exec cp -- "$JUSNAP_HISTORY_SRC" "$JUSNAP_HISTORY_DST"
+exec setpriv --inh-caps=-all --ambient-caps=-all -- \\
+    cp -- "$JUSNAP_HISTORY_SRC" "$JUSNAP_HISTORY_DST"
 """
 
 ADMIN = None  # owner value meaning "any owner" (root, or the daemon itself)
@@ -205,15 +208,28 @@ class Engine:
             lock.release()
 
     @contextlib.contextmanager
-    def _scratch(self, uid: int, gid: int) -> Iterator[Path]:
+    def _scratch(self) -> Iterator[Path]:
+        """A directory for one operation, owned by root: the kernel's user can enter it but
+        never rename, replace or add anything in it; what CRIU may write goes in
+        :meth:`_user_dir` subdirectories."""
         path = self.work_dir / new_snapshot_id()
-        path.mkdir(mode=0o700)
+        path.mkdir(mode=0o711)
+        path.chmod(0o711)
         try:
-            if os.geteuid() == 0:
-                os.chown(path, uid, gid)
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _user_dir(path: Path, uid: int, gid: int) -> Path:
+        path.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+        return path
+
+    def _identity(self, k: Kernel) -> Identity:
+        creds = self.supervisor.creds(k)
+        return Identity(k.run_uid, k.run_gid, frozenset(creds.groups) | {k.run_gid})
 
     # ---- kernels ---------------------------------------------------------------------------
     def _check_owner(self, owner_uid: int | None, actual: int, what: str) -> None:
@@ -443,20 +459,20 @@ class Engine:
         creds = self.supervisor.creds(k)
         if execution_count is None:
             execution_count = self._live.get(k.id, {}).get("execution_count", k.execution_count)
-        with self._scratch(k.run_uid, k.run_gid) as scratch:
-            images = scratch / "img"
-            images.mkdir()
-            if os.geteuid() == 0:
-                os.chown(images, k.run_uid, k.run_gid)
+        with self._scratch() as scratch:
+            images = self._user_dir(scratch / "img", k.run_uid, k.run_gid)
+            work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
             env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-            history_copy = scratch / HISTORY_NAME
-            if k.history_file and Path(k.history_file).exists():
+            history_copy = work / HISTORY_NAME
+            if k.history_file:
                 env.update(JUSNAP_HISTORY_SRC=k.history_file, JUSNAP_HISTORY_DST=str(history_copy))
             self._prepare(k, active)
             try:
                 t_hooks = time.monotonic()
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
-                    result = self.criu.dump(k.pid, images, creds, str(self.action_script), env)
+                    result = self.criu.dump(
+                        k.pid, images, work, creds, str(self.action_script), env
+                    )
                 hooked_seconds = time.monotonic() - t_hooks
             except JusnapError:
                 raise
@@ -468,7 +484,12 @@ class Engine:
                 # to its exit, not only while CRIU holds it.
                 frozen = max(frozen, hooked_seconds)
             extra = {HISTORY_NAME: history_copy} if history_copy.exists() else {}
-            size = self.store.commit(sid, images, extra, owner=k.owner_uid)
+            # Every file is read once, from the user's directory, into root-only storage; the
+            # check sees exactly those bytes, before the snapshot is committed.
+            size = self.store.commit(
+                sid, images, extra, owner=k.owner_uid,
+                check=ImageCheck(self._identity(k)), file_owner=k.run_uid,
+            )  # fmt: skip
         snap = Snapshot(
             id=sid,
             kernel_id=k.id,
@@ -611,25 +632,41 @@ class Engine:
 
     @contextlib.contextmanager
     def _staged(self, k: Kernel, snap: Snapshot) -> Iterator[Path]:
-        """Verify and copy a snapshot's images where CRIU (as the kernel's uid) can read them.
+        """Verify and copy a snapshot's images where CRIU (as the kernel's uid) can read them
+        but the kernel's user cannot change them: root's files in root's directories, readable
+        through the kernel's group; then check the very files CRIU will read.
 
-        This happens before the running kernel is stopped: a damaged snapshot fails here, with
-        the kernel untouched (raised as :class:`_Untouched`).
+        This happens before the running kernel is stopped: a damaged or crafted snapshot fails
+        here, with the kernel untouched (raised as :class:`_Untouched`).
         """
-        with self._scratch(k.run_uid, k.run_gid) as scratch:
+        with self._scratch() as scratch:
             try:
-                images = scratch / "img"
-                images.mkdir(mode=0o700)
-                self.store.stage_out(snap.id, images, k.run_uid, k.run_gid, skip={HISTORY_NAME})
-                if os.geteuid() == 0:
-                    os.chown(images, k.run_uid, k.run_gid)
+                images = self._readable_dir(scratch / "img", k.run_gid)
+                self.store.stage_out(snap.id, images, 0, k.run_gid, skip={HISTORY_NAME}, mode=0o440)
+                self._check_staged(k, images)
                 if snap.has_history and k.history_file:
                     self.store.stage_out(
-                        snap.id, scratch, k.run_uid, k.run_gid, only={HISTORY_NAME}
-                    )
+                        snap.id, self._readable_dir(scratch / "history", k.run_gid), 0,
+                        k.run_gid, only={HISTORY_NAME}, mode=0o440,
+                    )  # fmt: skip
+                self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
             except JusnapError as exc:
                 raise _Untouched(exc) from None
             yield scratch
+
+    @staticmethod
+    def _readable_dir(path: Path, gid: int) -> Path:
+        path.mkdir(mode=0o750)
+        if os.geteuid() == 0:
+            os.chown(path, 0, gid)
+        path.chmod(0o750)
+        return path
+
+    def _check_staged(self, k: Kernel, images: Path) -> None:
+        check = ImageCheck(self._identity(k))
+        for path in sorted(images.iterdir()):
+            check.feed(path.name, path.read_bytes() if needs_bytes(path.name) else None)
+        check.done()
 
     def _replace(self, k: Kernel, snap: Snapshot, scratch: Path, peers: int) -> tuple[float, float]:
         """Stop the kernel and bring ``snap`` back in its place. On failure it stays stopped.
@@ -639,21 +676,31 @@ class Engine:
         """
         self._unwatch(k)
         self.supervisor.stop(k)
-        if snap.has_history and k.history_file:
-            replace_contents(scratch / HISTORY_NAME, Path(k.history_file))
-        pidfile = scratch / "restored.pid"
         restored_pid: int | None = None
         try:
+            creds = self.supervisor.creds(k)
+            if snap.has_history and k.history_file:
+                # As the kernel's user, into the same inode: SQLite treats a changed inode as
+                # "moved" and turns the restored kernel's history read-only.
+                self.supervisor.copy_as_user(
+                    creds, scratch / "history" / HISTORY_NAME, Path(k.history_file)
+                )
             if start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
-            creds = self.supervisor.creds(k)
             images, lazy = scratch / "img", False
             if self.storage.lazy_for(snap, self.criu.lazy_capable(creds)):
                 timeout = max(600.0, self.criu.restore_timeout * 5)
                 images, lazy = serve_lazily(self.criu, images, self.work_dir, creds, timeout), True
-            result = self.criu.restore(images, creds, pidfile, lazy=lazy)
-            restored_pid = result.pid
-            assert restored_pid is not None
+            not_before = ticks_now()
+            # The lazy-pages server listens in its work directory (its images'), and the
+            # restore must look there: only privileged CRIU restores lazily (root's files).
+            work = images if lazy else scratch / "criu"
+            result = self.criu.restore(images, work, creds, lazy=lazy)
+            why = check_restored(snap.pid, k.run_uid, not_before)
+            if why is not None:
+                log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
+                raise RestoreFailed(f"restore failed: {why}")
+            restored_pid = snap.pid
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
@@ -664,9 +711,6 @@ class Engine:
             if not wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0):
                 log.warning("kernel %s: not every client reconnected after the restore", k.id)
         except Exception as exc:
-            if restored_pid is None:
-                with contextlib.suppress(OSError, ValueError):
-                    restored_pid = int(pidfile.read_text().strip())
             if restored_pid is not None:
                 started = start_time(restored_pid)
                 kill_tree(restored_pid, started)

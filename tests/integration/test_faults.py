@@ -10,11 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from jusnap.criu_images import CORE_MAGIC, entries
 from jusnap.errors import RestoreFailed, StoreFull
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 
 from tests.conftest import Daemon, KernelSession, make_state_dir, shutdown_all
+from tests.criu_craft import decode, encode, image, rewrite_stored
 from tests.helpers import connect, run_cell, wait_until
 
 
@@ -77,17 +79,17 @@ def test_criu_failure_after_stop_rolls_back(kernel: KernelSession, engine: Engin
     kernel.run("y = 'before restore'")
     snap = _snap(engine, kernel)
     kernel.run("y = 'must survive'")
-    # Rewrite a core image consistently (manifest updated) so only CRIU can notice.
+    # Rewrite a core image consistently (manifest updated) so only CRIU can notice: the same
+    # credentials (the image checks pass) but no registers (thread_info), which CRIU refuses.
     path = engine.store.path(snap.id)
     core = next(path.glob("core-*.img"))
-    core.write_bytes(b"\x00" * 64)
-    manifest = json.loads((path / "manifest.json").read_text())
-    import xxhash
 
-    for f in manifest["files"]:
-        if f["name"] == core.name:
-            f["size"], f["xxh3"] = 64, xxhash.xxh3_128(b"\x00" * 64).hexdigest()
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    def other_arch(data: bytes) -> bytes:
+        (entry,) = entries(data, CORE_MAGIC)
+        fields = [(n, w, v) for n, w, v in decode(entry) if n != 2]
+        return image(CORE_MAGIC, [encode(fields)])
+
+    rewrite_stored(path, core.name, other_arch)
     with pytest.raises(RestoreFailed) as info:
         engine.restore(snap.id)
     assert info.value.details["rolled_back"] is True

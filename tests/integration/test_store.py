@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 from jusnap.store.local import MANIFEST, is_page_image
 
-from tests.conftest import Daemon, KernelSession, shutdown_all
+from tests.conftest import KERNEL_USER, Daemon, KernelSession, shutdown_all
 from tests.helpers import connect, run_cell, wait_until
 
 MiB = 1024 * 1024
@@ -45,7 +46,7 @@ def test_second_snapshot_after_a_small_change_adds_little(
     kernel.run("x = 1")  # a trivial cell: only the interpreter's churn, mostly stored as deltas
     third = _snap(engine, kernel)
     assert _new_bytes(engine, third) < 1.5 * MiB, _new_bytes(engine, third)
-    (u,) = engine.storage.usage(0)
+    (u,) = engine.storage.usage(first.owner_uid)
     assert u["snapshots"] == 3
     assert u["shared_bytes"] > 5 * u["unique_bytes"]
     assert u["stored_bytes"] < first.size_bytes / 2  # three 64+ MB images in < half of one
@@ -65,7 +66,7 @@ def test_damage_is_confined_to_the_snapshots_that_need_the_chunk(
     kernel.run("a[:200_000] = -1.0; v = 'second'")
     second = _snap(engine, kernel)
     kernel.run("v = 'current'")
-    pack = engine.store.chunks(0).packs / f"{second.id}.pack"
+    pack = engine.store.chunks(second.owner_uid).packs / f"{second.id}.pack"
     with pack.open("r+b") as fh:  # the pages only the second snapshot has
         fh.seek(pack.stat().st_size // 2)
         fh.write(b"\xde\xad\xbe\xef" * 64)
@@ -92,7 +93,7 @@ def test_gc_running_concurrently_never_removes_a_needed_chunk(
     def collector() -> None:
         try:
             while not stop.is_set():
-                engine.storage.gc(0)
+                engine.storage.gc(kernel.kernel.owner_uid)
                 runs[0] += 1
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -140,7 +141,7 @@ def test_retention_keeps_what_it_promises(make_settings) -> None:
         left = {s.id for s in e.list_snapshots(ks.id)}
         assert left == {manual.id, autos[0].id, autos[2].id, autos[3].id}
         assert not Path(e.store.path(autos[1].id)).exists()
-        (u,) = e.storage.usage(0)
+        (u,) = e.storage.usage(manual.owner_uid)
         assert u["garbage_bytes"] == 0, "gc ran after retention"
         # A restore's safety copy expires after pre_restore_ttl.
         r = e.restore(autos[2].id)
@@ -171,7 +172,7 @@ def test_size_cap_removes_oldest_automatic_snapshots(make_settings) -> None:
         left = [s.id for s in e.list_snapshots(ks.id)]
         assert manual.id in left and autos[-1].id in left
         assert autos[0].id not in left
-        (u,) = e.storage.usage(0)
+        (u,) = e.storage.usage(manual.owner_uid)
         assert u["stored_bytes"] <= 40 * MiB
     finally:
         ks.close()
@@ -245,7 +246,7 @@ def test_previous_layout_is_migrated_at_start(
     again = Engine(make_settings()).start()
     try:
         m = again.store.read_manifest(snap.id)
-        assert m.version == 2 and m.owner == 0
+        assert m.version == 2 and m.owner == snap.owner_uid
         assert not any(is_page_image(p.name) for p in d.iterdir())
         again.restore(snap.id)
         kernel.after_restore()
@@ -265,7 +266,9 @@ def test_cli_du_and_gc(daemon: Daemon) -> None:
             assert daemon.cli("snapshot", info["id"]).returncode == 0
         r = daemon.cli("du")
         assert r.returncode == 0, r.stderr
-        assert "shared pages" in r.stdout and "uid 0: 2 snapshot(s)" in r.stdout
+        # The administrator's kernels run as (and belong to) the kernel user.
+        owner = pwd.getpwnam(KERNEL_USER).pw_uid
+        assert "shared pages" in r.stdout and f"uid {owner}: 2 snapshot(s)" in r.stdout
         data = json.loads(daemon.cli("--json", "du").stdout)
         assert data["retention"]["keep_auto"] == 50
         (u,) = data["usage"]

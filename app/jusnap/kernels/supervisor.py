@@ -3,6 +3,11 @@
 Kernels are started so that CRIU can always dump and restore them: a new session (no
 controlling terminal), stdio on /dev/null (a growing log file would fail the restore with
 "bad size"), and a history database of their own that the engine saves with each snapshot.
+
+Each kernel runs as its owner's uid when the owner is a local user other than root, else as
+the configured kernel user; its files live in a directory only that uid can read. Whatever
+the request names in that user's world (the working directory, the IPython history to seed
+from) is reached with that user's credentials, never root's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import InvalidRequest, KernelNotRunning
+from ..errors import InvalidRequest, JusnapError, KernelNotRunning
 from ..ids import new_kernel_id
 from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
 from ..registry import Kernel, Registry
@@ -123,6 +128,33 @@ class Supervisor:
     def creds(self, k: Kernel) -> Creds:
         return Creds.of_user(k.run_uid, k.run_gid)
 
+    def run_as(self, owner_uid: int) -> tuple[int, int]:
+        """The uid and gid a kernel of ``owner_uid`` runs as (its own, for local users)."""
+        if owner_uid not in (0, self.settings.kernel_uid):
+            try:
+                return owner_uid, pwd.getpwuid(owner_uid).pw_gid
+            except KeyError:
+                raise InvalidRequest(f"uid {owner_uid} is no local user") from None
+        return self.settings.kernel_uid, self.settings.kernel_gid
+
+    def _as_user(self, creds: Creds, argv: list[str], what: str) -> None:
+        rc, err = self.reaper.run(argv, creds, 30)
+        if rc != 0:
+            line = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {rc}"]
+            raise JusnapError(f"{what}: {line[0][:200]}")
+
+    def copy_as_user(self, creds: Creds, src: Path, dest: Path) -> None:
+        """Copy ``src`` over ``dest`` (same inode) with the user's own rights."""
+        self._as_user(creds, ["cp", "--no-preserve=all", "--", str(src), str(dest)], "copy")
+
+    def _usable_cwd(self, creds: Creds, cwd: str) -> bool:
+        """Whether the user itself can enter ``cwd`` (asked as the user, not as root)."""
+        try:
+            self._as_user(creds, ["test", "-d", cwd, "-a", "-x", cwd], "cwd")
+            return True
+        except JusnapError:
+            return False
+
     def _home(self, uid: int) -> str:
         try:
             return pwd.getpwuid(uid).pw_dir
@@ -153,12 +185,16 @@ class Supervisor:
         connection: dict[str, Any] | None = None,
         kernel_id: str | None = None,
     ) -> Kernel:
-        uid, gid = self.settings.kernel_uid, self.settings.kernel_gid
+        uid, gid = self.run_as(owner_uid)
         if argv is not None and (not argv or not all(isinstance(a, str) for a in argv)):
             raise InvalidRequest("argv must be a non-empty list of strings")
+        if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
+            raise InvalidRequest("cwd must be an absolute path")
         k = Kernel(
             id=kernel_id or new_kernel_id(),
-            owner_uid=owner_uid,
+            # Ownership is the uid the kernel runs as: kernels the administrator starts
+            # belong to the kernel user, whose other kernels could read them anyway.
+            owner_uid=uid,
             run_uid=uid,
             run_gid=gid,
             pid=None,
@@ -175,21 +211,26 @@ class Supervisor:
         self._make_private_dir(self.kernels_dir, os.geteuid(), os.getegid())
         self.kernels_dir.chmod(0o711)
         self._make_private_dir(kdir, uid, gid)
-        if self.settings.jusnap.ipython.history_enabled and _is_ipykernel(k.argv):
-            k.history_file = str(kdir / "history.sqlite")
-            self._seed_history(Path(k.history_file), uid, gid)
-        self.start(k)
+        try:
+            if self.settings.jusnap.ipython.history_enabled and _is_ipykernel(k.argv):
+                k.history_file = str(kdir / "history.sqlite")
+                self._seed_history(k, Path(k.history_file))
+            self.start(k)
+        except BaseException:
+            # A launch that failed leaves nothing behind.
+            with contextlib.suppress(Exception):
+                self.registry.delete_kernel(k.id)
+            shutil.rmtree(kdir, ignore_errors=True)
+            raise
         return k
 
-    def _seed_history(self, dest: Path, uid: int, gid: int) -> None:
-        """Start each kernel's own history from the user's IPython history file."""
-        src = Path(self.settings.jusnap.ipython.history_file.replace("~", self._home(uid), 1))
-        if src.is_file() and not dest.exists():
-            with contextlib.suppress(OSError):
-                shutil.copyfile(src, dest)
-                if os.geteuid() == 0:
-                    os.chown(dest, uid, gid)
-                dest.chmod(0o600)
+    def _seed_history(self, k: Kernel, dest: Path) -> None:
+        """Start each kernel's own history from the user's IPython history file, copied by
+        the user itself: root would follow a link the user planted to a file it cannot read."""
+        home = self._home(k.run_uid)
+        src = self.settings.jusnap.ipython.history_file.replace("~", home, 1)
+        with contextlib.suppress(JusnapError):
+            self.copy_as_user(self.creds(k), Path(src), dest)
 
     def connection_file(self, k: Kernel) -> Path:
         return self.kernel_dir(k.id) / "connection.json"
@@ -216,19 +257,24 @@ class Supervisor:
             "JUSNAP_SOCKET": self.settings.jusnap.http.socket,
             "PYTHONUNBUFFERED": "1",
         }
-        cwd = k.cwd if Path(k.cwd).is_dir() else home
-        if not Path(cwd).is_dir():
-            cwd = str(self.kernel_dir(k.id))
+        creds = self.creds(k)
+        # The user enters its working directory itself (env --chdir, after the switch to its
+        # uid): root entering it first would open root-only directories to the kernel.
+        cwd = next(
+            (d for d in (k.cwd, home) if self._usable_cwd(creds, d)), str(self.kernel_dir(k.id))
+        )
+        if shutil.which(argv[0], path=env["PATH"]) is None:
+            raise InvalidRequest(f"cannot start kernel {argv[0]!r}: no such program")
         try:
             p = self.reaper.spawn(
-                argv,
-                self.creds(k),
+                ["env", f"--chdir={cwd}", "--", *argv],
+                creds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
-                cwd=cwd,
+                cwd="/",
                 env=env,
             )
         except OSError as exc:

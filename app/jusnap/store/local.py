@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,8 +41,10 @@ from typing import Any
 
 import xxhash
 
-from ..errors import ConfigError, RestoreFailed, SnapshotFailed, StoreFull
+from ..criu_images import ImageCheck, needs_bytes
+from ..errors import ConfigError, ImageRefused, RestoreFailed, SnapshotFailed, StoreFull
 from ..ids import SNAPSHOT_ID_RE
+from ..untrusted import open_untrusted, open_untrusted_path
 from . import pagemap
 from .cas import PAGE, ChunkError, ChunkStore, hash_tree, split_digests
 
@@ -62,6 +63,7 @@ PARENT_LIMIT = 300_000
 # store whole: most are identical from one snapshot to the next, and as files each would cost
 # a filesystem block (on a Python kernel ~35 files, ~140 KiB per snapshot).
 SMALL_CAS_MAX = 4 * 1024 * 1024
+MAX_CHECKED = 64 * 1024 * 1024  # a core or files image larger than this is not a kernel's
 
 
 @dataclass(frozen=True)
@@ -132,10 +134,10 @@ def _copy_fd(src: int, dst: int) -> tuple[int, str]:
     return total, h.hexdigest()
 
 
-def _read_pieces(fd: int) -> Iterator[bytes]:
+def _read_pieces(fd: int, size: int = READ_PIECE) -> Iterator[bytes]:
     while True:
         parts = []
-        want = READ_PIECE
+        want = size
         while want:
             data = os.read(fd, want)
             if not data:
@@ -148,15 +150,6 @@ def _read_pieces(fd: int) -> Iterator[bytes]:
         yield piece
         if want:
             return
-
-
-def _open_untrusted(dirfd: int, name: str) -> int:
-    """Open a file in a user-owned directory: no links, regular files only."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, f"{name} is not a regular file")
-    return fd
 
 
 def write_manifest(directory: Path, manifest: Manifest, name: str = MANIFEST) -> None:
@@ -269,11 +262,15 @@ class LocalStore:
         staging: Path,
         extra: dict[str, Path] | None = None,
         owner: int = 0,
+        check: ImageCheck | None = None,
+        file_owner: int | None = None,
     ) -> int:
         """Copy a finished dump into the store atomically; return its (logical) size in bytes.
 
         Runs after CRIU let the kernel go (``--leave-running``): hashing and compressing here
-        never lengthens the kernel's freeze.
+        never lengthens the kernel's freeze. ``check`` sees the images' bytes exactly as they
+        are stored and can refuse the snapshot before it is committed; with ``file_owner``
+        every file must belong to that uid (CRIU wrote them as the kernel's user).
         """
         final = self.path(snapshot_id)
         partial = self.root / f"{PARTIAL_PREFIX}{snapshot_id}"
@@ -296,9 +293,9 @@ class LocalStore:
                     for store_name, dirfd, name in sources:
                         try:
                             src = (
-                                _open_untrusted(dirfd, name)
+                                open_untrusted(dirfd, name, file_owner)
                                 if dirfd >= 0
-                                else _open_untrusted_path(Path(name))
+                                else open_untrusted_path(Path(name), file_owner)
                             )
                         except FileNotFoundError:
                             continue
@@ -308,6 +305,8 @@ class LocalStore:
                             raise
                         try:
                             mode = os.fstat(src).st_mode & 0o777
+                            if check is not None and dirfd >= 0 and is_page_image(store_name):
+                                check.feed(store_name, None)
                             if is_page_image(store_name):
                                 where = pages_at.get(store_name) if dirfd >= 0 else None
                                 files.append(
@@ -317,12 +316,21 @@ class LocalStore:
                                 )
                             else:
                                 files.append(
-                                    self._put_small(writer, partial, store_name, src, mode)
+                                    self._put_small(
+                                        writer,
+                                        partial,
+                                        store_name,
+                                        src,
+                                        mode,
+                                        check if dirfd >= 0 else None,
+                                    )
                                 )
                         finally:
                             os.close(src)
                 finally:
                     os.close(sfd)
+                if check is not None:
+                    check.done()
                 writer.finish()
                 manifest = Manifest(VERSION, owner, files, writer.new_bytes, writer.new_page_bytes)
                 write_manifest(partial, manifest)
@@ -348,12 +356,37 @@ class LocalStore:
             raise
         return sum(f.size for f in files)
 
-    def _put_small(self, writer: Any, partial: Path, name: str, src: int, mode: int) -> StoredFile:
-        if name.startswith("core-") or os.fstat(src).st_size > SMALL_CAS_MAX:
-            return self._put_whole(partial, name, src, mode)
-        data = b"".join(_read_pieces(src))
+    def _put_small(
+        self, writer: Any, partial: Path, name: str, src: int, mode: int,
+        check: ImageCheck | None = None,
+    ) -> StoredFile:  # fmt: skip
+        if check is not None and needs_bytes(name):
+            # Read once: the bytes checked are the bytes stored.
+            data = b"".join(_read_pieces(src, MAX_CHECKED + 1))[: MAX_CHECKED + 1]
+            if len(data) > MAX_CHECKED:
+                raise ImageRefused(f"snapshot image refused: {name}: too large")
+            check.feed(name, data)
+            if name.startswith("core-"):
+                return self._put_bytes(partial, name, data, mode)
+        else:
+            if check is not None:
+                check.feed(name, None)
+            if name.startswith("core-") or os.fstat(src).st_size > SMALL_CAS_MAX:
+                return self._put_whole(partial, name, src, mode)
+            data = b"".join(_read_pieces(src))
         (digest,) = writer.put([data])
         return StoredFile(name, len(data), digest.hex(), mode, cas=True)
+
+    def _put_bytes(self, partial: Path, name: str, data: bytes, mode: int) -> StoredFile:
+        dst = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view, written = memoryview(data), 0
+            while written < len(data):
+                written += os.write(dst, view[written:])
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        return StoredFile(name, len(data), xxhash.xxh3_128_hexdigest(data), mode)
 
     def _put_whole(self, partial: Path, name: str, src: int, mode: int) -> StoredFile:
         dst = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -425,8 +458,10 @@ class LocalStore:
         only: set[str] | None = None,
         skip: set[str] | None = None,
         rename: dict[str, Path] | None = None,
+        mode: int | None = None,
     ) -> None:
-        """Write verified files into ``dest`` (owned by ``uid``) or to paths in ``rename``."""
+        """Write verified files into ``dest`` (owned by ``uid``) or to paths in ``rename``;
+        ``mode`` replaces the files' recorded permission bits."""
         m = self.read_manifest(snapshot_id)
         src_dir = self.path(snapshot_id)
         for f in m.files:
@@ -457,7 +492,7 @@ class LocalStore:
                     self._stage_whole(snapshot_id, src_dir, f, dst)
                 if os.geteuid() == 0:
                     os.fchown(dst, uid, gid)
-                os.fchmod(dst, f.mode)
+                os.fchmod(dst, f.mode if mode is None else mode)
             except OSError as exc:
                 os.close(dst)
                 tmp.unlink()
@@ -538,34 +573,3 @@ class LocalStore:
             doomed = self.root / f"{PARTIAL_PREFIX}{snapshot_id}-deleted"
             path.rename(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
-
-
-def replace_contents(src: Path, dst: Path) -> None:
-    """Put ``src``'s bytes into ``dst`` keeping ``dst``'s inode.
-
-    SQLite remembers the inode of the database it opened and treats a changed one as "moved",
-    turning the restored kernel's history read-only; so the history file is rewritten in place.
-    """
-    if not dst.exists():
-        src.replace(dst)
-        return
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        dfd = os.open(dst, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            _copy_fd(sfd, dfd)
-            os.fchmod(dfd, os.fstat(sfd).st_mode & 0o777)
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
-    src.unlink()
-
-
-def _open_untrusted_path(path: Path) -> int:
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return _open_untrusted(dfd, path.name)
-    finally:
-        os.close(dfd)

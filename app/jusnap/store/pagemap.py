@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import struct
 
-from ..criu import _fields
+from ..criu_images import Malformed, Message, entries
 
 PE_PRESENT = 4
 _NAME = re.compile(r"^pagemap-(\d+)\.img$")
@@ -22,16 +21,8 @@ MAX_IMAGE = 64 * 1024 * 1024
 Key = tuple[int, int]  # (pid, virtual address)
 
 
-def _entries(data: bytes) -> list[dict[int, int | bytes]]:
-    out = []
-    i = 8  # the image's two magic numbers
-    while i + 4 <= len(data):
-        (size,) = struct.unpack_from("<I", data, i)
-        if i + 4 + size > len(data):
-            raise ValueError("truncated pagemap")
-        out.append(_fields(data[i + 4 : i + 4 + size]))
-        i += 4 + size
-    return out
+def _entries(data: bytes) -> list[Message]:
+    return [Message.parse(e) for e in entries(data, None)]
 
 
 def layout(dirfd: int, names: list[str], limit: int = 1 << 62) -> dict[str, list[Key]]:
@@ -49,22 +40,24 @@ def layout(dirfd: int, names: list[str], limit: int = 1 << 62) -> dict[str, list
                 data = os.read(fd, MAX_IMAGE)
             finally:
                 os.close(fd)
-            entries = _entries(data)
-            if not entries or not isinstance(entries[0].get(1), int):
+            found = _entries(data)
+            pages_id = found[0].scalar(1) if found else None
+            if pages_id is None:
                 return {}
             pid = int(m.group(1))
-            keys = out.setdefault(f"pages-{entries[0][1]}.img", [])
-            for e in entries[1:]:
-                vaddr, flags = e.get(1), e.get(4, PE_PRESENT)
-                n = e.get(5) or e.get(2) or 0  # nr_pages: field 5 in CRIU 4, 2 before
-                if not (isinstance(vaddr, int) and isinstance(n, int) and isinstance(flags, int)):
+            keys = out.setdefault(f"pages-{pages_id}.img", [])
+            for e in found[1:]:
+                vaddr, flags = e.scalar(1), e.scalar(4)
+                flags = PE_PRESENT if flags is None else flags
+                n = e.scalar(5) or e.scalar(2) or 0  # nr_pages: field 5 in CRIU 4, 2 before
+                if vaddr is None:
                     return {}
                 if flags & PE_PRESENT:
                     total += n
                     if total > limit:
                         return {}
                     keys.extend((pid, vaddr + j * 4096) for j in range(n))
-    except (OSError, ValueError, IndexError, struct.error):
+    except (OSError, ValueError, Malformed):
         return {}
     return out
 

@@ -1,0 +1,295 @@
+"""Reading CRIU's images, and refusing the ones that would restore more than a kernel had.
+
+CRIU restores whatever credentials an image's ``core-*.img`` carry, bounded only by the
+capabilities CRIU itself holds while restoring. CRIU runs as the kernel's uid, but with the
+capabilities it needs (see ``criu.py``), and the kernel's user can write the images while a
+dump is in flight: an edited image would otherwise come back as a process holding
+CAP_SYS_PTRACE, which reads any root process's memory. So every image is checked against the
+kernel's own identity when it enters the store and again, from the staged copy CRIU will
+read, before every restore (:func:`check_images`).
+
+The checks are an allow-list, because anything CRIU can restore with its capabilities is a
+way in: only image kinds a kernel process produces are accepted (no ``creds-*.img`` that
+CRIU falls back to, no network, namespace, cgroup or tun images), every thread must carry its
+credentials (without them CRIU would leave its own capabilities on the restored thread), and
+those credentials must be the kernel user's, with every capability set empty.
+
+The protobuf reader is deliberately small (varints, length-delimited fields, fixed 32/64
+bit) and follows protobuf's merge rules the way CRIU's protobuf-c does: a repeated embedded
+message field is merged, the last scalar wins, repeated scalars may come packed or not.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import ImageRefused
+
+IMG_COMMON_MAGIC = 0x54564319
+IMG_SERVICE_MAGIC = 0x55105940
+CORE_MAGIC = 0x55053847
+FILES_MAGIC = 0x56303138
+STATS_MAGIC = 0x57093306
+
+# Image files a kernel's dump is made of (CRIU 4.x names, criu/image-desc.c). Anything else
+# (creds-*, netns-*, tunfile, cgroup, userns-*, mountpoints-*, iptables-*, ...) is refused.
+_ALLOWED = re.compile(
+    r"(inventory|pstree|files|seccomp|filelocks|memfd|remap-fpath|tty-info|tty-data|"
+    r"pipes-data|fifo-data|sk-queues|"
+    r"(core|fdinfo|fs|ids|mm|pagemap|pagemap-shmem|pages|timens|rlimit|"
+    r"itimers|posix-timers|signal-s|signal-p|sigacts)-\d+|"
+    r"(ghost-file|tcp-stream)-[0-9a-f]+)\.img\Z"
+    r"|stats-(dump|restore)\Z"
+)
+
+# file_entry.type values (images/fdinfo.proto) a kernel may hold and CRIU may restore with
+# the capabilities it runs with; packet, netlink and tun sockets, namespaces, external files,
+# fanotify and BPF maps are refused.
+FD_TYPES_ALLOWED = {
+    1: "REG", 2: "PIPE", 3: "FIFO", 4: "INETSK", 5: "UNIXSK", 6: "EVENTFD", 7: "EVENTPOLL",
+    8: "INOTIFY", 9: "SIGNALFD", 11: "TTY", 17: "TIMERFD", 18: "MEMFD", 20: "PIDFD",
+}  # fmt: skip
+FD_TYPE_NAMES = {10: "PACKETSK", 12: "FANOTIFY", 13: "NETLINKSK", 14: "NS", 15: "TUNF",
+                 16: "EXT", 19: "BPFMAP"}  # fmt: skip
+
+# creds_entry field numbers (images/creds.proto).
+_UID, _GID, _EUID, _EGID, _SUID, _SGID, _FSUID, _FSGID = range(1, 9)
+_CAP_INH, _CAP_PRM, _CAP_EFF, _CAP_BND, _SECBITS, _GROUPS = 9, 10, 11, 12, 13, 14
+_LSM_PROFILE, _LSM_SOCKCREATE, _APPARMOR_DATA, _NO_NEW_PRIVS, _CAP_AMB = 15, 16, 17, 18, 19
+_CORE_THREAD_CORE = 5
+_THREAD_CORE_CREDS = 10
+_FILE_TYPE = 1
+
+
+class Malformed(ValueError):
+    """Bytes that are not the protobuf they claim to be."""
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise Malformed("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+@dataclass
+class Message:
+    """A protobuf message as its raw occurrences: field number -> [(wire type, value)]."""
+
+    fields: dict[int, list[tuple[int, int | bytes]]]
+
+    @classmethod
+    def parse(cls, buf: bytes) -> Message:
+        fields: dict[int, list[tuple[int, int | bytes]]] = {}
+        i = 0
+        while i < len(buf):
+            key, i = _varint(buf, i)
+            num, wire = key >> 3, key & 7
+            value: int | bytes
+            if wire == 0:
+                value, i = _varint(buf, i)
+            elif wire == 1:
+                if i + 8 > len(buf):
+                    raise Malformed("truncated fixed64")
+                value, i = struct.unpack_from("<Q", buf, i)[0], i + 8
+            elif wire == 2:
+                size, i = _varint(buf, i)
+                if i + size > len(buf):
+                    raise Malformed("truncated field")
+                value, i = bytes(buf[i : i + size]), i + size
+            elif wire == 5:
+                if i + 4 > len(buf):
+                    raise Malformed("truncated fixed32")
+                value, i = struct.unpack_from("<I", buf, i)[0], i + 4
+            else:
+                raise Malformed(f"unsupported wire type {wire}")
+            if num == 0:
+                raise Malformed("field number 0")
+            fields.setdefault(num, []).append((wire, value))
+        return cls(fields)
+
+    def has(self, num: int) -> bool:
+        return num in self.fields
+
+    def scalar(self, num: int) -> int | None:
+        """A varint field: the last occurrence wins, as in protobuf-c."""
+        occurrences = self.fields.get(num)
+        if not occurrences:
+            return None
+        wire, value = occurrences[-1]
+        if wire != 0 or not isinstance(value, int):
+            raise Malformed(f"field {num} is not a varint")
+        return value
+
+    def repeated(self, num: int) -> list[int]:
+        """A repeated varint field, packed or not (parsers accept both)."""
+        out: list[int] = []
+        for wire, value in self.fields.get(num, []):
+            if wire == 0 and isinstance(value, int):
+                out.append(value)
+            elif wire == 2 and isinstance(value, bytes):
+                i = 0
+                while i < len(value):
+                    v, i = _varint(value, i)
+                    out.append(v)
+            else:
+                raise Malformed(f"field {num} is not a repeated varint")
+        return out
+
+    def message(self, num: int) -> Message | None:
+        """An embedded message: every occurrence merged, as protobuf does."""
+        occurrences = self.fields.get(num)
+        if not occurrences:
+            return None
+        if any(wire != 2 for wire, _ in occurrences):
+            raise Malformed(f"field {num} is not a message")
+        return Message.parse(b"".join(v for _, v in occurrences if isinstance(v, bytes)))
+
+    def raw(self, num: int) -> list[bytes]:
+        return [v for w, v in self.fields.get(num, []) if w == 2 and isinstance(v, bytes)]
+
+
+def entries(data: bytes, magic: int | None) -> list[bytes]:
+    """The protobuf entries of a CRIU image with the given type magic (None: any)."""
+    if len(data) < 8:
+        raise Malformed("image too short")
+    first, second = struct.unpack_from("<II", data)
+    if first not in (IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC) or magic not in (None, second):
+        raise Malformed("bad magic")
+    out, i = [], 8
+    while i < len(data):
+        if i + 4 > len(data):
+            raise Malformed("truncated entry size")
+        (size,) = struct.unpack_from("<I", data, i)
+        i += 4
+        if i + size > len(data):
+            raise Malformed("truncated entry")
+        out.append(data[i : i + size])
+        i += size
+    return out
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What every restored thread must be: the kernel's uid, gid and (at most) its groups."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def _refuse(name: str, why: str) -> ImageRefused:
+    return ImageRefused(f"snapshot image refused: {name}: {why}")
+
+
+def check_creds(name: str, creds: Message, who: Identity) -> None:
+    for field, what in ((_UID, "uid"), (_EUID, "euid"), (_SUID, "suid"), (_FSUID, "fsuid")):
+        value = creds.scalar(field)
+        if value != who.uid:
+            raise _refuse(name, f"{what} {value} is not the kernel's uid {who.uid}")
+    for field, what in ((_GID, "gid"), (_EGID, "egid"), (_SGID, "sgid"), (_FSGID, "fsgid")):
+        value = creds.scalar(field)
+        if value != who.gid:
+            raise _refuse(name, f"{what} {value} is not the kernel's gid {who.gid}")
+    if who.uid == 0:
+        return  # a root kernel (privileged CRIU) has every capability anyway
+    for field, what in ((_CAP_INH, "inheritable"), (_CAP_PRM, "permitted"),
+                        (_CAP_EFF, "effective"), (_CAP_AMB, "ambient")):  # fmt: skip
+        if any(creds.repeated(field)):
+            raise _refuse(name, f"{what} capabilities are not empty")
+    if creds.scalar(_SECBITS):
+        raise _refuse(name, "securebits are set")
+    extra = set(creds.repeated(_GROUPS)) - who.groups
+    if extra:
+        raise _refuse(name, f"supplementary groups {sorted(extra)} are not the kernel's")
+    for field in (_LSM_PROFILE, _LSM_SOCKCREATE, _APPARMOR_DATA):
+        if any(creds.raw(field)):
+            raise _refuse(name, "a security-module profile is set")
+
+
+def check_core(name: str, data: bytes, who: Identity) -> None:
+    """Every thread of a task has its own credentials, and they are the kernel's."""
+    for entry in entries(data, CORE_MAGIC):
+        core = Message.parse(entry)
+        thread = core.message(_CORE_THREAD_CORE)
+        creds = thread.message(_THREAD_CORE_CREDS) if thread else None
+        if creds is None:
+            raise _refuse(name, "no credentials (CRIU would keep its own capabilities)")
+        check_creds(name, creds, who)
+
+
+def check_files(name: str, data: bytes) -> None:
+    for entry in entries(data, FILES_MAGIC):
+        kind = Message.parse(entry).scalar(_FILE_TYPE)
+        if kind not in FD_TYPES_ALLOWED:
+            what = FD_TYPE_NAMES.get(kind or 0, f"type {kind}")
+            raise _refuse(name, f"holds a {what} file, which Jusnap does not restore")
+
+
+def check_name(name: str) -> None:
+    if not _ALLOWED.match(name):
+        raise _refuse(name, "not an image kind a kernel's dump contains")
+
+
+class ImageCheck:
+    """Checks a dump's files as they are read, then that nothing vital was missing.
+
+    ``feed`` gets each file's name and, for the small images, their bytes; page images are
+    data (``bytes`` is then None). Raises :class:`ImageRefused` at the first problem.
+    """
+
+    def __init__(self, who: Identity) -> None:
+        self.who = who
+        self.cores = 0
+        self.seen: set[str] = set()
+
+    def feed(self, name: str, data: bytes | None) -> None:
+        check_name(name)
+        self.seen.add(name)
+        try:
+            if name.startswith("core-"):
+                if data is None:
+                    raise _refuse(name, "unreadable")
+                check_core(name, data, self.who)
+                self.cores += 1
+            elif name == "files.img" and data is not None:
+                check_files(name, data)
+        except Malformed as exc:
+            raise _refuse(name, f"malformed ({exc})") from None
+
+    def done(self) -> None:
+        if not self.cores or "pstree.img" not in self.seen:
+            raise ImageRefused("snapshot image refused: it has no process in it")
+
+
+def check_images(files: Iterable[tuple[str, bytes | None]], who: Identity) -> None:
+    check = ImageCheck(who)
+    for name, data in files:
+        check.feed(name, data)
+    check.done()
+
+
+def needs_bytes(name: str) -> bool:
+    """Whether :class:`ImageCheck` reads this file's contents."""
+    return name.startswith("core-") or name == "files.img"
+
+
+def stats_field(data: bytes, *path: int) -> int | None:
+    """A varint inside CRIU's ``stats-dump`` image (a service image)."""
+    try:
+        (entry,) = entries(data, STATS_MAGIC)
+        msg: Message | None = Message.parse(entry)
+        for num in path[:-1]:
+            msg = msg.message(num) if msg else None
+        return msg.scalar(path[-1]) if msg else None
+    except (Malformed, ValueError):
+        return None

@@ -1,0 +1,160 @@
+"""Crafting CRIU images the way an attacker would: re-encode a core image with other creds.
+
+Used by the security tests to build the exploit of the 2026-11 appliance (a dumped process
+whose image claims capabilities) and its variants (packed fields, a second creds message that
+protobuf merges, missing creds, foreign file kinds).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from jusnap.criu_images import CORE_MAGIC, FILES_MAGIC, IMG_COMMON_MAGIC, entries
+
+Field = tuple[int, int, Any]  # (number, wire type, value)
+
+# The capability sets the 2026-11 exploit wrote: CAP_SYS_PTRACE and friends, 64-bit mask as
+# two 32-bit words (CRIU stores each set as repeated uint32).
+EXPLOIT_CAPS = (0x00081100, 0x100)
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def decode(buf: bytes) -> list[Field]:
+    out: list[Field] = []
+    i = 0
+    while i < len(buf):
+        key = 0
+        shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            key |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v = 0
+            shift = 0
+            while True:
+                b = buf[i]
+                i += 1
+                v |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            out.append((num, 0, v))
+        elif wire == 2:
+            size = 0
+            shift = 0
+            while True:
+                b = buf[i]
+                i += 1
+                size |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            out.append((num, 2, buf[i : i + size]))
+            i += size
+        elif wire == 1:
+            out.append((num, 1, buf[i : i + 8]))
+            i += 8
+        elif wire == 5:
+            out.append((num, 5, buf[i : i + 4]))
+            i += 4
+        else:
+            raise ValueError(wire)
+    return out
+
+
+def encode(fields: list[Field]) -> bytes:
+    out = bytearray()
+    for num, wire, value in fields:
+        out += varint(num << 3 | wire)
+        if wire == 0:
+            out += varint(value)
+        elif wire == 2:
+            out += varint(len(value)) + value
+        else:
+            out += value
+    return bytes(out)
+
+
+def image(magic: int, payloads: list[bytes]) -> bytes:
+    body = b"".join(struct.pack("<I", len(p)) + p for p in payloads)
+    return struct.pack("<II", IMG_COMMON_MAGIC, magic) + body
+
+
+def _edit_sub(fields: list[Field], num: int, edit: Callable[[list[Field]], list[Field]]) -> list[Field]:
+    return [(n, w, encode(edit(decode(v))) if n == num and w == 2 else v) for n, w, v in fields]
+
+
+def edit_creds(core: bytes, edit: Callable[[list[Field]], list[Field]]) -> bytes:
+    """Apply ``edit`` to the creds of every thread of a core image."""
+    (entry,) = entries(core, CORE_MAGIC)
+    new = encode(_edit_sub(decode(entry), 5, lambda tc: _edit_sub(tc, 10, edit)))
+    return image(CORE_MAGIC, [new])
+
+
+def with_caps(words: tuple[int, ...] = EXPLOIT_CAPS, packed: bool = False) -> Callable[[list[Field]], list[Field]]:
+    """Creds with inheritable, permitted, effective and ambient sets = ``words``."""
+
+    def edit(creds: list[Field]) -> list[Field]:
+        kept = [f for f in creds if f[0] not in (9, 10, 11, 19)]
+        for num in (9, 10, 11, 19):
+            if packed:
+                kept.append((num, 2, b"".join(varint(w) for w in words)))
+            else:
+                kept += [(num, 0, w) for w in words]
+        return kept
+
+    return edit
+
+
+def set_field(num: int, value: int) -> Callable[[list[Field]], list[Field]]:
+    return lambda creds: [f for f in creds if f[0] != num] + [(num, 0, value)]
+
+
+def drop_creds(core: bytes) -> bytes:
+    (entry,) = entries(core, CORE_MAGIC)
+    new = _edit_sub(decode(entry), 5, lambda tc: [f for f in tc if f[0] != 10])
+    return image(CORE_MAGIC, [encode(new)])
+
+
+def second_creds_with_caps(core: bytes) -> bytes:
+    """Append another creds message: protobuf merges it, adding capability words."""
+    extra = encode([(11, 0, w) for w in EXPLOIT_CAPS] + [(10, 0, w) for w in EXPLOIT_CAPS])
+    (entry,) = entries(core, CORE_MAGIC)
+    new = _edit_sub(decode(entry), 5, lambda tc: [*tc, (10, 2, extra)])
+    return image(CORE_MAGIC, [encode(new)])
+
+
+def files_image(kinds: list[int]) -> bytes:
+    return image(FILES_MAGIC, [encode([(1, 0, k), (2, 0, i + 1)]) for i, k in enumerate(kinds)])
+
+
+def rewrite_stored(store_dir: Path, name: str, edit: Callable[[bytes], bytes]) -> None:
+    """Rewrite a whole-stored image of a snapshot and its manifest entry consistently, as an
+    attacker with write access to the store would have to (checksums then match)."""
+    path = store_dir / name
+    data = edit(path.read_bytes())
+    path.write_bytes(data)
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    for f in manifest["files"]:
+        if f["name"] == name:
+            f["size"], f["xxh3"] = len(data), xxhash.xxh3_128(data).hexdigest()
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
