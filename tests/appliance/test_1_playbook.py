@@ -31,7 +31,9 @@ def test_second_run_changes_nothing(appliance: None) -> None:
 def test_users_files_and_modes(appliance: None) -> None:
     user = pwd.getpwnam("jusnap")
     assert user.pw_uid < 1000, "jusnap is a system user"
-    assert "jusnap" in grp.getgrnam("jusnap-kernels").gr_mem
+    # In no group of its own beyond its private one: nothing lends it CRIU's capabilities.
+    assert os.getgrouplist("jusnap", user.pw_gid) == [user.pw_gid]
+    assert all("jusnap" not in g.gr_mem for g in grp.getgrall())
     state = os.stat("/var/lib/jusnap")
     assert (state.st_uid, stat.S_IMODE(state.st_mode)) == (0, 0o711)
     for path in (
@@ -44,7 +46,7 @@ def test_users_files_and_modes(appliance: None) -> None:
     conf = yaml.safe_load(Path("/etc/jusnap/conf.yml").read_text())
     assert conf["jusnap"]["os"]["uid"] == "jusnap"
     assert conf["jusnap"]["http"]["host"] == "127.0.0.1"
-    assert conf["jusnap"]["criu"]["binary"] == "/usr/local/lib/jusnap/criu"
+    assert conf["jusnap"]["criu"]["binary"] == "/usr/local/sbin/criu"
     # The daemon accepts the rendered file (same check the role runs).
     r = run(
         "/opt/jusnap/venv/bin/python",

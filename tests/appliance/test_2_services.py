@@ -79,6 +79,21 @@ def test_programs_running(appliance: None) -> None:
     assert Path(f"/proc/{program_pid(DAEMON_PROGRAM)}").stat().st_uid == 0
 
 
+# CAP_* numbers (linux/capability.h) of the daemon's bounding set (supervisor role defaults).
+DAEMON_CAPS = {"chown": 0, "dac_override": 1, "fowner": 3, "kill": 5, "setgid": 6, "setuid": 7,
+               "setpcap": 8, "net_admin": 12, "sys_ptrace": 19, "checkpoint_restore": 40}  # fmt: skip
+
+
+def test_daemon_runs_with_a_small_capability_set(appliance: None) -> None:
+    """Root, but not full root: what the daemon (and all it starts) can hold is bounded."""
+    status = Path(f"/proc/{program_pid(DAEMON_PROGRAM)}/status").read_text()
+    caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+    expected = sum(1 << n for n in DAEMON_CAPS.values())
+    assert int(caps["CapBnd"], 16) == expected, caps
+    assert int(caps["CapEff"], 16) == expected, caps
+    assert int(caps["CapAmb"], 16) == 0, caps
+
+
 def test_only_nginx_listens_beyond_loopback(appliance: None) -> None:
     ours = pids_of(program_pid(DAEMON_PROGRAM)) | pids_of(program_pid(JUPYTER_PROGRAM))
     socks = listeners()

@@ -1,4 +1,4 @@
-"""The Ansible criu role: idempotent, leaves a correct unprivileged criu, lint-clean.
+"""The Ansible criu role: idempotent, leaves a criu without file capabilities, lint-clean.
 
 Runs as root after `.ci/install-criu.sh`, which creates the Ansible virtualenv
 ($JUSNAP_ANSIBLE_VENV, default /opt/jusnap-ansible), fetches the CRIU source and
@@ -27,9 +27,8 @@ CRIU_TARBALL_SHA256 = "29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19
 # Role defaults.
 CRIU_VERSION = "4.2.1"
 CRIU_BINARY = Path("/usr/local/sbin/criu")
-UNPRIVILEGED_CRIU = Path("/usr/local/lib/jusnap/criu")
-CRIU_GROUP = "jusnap-kernels"
-EXPECTED_CAPS = {"cap_checkpoint_restore", "cap_net_admin", "cap_sys_ptrace", "cap_setpcap"}
+RETIRED_COPY = Path("/usr/local/lib/jusnap/criu")
+RETIRED_GROUP = "jusnap-kernels"
 
 RECAP_RE = re.compile(
     r"^localhost\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
@@ -93,24 +92,17 @@ def test_second_playbook_run_changes_nothing(venv_bin: Path) -> None:
     assert int(recap["changed"]) == 0, f"second run was not idempotent:\n{output[-4000:]}"
 
 
-def test_unprivileged_criu_has_caps_mode_and_group(venv_bin: Path) -> None:
+def test_no_criu_carries_file_capabilities(venv_bin: Path) -> None:
+    """The 2026-11 exploit: a capability-bearing criu the kernel user could run was root."""
+    assert not RETIRED_COPY.exists(), "the capability-bearing copy is still installed"
+    with pytest.raises(KeyError):
+        grp.getgrnam(RETIRED_GROUP)
     getcap = subprocess.run(
-        ["getcap", str(UNPRIVILEGED_CRIU)], capture_output=True, text=True, check=True
+        ["getcap", "-r", "/usr/local", "/opt"], capture_output=True, text=True, check=False
     )
-    # "/usr/local/lib/jusnap/criu cap_setpcap,cap_net_admin,...=ep"
-    path, _, caps_text = getcap.stdout.strip().partition(" ")
-    assert path == str(UNPRIVILEGED_CRIU), getcap.stdout
-    names, _, flags = caps_text.partition("=")
-    assert set(names.split(",")) == EXPECTED_CAPS, getcap.stdout
-    assert flags == "ep", getcap.stdout
-
-    st = UNPRIVILEGED_CRIU.stat()
-    assert stat.S_IMODE(st.st_mode) == 0o750
-    assert st.st_uid == 0
-    assert grp.getgrgid(st.st_gid).gr_name == CRIU_GROUP
-
-    # The copy is the pinned build itself.
-    assert UNPRIVILEGED_CRIU.read_bytes() == CRIU_BINARY.read_bytes()
+    assert getcap.stdout.strip() == "", f"files with capabilities:\n{getcap.stdout}"
+    st = CRIU_BINARY.stat()
+    assert st.st_uid == 0 and not st.st_mode & (stat.S_ISUID | stat.S_ISGID)
     version = subprocess.run(
         [str(CRIU_BINARY), "--version"], capture_output=True, text=True, check=True
     )
