@@ -59,6 +59,17 @@ def kernel_user() -> pwd.struct_passwd:
 
 
 @pytest.fixture(scope="session")
+def second_user(kernel_user: pwd.struct_passwd) -> pwd.struct_passwd:
+    """Another local user: kernels of different owners run as different uids."""
+    name = f"{KERNEL_USER}2"
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        return pwd.getpwnam(name)
+
+
+@pytest.fixture(scope="session")
 def criu_binary(kernel_user: pwd.struct_passwd) -> str:
     assert Path(CRIU).exists(), f"{CRIU} missing: run .ci/install-criu.sh (the criu Ansible role)"
     return CRIU
@@ -189,10 +200,18 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 300, user: pwd.struct_passwd | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The CLI as root (the administrator), or as ``user`` (an owner like any other)."""
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime")}
+        as_user = []
+        if user is not None:
+            env.update(HOME=user.pw_dir, JUPYTER_RUNTIME_DIR=f"{user.pw_dir}/.jusnap-runtime")
+            as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                       "--init-groups", "--"]  # fmt: skip
         return subprocess.run(
-            [sys.executable, "-m", "jusnap.cli", "--socket", self.socket, *args],
+            [*as_user, sys.executable, "-m", "jusnap.cli", "--socket", self.socket, *args],
             capture_output=True,
             text=True,
             timeout=timeout,

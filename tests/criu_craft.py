@@ -99,7 +99,9 @@ def image(magic: int, payloads: list[bytes]) -> bytes:
     return struct.pack("<II", IMG_COMMON_MAGIC, magic) + body
 
 
-def _edit_sub(fields: list[Field], num: int, edit: Callable[[list[Field]], list[Field]]) -> list[Field]:
+def _edit_sub(
+    fields: list[Field], num: int, edit: Callable[[list[Field]], list[Field]]
+) -> list[Field]:
     return [(n, w, encode(edit(decode(v))) if n == num and w == 2 else v) for n, w, v in fields]
 
 
@@ -110,7 +112,9 @@ def edit_creds(core: bytes, edit: Callable[[list[Field]], list[Field]]) -> bytes
     return image(CORE_MAGIC, [new])
 
 
-def with_caps(words: tuple[int, ...] = EXPLOIT_CAPS, packed: bool = False) -> Callable[[list[Field]], list[Field]]:
+def with_caps(
+    words: tuple[int, ...] = EXPLOIT_CAPS, packed: bool = False
+) -> Callable[[list[Field]], list[Field]]:
     """Creds with inheritable, permitted, effective and ambient sets = ``words``."""
 
     def edit(creds: list[Field]) -> list[Field]:

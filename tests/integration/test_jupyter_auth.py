@@ -16,8 +16,9 @@ from tests.jupyter import KernelWebsocket
 
 
 @pytest.fixture
-def world(stack: JusnapStack) -> dict:
-    """Two owners: the Jupyter user's notebook kernel, and root's kernel started with the CLI."""
+def world(stack: JusnapStack, second_user) -> dict:
+    """Two owners: the Jupyter user's notebook kernel, and another local user's kernel started
+    with the CLI (it runs as that user's uid: ownership is the uid a kernel runs as)."""
     j = stack.jupyter
     session = j.new_session("mine.ipynb")
     mine = session["kernel"]["id"]
@@ -26,10 +27,10 @@ def world(stack: JusnapStack) -> dict:
     my_snap = j.jusnap("POST", f"kernels/{mine}/snapshots", {"label": "mine"}, expect=201)[
         "snapshot"
     ]["id"]
-    r = stack.daemon.cli("--json", "start")
+    r = stack.daemon.cli("--json", "start", user=second_user)
     assert r.returncode == 0, r.stderr
     theirs = json.loads(r.stdout)["id"]
-    r = stack.daemon.cli("--json", "snapshot", theirs, "--label", "root's")
+    r = stack.daemon.cli("--json", "snapshot", theirs, "--label", "theirs", user=second_user)
     assert r.returncode == 0, r.stderr
     their_snap = json.loads(r.stdout)["snapshot"]["id"]
     yield {"mine": mine, "my_snap": my_snap, "theirs": theirs, "their_snap": their_snap, "ws": ws}
