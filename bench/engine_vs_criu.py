@@ -62,9 +62,9 @@ def first_execute(kc: Any, timeout: float = 120) -> float:
 def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float, float]:
     images.mkdir(parents=True)
     os.chown(images, creds.uid, creds.gid)
-    os.chown(images.parent, creds.uid, creds.gid)  # criu writes its pid file there
+    os.chown(images.parent, creds.uid, creds.gid)  # criu's work dir: logs
     t0 = time.monotonic()
-    engine.criu.dump(pid, images, creds)
+    engine.criu.dump(pid, images, images.parent, creds)
     wall = time.monotonic() - t0
     return frozen_seconds(images) or wall, wall
 
@@ -74,10 +74,8 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
     t0 = time.monotonic()
     kill_tree(k.pid, k.started, signal.SIGKILL)
     engine.reaper.wait_gone(k.pid, k.started, 30)
-    pidfile = images.parent / "raw.pid"
-    pidfile.unlink(missing_ok=True)
-    r = engine.criu.restore(images, creds, pidfile)
-    k.pid, k.started = r.pid, start_time(r.pid)
+    engine.criu.restore(images, images.parent, creds)  # the same PIDs come back
+    k.started = start_time(k.pid)
     engine.registry.put_kernel(k)
     first_execute(kc)
     return time.monotonic() - t0
@@ -86,7 +84,7 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
 def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, Any]:
     # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
-    k = engine.launch_kernel(owner_uid=0, env=env)
+    k = engine.kernels.launch(owner_uid=0, env=env)
     kc = connect(k.connection)
     run_cell(
         kc,
@@ -107,7 +105,7 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
         engine.delete_snapshot(snap2.id)
 
         raw = work / f"raw-{size}-{i}"
-        freeze, wall = raw_dump(engine, engine.kernel(k.id).pid, creds, raw / "img")
+        freeze, wall = raw_dump(engine, engine.kernels.get(k.id).pid, creds, raw / "img")
         rows["criu_freeze"].append(freeze)
         rows["criu_dump_wall"].append(wall)
 
@@ -120,7 +118,7 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
         engine.delete_snapshot(snap.id)
 
         rows["criu_restore_to_execute"].append(
-            raw_restore(engine, engine.kernel(k.id), creds, raw / "img", kc)
+            raw_restore(engine, engine.kernels.get(k.id), creds, raw / "img", kc)
         )
         shutil.rmtree(raw)
         print(
@@ -129,7 +127,7 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
             flush=True,
         )
     kc.stop_channels()
-    engine.shutdown_kernel(k.id)
+    engine.kernels.shutdown(k.id)
     return {key: statistics.median(v) for key, v in rows.items()}
 
 

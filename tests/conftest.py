@@ -128,7 +128,7 @@ class KernelSession:
 
     def __init__(self, engine: Engine, **launch: Any) -> None:
         self.engine = engine
-        self.kernel = engine.launch_kernel(owner_uid=0, **launch)
+        self.kernel = engine.kernels.launch(owner_uid=0, **launch)
         self.id = self.kernel.id
         self.client = connect(self.kernel.connection)
 

@@ -22,7 +22,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from .autosnap import check_cooldown
+from .errors import ConfigError, InvalidRequest
 
 DEFAULT_CONFIG_PATH = "/etc/jusnap/conf.yml"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -343,6 +344,10 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"jusnap.store.{key}: must not be negative")
     if j.criu.ghost_limit < 0:
         raise ConfigError("jusnap.criu.ghost_limit: must not be negative (MB)")
+    try:
+        check_cooldown(j.ipython.cooldown)
+    except InvalidRequest as exc:
+        raise ConfigError(f"jusnap.ipython.{exc.message}") from None
     for key, path in (("jusnap.state_dir", j.state_dir), ("jusnap.criu.binary", j.criu.binary)):
         # These end up in CRIU's --action-script line and file modes: keep them boring.
         if not _SAFE_PATH.match(path):

@@ -10,7 +10,10 @@ The rules that shape this module:
 * One operation per kernel at a time (others get :class:`Busy` at once); different kernels
   proceed in parallel.
 
-The API and the CLI are thin layers over :class:`Engine`.
+Kernels themselves (lookups, launch, restart, live state) belong to
+:class:`~jusnap.kernels.service.KernelService`, which the engine holds as ``engine.kernels``;
+whether an automatic snapshot runs is decided by :mod:`jusnap.autosnap`. The API and the CLI
+are thin layers over both. CRIU and the store can be handed in (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import autosnap
 from . import criu as criu_mod
+from .autosnap import Skipped
 from .config import Settings
 from .criu import Criu
 from .criu_images import Identity, ImageCheck, needs_bytes
@@ -35,7 +39,6 @@ from .errors import (
     Forbidden,
     InvalidRequest,
     JusnapError,
-    KernelNotFound,
     KernelNotRunning,
     Refused,
     RestoreFailed,
@@ -43,15 +46,16 @@ from .errors import (
     SnapshotNotFound,
 )
 from .hooks import HookSet
-from .ids import check_kernel_id, check_snapshot_id, new_snapshot_id
+from .ids import check_snapshot_id, new_snapshot_id
 from .kernels.channels import (
-    IopubMonitor,
     established_peers,
     execute_silently,
     handshake,
     wait_for_peers,
 )
-from .kernels.supervisor import Supervisor, ports_free
+from .kernels.locks import USER_WAIT, OperationLocks
+from .kernels.service import ADMIN, KernelService, check_owner
+from .kernels.supervisor import Supervisor
 from .lazyrestore import serve_lazily
 from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, Snapshot
@@ -63,9 +67,6 @@ log = logging.getLogger(__name__)
 TRIGGERS = ("manual", "auto", "pre-restore")
 HISTORY_NAME = "history.sqlite"
 MAX_LABEL = 200
-# How long a request someone waits for queues behind a running operation on the same kernel
-# (typically the automatic snapshot of the cell just run) before it answers "busy".
-USER_WAIT = 30.0
 
 ACTION_SCRIPT = """#!/bin/sh
 # Run by CRIU as the kernel's user. At post-dump the kernel is still frozen, so the copy of its
@@ -76,21 +77,6 @@ ACTION_SCRIPT = """#!/bin/sh
 exec setpriv --inh-caps=-all --ambient-caps=-all -- \\
     cp -- "$JUSNAP_HISTORY_SRC" "$JUSNAP_HISTORY_DST"
 """
-
-ADMIN = None  # owner value meaning "any owner" (root, or the daemon itself)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An automatic snapshot that the cooldown suppressed."""
-
-    kernel_id: str
-    reason: str
-    retry_in: float
-
-    def public(self) -> dict[str, Any]:
-        return {"status": "skipped", "kernel_id": self.kernel_id, "reason": self.reason,
-                "retry_in": round(self.retry_in, 3)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,18 +101,24 @@ class RestoreResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings, hooks: HookSet | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hooks: HookSet | None = None,
+        criu: Criu | None = None,
+        store: LocalStore | None = None,
+    ) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir
         self.hooks = hooks or HookSet()
-        self.reaper = Reaper()
+        self.reaper = criu.reaper if criu is not None else Reaper()
         st = settings.jusnap.store
-        self.store = LocalStore(
+        self.store = store or LocalStore(
             self.state_dir / "snapshots", level=st.compression_level, threads=st.threads
         )
         self.storage = StoreService(self.store, st)  # retention, gc, usage, migration
         c = settings.jusnap.criu
-        self.criu = Criu(
+        self.criu = criu or Criu(
             binary=c.binary,
             reaper=self.reaper,
             ghost_limit_bytes=settings.ghost_limit_bytes,
@@ -136,12 +128,8 @@ class Engine:
             unprivileged=c.unprivileged,
         )
         self.registry: Registry
-        self.supervisor: Supervisor
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._ops: dict[str, str] = {}  # kernel id -> operation in progress
-        self._monitors: dict[str, IopubMonitor] = {}
-        self._live: dict[str, dict[str, Any]] = {}
+        self.kernels: KernelService
+        self.locks = OperationLocks()
         self.work_dir = self.state_dir / "work"
         self.action_script = self.state_dir / "bin" / "criu-action"
 
@@ -158,16 +146,17 @@ class Engine:
         self.registry = Registry(sd / "jusnap.db")
         (sd / "jusnap.db").chmod(0o600)
         self.reaper.start()
-        self.supervisor = Supervisor(self.settings, self.registry, self.reaper)
+        self.kernels = KernelService(self.settings, self.registry, self.reaper, self.locks)
         self._recover()
-        for k in self.supervisor.adopt_all():
-            if k.status == "running":
-                self._watch(k)
+        self.kernels.adopt_all()
         return self
 
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.kernels.supervisor
+
     def close(self) -> None:
-        for m in self._monitors.values():
-            m.stop()
+        self.kernels.close()
         self.reaper.stop()
 
     def _install_action_script(self) -> None:
@@ -189,23 +178,6 @@ class Engine:
                 log.warning("snapshot %s has no images on disk; forgetting it", sid)
                 self.registry.delete_snapshot(sid)
         self.storage.start(self.registry)  # migrates an older store layout
-
-    # ---- locking ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _exclusive(self, kernel_id: str, what: str, wait: float = 0.0) -> Iterator[None]:
-        """One operation per kernel. Callers a person is waiting for (``wait`` > 0) queue
-        briefly behind, e.g., the automatic snapshot of the cell just run; others fail fast."""
-        with self._guard:
-            lock = self._locks.setdefault(kernel_id, threading.Lock())
-        if not lock.acquire(timeout=wait) if wait > 0 else not lock.acquire(blocking=False):
-            doing = self._ops.get(kernel_id, "another snapshot operation")
-            raise Busy(f"kernel {kernel_id} is busy ({doing}); try again", operation=doing)
-        self._ops[kernel_id] = what
-        try:
-            yield
-        finally:
-            self._ops.pop(kernel_id, None)
-            lock.release()
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[Path]:
@@ -231,154 +203,6 @@ class Engine:
         creds = self.supervisor.creds(k)
         return Identity(k.run_uid, k.run_gid, frozenset(creds.groups) | {k.run_gid})
 
-    # ---- kernels ---------------------------------------------------------------------------
-    def _check_owner(self, owner_uid: int | None, actual: int, what: str) -> None:
-        if owner_uid is not None and owner_uid != actual:
-            # Same answer as for an unknown id: do not reveal other users' ids.
-            raise (KernelNotFound if what == "kernel" else SnapshotNotFound)(f"no such {what}")
-
-    def kernel(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Kernel:
-        check_kernel_id(kernel_id)
-        k = self.registry.get_kernel(kernel_id)
-        if k is None:
-            raise KernelNotFound(f"no such kernel: {kernel_id}")
-        self._check_owner(owner_uid, k.owner_uid, "kernel")
-        self.supervisor.refresh(k)
-        k.execution_state = (
-            self._live.get(k.id, {}).get("execution_state") if k.status == "running" else None
-        )
-        k.execution_count = self._live.get(k.id, {}).get("execution_count", k.execution_count)
-        k.operation = self._ops.get(k.id)
-        return k
-
-    def kernels(self, owner_uid: int | None = ADMIN) -> list[Kernel]:
-        return [
-            self.kernel(k.id)
-            for k in self.registry.kernels()
-            if owner_uid is None or k.owner_uid == owner_uid
-        ]
-
-    def launch_kernel(
-        self,
-        owner_uid: int,
-        argv: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        notebook_path: str | None = None,
-        connection: dict[str, Any] | None = None,
-        kernel_id: str | None = None,
-    ) -> Kernel:
-        if kernel_id is not None:
-            check_kernel_id(kernel_id)
-            existing = self.registry.get_kernel(kernel_id)
-            if existing is not None:
-                self._check_owner(owner_uid, existing.owner_uid, "kernel")
-                raise InvalidRequest(f"kernel {kernel_id} exists already")
-        if env is not None and not (
-            isinstance(env, dict)
-            and all(isinstance(a, str) and isinstance(b, str) for a, b in env.items())
-        ):
-            raise InvalidRequest("env must map strings to strings")
-        if connection is None and notebook_path:
-            connection = self._notebook_connection(owner_uid, notebook_path)
-        k = self.supervisor.create(owner_uid, argv, env, cwd, notebook_path, connection, kernel_id)
-        if notebook_path:
-            self.registry.set_notebook_connection(owner_uid, notebook_path, k.connection)
-        self._watch(k)
-        return k
-
-    def _notebook_connection(self, owner_uid: int, notebook_path: str) -> dict[str, Any] | None:
-        """The notebook's previous connection, so that its snapshots fit the new kernel.
-
-        None (new ports) when there is none yet or its ports are taken, e.g. by another kernel
-        of the same notebook that still runs: that notebook's older snapshots then no longer fit.
-        """
-        conn = self.registry.notebook_connection(owner_uid, notebook_path)
-        if conn is None:
-            return None
-        ports = {
-            conn.get(p)
-            for p in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-        }
-        in_use = any(
-            k.status == "running" and ports & set(k.connection.values())
-            for k in self.registry.kernels()
-        )
-        if in_use or not ports_free(conn):
-            log.warning(
-                "ports of notebook %s are taken; its older snapshots will not fit the new kernel",
-                notebook_path,
-            )
-            return None
-        return conn
-
-    def _unwatch(self, k: Kernel) -> None:
-        old = self._monitors.pop(k.id, None)
-        if old:
-            old.stop()
-
-    def _watch(self, k: Kernel) -> None:
-        self._unwatch(k)
-        live = self._live.setdefault(k.id, {})
-        live["execution_count"] = k.execution_count
-
-        def update(change: dict[str, Any]) -> None:
-            live.update(change)
-
-        m = IopubMonitor(k.connection, update)
-        self._monitors[k.id] = m
-        m.start()
-
-    def restart_kernel(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Kernel:
-        k = self.kernel(kernel_id, owner_uid)
-        with self._exclusive(k.id, "restart"):
-            self.supervisor.stop(k)
-            self.supervisor.start(k)
-            self._live[k.id] = {"execution_count": 0}
-            self._watch(k)
-        return k
-
-    def signal_kernel(self, kernel_id: str, signame: str, owner_uid: int | None = ADMIN) -> None:
-        self.supervisor.signal(self.kernel(kernel_id, owner_uid), signame)
-
-    def interrupt_kernel(self, kernel_id: str, owner_uid: int | None = ADMIN) -> None:
-        self.signal_kernel(kernel_id, "SIGINT", owner_uid)
-
-    def shutdown_kernel(
-        self, kernel_id: str, owner_uid: int | None = ADMIN, forget: bool = True
-    ) -> None:
-        """Stop the kernel; its snapshots stay (they belong to the notebook) unless cleared."""
-        k = self.kernel(kernel_id, owner_uid)
-        with self._exclusive(k.id, "shutdown"):
-            self._unwatch(k)
-            self.supervisor.terminate(k, grace=self.settings.graceful.shutdown_timeout)
-            if forget:
-                self.supervisor.remove(k)
-
-    def set_auto(
-        self,
-        kernel_id: str,
-        owner_uid: int | None = ADMIN,
-        enabled: bool | None = None,
-        cooldown: float | None = None,
-    ) -> Kernel:
-        k = self.kernel(kernel_id, owner_uid)
-        if enabled is not None:
-            k.auto_snapshot = bool(enabled)
-        if cooldown is not None:
-            if not 0 <= cooldown <= 86400:
-                raise InvalidRequest("cooldown must be between 0 and 86400 seconds")
-            k.cooldown = float(cooldown)
-        self.registry.put_kernel(k)
-        return k
-
-    def auto_settings(self, k: Kernel) -> dict[str, Any]:
-        ip = self.settings.jusnap.ipython
-        return {
-            "enabled": ip.auto_snapshot if k.auto_snapshot is None else k.auto_snapshot,
-            "cooldown": float(ip.cooldown if k.cooldown is None else k.cooldown),
-        }
-
     # ---- snapshots ---------------------------------------------------------------------------
     def snapshot(
         self,
@@ -391,13 +215,14 @@ class Engine:
         if trigger not in ("manual", "auto"):
             raise InvalidRequest("trigger must be manual or auto")
         label = _check_label(label)
-        k = self.kernel(kernel_id, owner_uid)
+        k = self.kernels.get(kernel_id, owner_uid)
         if trigger == "auto":
             skipped = self._auto_skipped(k)
             if skipped is not None:
                 return skipped
         try:
-            with self._exclusive(k.id, "snapshot", wait=0.0 if trigger == "auto" else USER_WAIT):
+            wait = 0.0 if trigger == "auto" else USER_WAIT
+            with self.locks.exclusive(k.id, "snapshot", wait=wait):
                 snap = self._snapshot_locked(k, trigger, label, execution_count)
         except Busy:
             if trigger == "auto":
@@ -409,37 +234,35 @@ class Engine:
     def _retain(self, snap: Snapshot) -> None:
         """Retention (and gc) after a snapshot, outside the kernel's lock; never fails it."""
         try:
-            self.storage.after_snapshot(self.registry, snap, lambda kid: kid in self._ops)
+            self.storage.after_snapshot(
+                self.registry, snap, lambda kid: self.locks.current(kid) is not None
+            )
         except Exception:
             log.exception("retention after snapshot %s failed", snap.id)
 
     def check_auto(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Skipped | None:
         """Why an automatic snapshot of the kernel would be skipped now (None: it would run)."""
-        k = self.kernel(kernel_id, owner_uid)
+        k = self.kernels.get(kernel_id, owner_uid)
         skipped = self._auto_skipped(k)
-        if skipped is None and k.id in self._ops:
+        if skipped is None and self.locks.current(k.id) is not None:
             return Skipped(k.id, "another operation is running", 0.0)
         return skipped
 
     def _auto_skipped(self, k: Kernel) -> Skipped | None:
-        auto = self.auto_settings(k)
-        if not auto["enabled"]:
-            return Skipped(k.id, "automatic snapshots are off for this kernel", 0.0)
-        cooldown = auto["cooldown"]
+        gpu = None
         if k.pid is not None:
-            policy = self.hooks.auto_policy(self.hooks.for_pid(k.pid), k.pid)
-            if policy is not None and not policy.enabled:
-                return Skipped(k.id, "automatic snapshots are off for GPU kernels", 0.0)
-            if policy is not None:
-                cooldown = max(cooldown, policy.min_cooldown)
-        last = self._last_snapshot_time(k)
-        wait = last + cooldown - time.time() if last else 0.0
-        if wait > 0:
-            return Skipped(k.id, "cooldown", wait)
-        return None
+            gpu = self.hooks.auto_policy(self.hooks.for_pid(k.pid), k.pid)
+        return autosnap.decide(
+            k.id,
+            self.kernels.auto_settings(k),
+            None if gpu is None else gpu.enabled,
+            0.0 if gpu is None else gpu.min_cooldown,
+            self._last_snapshot_time(k),
+            time.time(),
+        )
 
     def _last_snapshot_time(self, k: Kernel) -> float | None:
-        live = self._live.get(k.id, {})
+        live = self.kernels.live(k.id)
         if "last_snapshot_at" in live:
             return float(live["last_snapshot_at"])
         snaps = self.registry.snapshots_of(k.id, k.owner_uid, None)
@@ -458,7 +281,7 @@ class Engine:
         active = self.hooks.for_pid(k.pid)
         creds = self.supervisor.creds(k)
         if execution_count is None:
-            execution_count = self._live.get(k.id, {}).get("execution_count", k.execution_count)
+            execution_count = self.kernels.live(k.id).get("execution_count", k.execution_count)
         with self._scratch() as scratch:
             images = self._user_dir(scratch / "img", k.run_uid, k.run_gid)
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
@@ -468,7 +291,7 @@ class Engine:
                 env.update(JUSNAP_HISTORY_SRC=k.history_file, JUSNAP_HISTORY_DST=str(history_copy))
             self._prepare(k, active)
             try:
-                t_hooks = time.monotonic()
+                t_hooks, t_request = time.monotonic(), time.time()
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
                     result = self.criu.dump(
                         k.pid, images, work, creds, str(self.action_script), env
@@ -478,6 +301,10 @@ class Engine:
                 raise
             except Exception as exc:  # a hook's own failure
                 raise SnapshotFailed(f"snapshot failed: {exc}") from exc
+            # The count the frozen process had, not the one the request carried: the kernel
+            # may have started further cells since.
+            observed = self.kernels.count_at(k.id, t_request)
+            execution_count = observed if observed is not None else execution_count
             frozen = criu_mod.frozen_seconds(images) or result.seconds
             if active:
                 # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
@@ -511,7 +338,7 @@ class Engine:
         except Exception:
             self.store.delete(sid)
             raise
-        self._live.setdefault(k.id, {})["last_snapshot_at"] = created
+        self.kernels.live(k.id)["last_snapshot_at"] = created
         log.info(
             "snapshot %s of kernel %s (%s, %.3fs frozen, %d bytes)",
             sid,
@@ -526,7 +353,7 @@ class Engine:
         """Run the hooks' preparation code in the kernel, only if it is idle right now."""
         assert k.pid is not None
         codes = self.hooks.prepare_code(active, k.pid)
-        if not codes or self._live.get(k.id, {}).get("execution_state") != "idle":
+        if not codes or self.kernels.live(k.id).get("execution_state") != "idle":
             return
         for code in codes:
             if not execute_silently(k.connection, code, timeout=10.0):
@@ -537,11 +364,11 @@ class Engine:
         s = self.registry.get_snapshot(snapshot_id)
         if s is None:
             raise SnapshotNotFound(f"no such snapshot: {snapshot_id}")
-        self._check_owner(owner_uid, s.owner_uid, "snapshot")
+        check_owner(owner_uid, s.owner_uid, "snapshot")
         return s
 
     def list_snapshots(self, kernel_id: str, owner_uid: int | None = ADMIN) -> list[Snapshot]:
-        k = self.kernel(kernel_id, owner_uid)
+        k = self.kernels.get(kernel_id, owner_uid)
         return self.registry.snapshots_of(k.id, k.owner_uid, k.notebook_path)
 
     def last_snapshot(self, k: Kernel) -> Snapshot | None:
@@ -557,13 +384,13 @@ class Engine:
 
     def delete_snapshot(self, snapshot_id: str, owner_uid: int | None = ADMIN) -> None:
         s = self.snapshot_info(snapshot_id, owner_uid)
-        with self._exclusive(s.kernel_id, "delete", wait=USER_WAIT):
+        with self.locks.exclusive(s.kernel_id, "delete", wait=USER_WAIT):
             self.registry.delete_snapshot(s.id)
             self.store.delete(s.id)
 
     def clear(self, kernel_id: str, owner_uid: int | None = ADMIN) -> int:
         snaps = self.list_snapshots(kernel_id, owner_uid)
-        with self._exclusive(kernel_id, "clear", wait=USER_WAIT):
+        with self.locks.exclusive(kernel_id, "clear", wait=USER_WAIT):
             for s in snaps:
                 self.registry.delete_snapshot(s.id)
                 self.store.delete(s.id)
@@ -574,7 +401,7 @@ class Engine:
         self, snapshot_id: str, owner_uid: int | None = ADMIN, into: str | None = None
     ) -> RestoreResult:
         snap = self.snapshot_info(snapshot_id, owner_uid)
-        k = self.kernel(into or snap.kernel_id, owner_uid)
+        k = self.kernels.get(into or snap.kernel_id, owner_uid)
         if snap.ports != k.ports():
             raise Refused(
                 "this snapshot was taken with other kernel ports than the kernel's current ones;"
@@ -582,7 +409,7 @@ class Engine:
             )
         self.hooks.preflight_restore(snap.hooks)
         t0 = time.monotonic()
-        with self._exclusive(k.id, "restore", wait=USER_WAIT):
+        with self.locks.exclusive(k.id, "restore", wait=USER_WAIT):
             pre: Snapshot | None = None
             if self.supervisor.alive(k):
                 try:
@@ -628,7 +455,7 @@ class Engine:
                     rolled_back=True,
                     pre_restore=pre.id,
                 ) from None
-        return RestoreResult(snap, self.kernel(k.id), pre, time.monotonic() - t0, criu_s, hs_s)
+        return RestoreResult(snap, self.kernels.get(k.id), pre, time.monotonic() - t0, criu_s, hs_s)
 
     @contextlib.contextmanager
     def _staged(self, k: Kernel, snap: Snapshot) -> Iterator[Path]:
@@ -674,7 +501,7 @@ class Engine:
         ``peers`` IOPub clients are waited for after the handshake: a cell they run before
         their subscription is back would publish its output to nobody.
         """
-        self._unwatch(k)
+        self.kernels.unwatch(k)
         self.supervisor.stop(k)
         restored_pid: int | None = None
         try:
@@ -705,9 +532,10 @@ class Engine:
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
             hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
-            live = {"execution_count": snap.execution_count, "last_snapshot_at": time.time()}
-            self._live[k.id] = live
-            self._watch(k)
+            self.kernels.reset_live(
+                k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
+            )
+            self.kernels.watch(k)
             if not wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0):
                 log.warning("kernel %s: not every client reconnected after the restore", k.id)
         except Exception as exc:

@@ -43,7 +43,7 @@ def main() -> None:
         },
     )
     e = Engine(s).start()
-    k = e.launch_kernel(owner_uid=0)
+    k = e.kernels.launch(owner_uid=0)
     kc = connect(k.connection)
     n = mib * 1024 * 1024 // 8
     dumps = {}

@@ -62,7 +62,7 @@ def main() -> None:
                              "jusnap.ipython.python_interpreter": sys.executable,
                              "jusnap.http.socket": str(state / "s.sock")})  # fmt: skip
     e = Engine(s).start()
-    k = e.launch_kernel(owner_uid=0)
+    k = e.kernels.launch(owner_uid=0)
     kc = connect(k.connection)
     try:
         run_cell(kc, "import numpy as np, pandas as pd; x = list(range(100000))")

@@ -30,7 +30,7 @@ def main() -> None:
                                  "jusnap.http.socket": str(state / "s.sock"),
                                  "jusnap.store.lazy_pages": mode})  # fmt: skip
         e = Engine(s).start()
-        k = e.launch_kernel(owner_uid=0)
+        k = e.kernels.launch(owner_uid=0)
         kc = connect(k.connection)
         try:
             n = int(gb * 1e9 / 8)

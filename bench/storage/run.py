@@ -101,13 +101,13 @@ class Run:
         return d
 
     def kernel(self, cwd: Path, env: dict[str, str] | None = None) -> tuple[Any, Any]:
-        k = self.engine.launch_kernel(owner_uid=self.owner, cwd=str(cwd), env=env)
+        k = self.engine.kernels.launch(owner_uid=self.owner, cwd=str(cwd), env=env)
         return k, connect(k.connection)
 
     def stop(self, k: Any, kc: Any) -> None:
         kc.stop_channels()
         with contextlib.suppress(Exception):
-            self.engine.supervisor.remove(self.engine.kernel(k.id))
+            self.engine.supervisor.remove(self.engine.kernels.get(k.id))
 
     # ---- one workload on one system ------------------------------------------------------
     def session(self, w: Workload, system: str) -> dict[str, Any]:
@@ -189,9 +189,9 @@ class Run:
             d = wd / f"criu-{i}"
             d.mkdir()
             os.chown(d, self.user.pw_uid, self.user.pw_gid)
-            kk = self.engine.kernel(k.id)
+            kk = self.engine.kernels.get(k.id)
             t0 = time.monotonic()
-            self.engine.criu.dump(kk.pid, d, self.engine.supervisor.creds(kk))
+            self.engine.criu.dump(kk.pid, d, d, self.engine.supervisor.creds(kk))
             cell["snapshot_s"] = time.monotonic() - t0
             cell["freeze_s"] = frozen_seconds(d)
             cell["new_bytes"] = du(d)
@@ -256,9 +256,9 @@ class Run:
             self.last_restore = {**r.public(), "stage_s": stage_s}
             return k, kc, time.monotonic() - t0
         if system == "criu":
-            kk = self.engine.kernel(k.id)
+            kk = self.engine.kernels.get(k.id)
             t0 = time.monotonic()
-            self.engine._unwatch(kk)
+            self.engine.kernels.unwatch(kk)
             self.engine.supervisor.stop(kk)
             pidfile = wd / f"criu-{time.monotonic_ns()}.pid"
             r = self.engine.criu.restore(snap, self.engine.supervisor.creds(kk), pidfile)

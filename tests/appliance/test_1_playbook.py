@@ -91,7 +91,9 @@ def test_ansible_lint_production_profile() -> None:
 
 def test_vagrantfile_validates() -> None:
     vagrant = shutil.which("vagrant")
-    assert vagrant is not None, "vagrant missing (JUSNAP_PROVISION_TEST_DEPS=1 .ci/provision.sh installs it)"
+    assert vagrant is not None, (
+        "vagrant missing (JUSNAP_PROVISION_TEST_DEPS=1 .ci/provision.sh installs it)"
+    )
     with tempfile.TemporaryDirectory(prefix="jusnap-vagrant-") as home:
         env = {
             **os.environ,

@@ -170,7 +170,7 @@ def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iter
 @pytest.fixture(scope="module")
 def gpu_kernel(gpu_engine: Engine) -> Iterator[tuple[Any, BlockingKernelClient]]:
     env = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    k = gpu_engine.launch_kernel(owner_uid=os.geteuid(), env=env)
+    k = gpu_engine.kernels.launch(owner_uid=os.geteuid(), env=env)
     kc = connect(k.connection, timeout=120)
     try:
         yield k, kc

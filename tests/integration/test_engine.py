@@ -103,9 +103,9 @@ def test_older_snapshot_and_same_snapshot_twice(kernel: KernelSession, engine: E
 def test_restore_after_kernel_restart(kernel: KernelSession, engine: Engine) -> None:
     kernel.run("before_restart = 'kept'")
     snap = engine.snapshot(kernel.id)
-    old_pid = engine.kernel(kernel.id).pid
-    engine.restart_kernel(kernel.id)
-    assert engine.kernel(kernel.id).pid != old_pid
+    old_pid = engine.kernels.get(kernel.id).pid
+    engine.kernels.restart(kernel.id)
+    assert engine.kernels.get(kernel.id).pid != old_pid
     kernel.after_restore()  # a restarted kernel, too, needs the client's IOPub to come back
     assert kernel.value("'before_restart' in globals()") == "False"
     engine.restore(snap.id)
@@ -188,9 +188,9 @@ def test_auto_snapshots_respect_cooldown(make_settings) -> None:
         )
         manual = e.snapshot(ks.id)  # a manual request always runs
         assert isinstance(manual, Snapshot)
-        e.set_auto(ks.id, cooldown=0)
+        e.kernels.set_auto(ks.id, cooldown=0)
         assert isinstance(e.snapshot(ks.id, trigger="auto"), Snapshot)
-        e.set_auto(ks.id, enabled=False)
+        e.kernels.set_auto(ks.id, enabled=False)
         off = e.snapshot(ks.id, trigger="auto")
         assert isinstance(off, Skipped) and "off" in off.reason
         ks.close()
@@ -236,7 +236,7 @@ def test_owner_cannot_touch_other_users_kernels(kernel: KernelSession, engine: E
         engine.restore(snap.id, owner_uid=stranger)
     with pytest.raises(SnapshotNotFound):
         engine.delete_snapshot(snap.id, owner_uid=stranger)
-    assert engine.kernels(owner_uid=stranger) == []
+    assert engine.kernels.list(owner_uid=stranger) == []
     assert [s.id for s in engine.list_snapshots(kernel.id)] == [snap.id]
 
 
@@ -247,7 +247,7 @@ def test_one_operation_per_kernel(kernel: KernelSession, engine: Engine, monkeyp
     from jusnap.errors import Busy
 
     monkeypatch.setattr(snapshots_mod, "USER_WAIT", 0.3)
-    with engine._exclusive(kernel.id, "restore"):
+    with engine.locks.exclusive(kernel.id, "restore"):
         skipped = engine.snapshot(kernel.id, trigger="auto")
         assert isinstance(skipped, Skipped) and "another operation" in skipped.reason
         with pytest.raises(Busy, match="restore") as info:
@@ -259,7 +259,7 @@ def test_one_operation_per_kernel(kernel: KernelSession, engine: Engine, monkeyp
     held = threading.Event()
 
     def hold() -> None:
-        with engine._exclusive(kernel.id, "snapshot"):
+        with engine.locks.exclusive(kernel.id, "snapshot"):
             held.set()
             threading.Event().wait(0.5)
 

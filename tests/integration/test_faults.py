@@ -41,12 +41,15 @@ def test_truncated_image_fails_cleanly_and_state_is_back(
     pages = _biggest_image(engine, snap)
     with pages.open("r+b") as fh:
         fh.truncate(pages.stat().st_size // 2)
-    pid_before, started_before = engine.kernel(kernel.id).pid, engine.kernel(kernel.id).started
+    pid_before, started_before = (
+        engine.kernels.get(kernel.id).pid,
+        engine.kernels.get(kernel.id).started,
+    )
     with pytest.raises(RestoreFailed, match="damaged") as info:
         engine.restore(snap.id)
     assert info.value.details["rolled_back"] is True
     # Verified before anything was stopped: the very same process is still running.
-    assert (engine.kernel(kernel.id).pid, engine.kernel(kernel.id).started) == (
+    assert (engine.kernels.get(kernel.id).pid, engine.kernels.get(kernel.id).started) == (
         pid_before,
         started_before,
     )
@@ -63,11 +66,11 @@ def test_corrupted_image_fails_cleanly_and_state_is_back(
     with pages.open("r+b") as fh:
         fh.seek(pages.stat().st_size // 2)
         fh.write(b"\xde\xad\xbe\xef" * 256)
-    pid_before = engine.kernel(kernel.id).pid
+    pid_before = engine.kernels.get(kernel.id).pid
     with pytest.raises(RestoreFailed, match="checksum") as info:
         engine.restore(snap.id)
     assert "not touched" in info.value.message
-    assert engine.kernel(kernel.id).pid == pid_before
+    assert engine.kernels.get(kernel.id).pid == pid_before
     assert kernel.value("float(arr.sum())") == "1000000.0"
     assert [s.trigger for s in engine.list_snapshots(kernel.id)] == ["manual"], (
         "no stray pre-restore"
@@ -123,10 +126,10 @@ def test_full_store_gives_clear_error_and_kernel_untouched(make_settings, small_
     try:
         ks = KernelSession(e)
         ks.run("import numpy as np; big = np.random.default_rng(1).random(8_000_000)")  # 64 MB
-        pid = e.kernel(ks.id).pid
+        pid = e.kernels.get(ks.id).pid
         with pytest.raises(StoreFull, match="no space left"):
             e.snapshot(ks.id)
-        assert e.kernel(ks.id).pid == pid
+        assert e.kernels.get(ks.id).pid == pid
         assert ks.value("big.shape") == "(8000000,)"
         assert e.list_snapshots(ks.id) == []
         assert not list((small_fs / "work").iterdir()), "scratch space is cleaned up"
@@ -200,7 +203,7 @@ def test_leftovers_of_an_interrupted_write_are_removed_at_start(
         assert not list(engine.work_dir.iterdir())
         assert [s.id for s in again.list_snapshots(kernel.id)] == [snap.id]
         # re-adopted: same PID and start time
-        assert again.kernel(kernel.id).status == "running"
+        assert again.kernels.get(kernel.id).status == "running"
     finally:
         again.close()
 
@@ -208,12 +211,12 @@ def test_leftovers_of_an_interrupted_write_are_removed_at_start(
 def test_readopt_never_signals_a_reused_pid(
     kernel: KernelSession, engine: Engine, make_settings
 ) -> None:
-    k = engine.kernel(kernel.id)
+    k = engine.kernels.get(kernel.id)
     k.started = (k.started or 0) + 12345  # as if the PID now belonged to another process
     engine.registry.put_kernel(k)
     again = Engine(make_settings()).start()
     try:
-        assert again.kernel(kernel.id).status == "dead"
+        assert again.kernels.get(kernel.id).status == "dead"
         with pytest.raises(Exception, match="not running"):
             again.interrupt_kernel(kernel.id)
         assert os.path.exists(f"/proc/{k.pid}")

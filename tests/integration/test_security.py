@@ -114,13 +114,13 @@ def test_crafted_image_is_refused_by_restore_and_kernel_untouched(
     kernel.run("x = 'snapshot'")
     snap = _snap(engine, kernel)
     kernel.run("x = 'current'")
-    pid_before = engine.kernel(kernel.id).pid
+    pid_before = engine.kernels.get(kernel.id).pid
     rewrite_stored(engine.store.path(snap.id), _core_name(engine, snap), CRAFTS[craft])
     with pytest.raises(RestoreFailed, match="snapshot image refused") as info:
         engine.restore(snap.id)
     assert info.value.details["rolled_back"] is True
     assert "the kernel was not touched" in info.value.message
-    assert engine.kernel(kernel.id).pid == pid_before
+    assert engine.kernels.get(kernel.id).pid == pid_before
     assert kernel.value("x") == "'current'"
     assert capable_processes(kernel_user.pw_uid) == []
 
@@ -328,7 +328,7 @@ def test_restored_pid_is_checked_not_read(
     finally:
         attacker.kill()
         attacker.wait()
-    k = engine.kernel(kernel.id)
+    k = engine.kernels.get(kernel.id)
     assert k.pid == snap.pid and k.pid != 1
     assert check_restored(1, kernel_user.pw_uid, 0) is not None
     assert check_restored(os.getpid(), kernel_user.pw_uid, ticks_now()) is not None
@@ -419,7 +419,7 @@ def test_kernels_of_other_owners_run_as_other_uids(
     engine: Engine, kernel_user: pwd.struct_passwd, second_user: pwd.struct_passwd
 ) -> None:
     mine = KernelSession(engine)
-    theirs = engine.launch_kernel(owner_uid=second_user.pw_uid)
+    theirs = engine.kernels.launch(owner_uid=second_user.pw_uid)
     try:
         status = Path(f"/proc/{theirs.pid}/status").read_text()
         assert f"Uid:\t{second_user.pw_uid}\t" in status
@@ -438,12 +438,12 @@ def test_kernels_of_other_owners_run_as_other_uids(
             engine.snapshot_info(snap.id, owner_uid=kernel_user.pw_uid)
     finally:
         mine.close()
-        engine.supervisor.remove(engine.kernel(theirs.id))
+        engine.supervisor.remove(engine.kernels.get(theirs.id))
 
 
 def test_failed_launch_leaves_nothing(engine: Engine) -> None:
     before = set(engine.supervisor.kernels_dir.iterdir())
     with pytest.raises(Exception, match="no such program"):
-        engine.launch_kernel(owner_uid=0, argv=["/nonexistent/python", "-m", "ipykernel_launcher"])
+        engine.kernels.launch(owner_uid=0, argv=["/nonexistent/python", "-m", "ipykernel_launcher"])
     assert set(engine.supervisor.kernels_dir.iterdir()) == before
-    assert engine.kernels() == []
+    assert engine.kernels.list() == []

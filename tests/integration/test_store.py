@@ -70,12 +70,12 @@ def test_damage_is_confined_to_the_snapshots_that_need_the_chunk(
     with pack.open("r+b") as fh:  # the pages only the second snapshot has
         fh.seek(pack.stat().st_size // 2)
         fh.write(b"\xde\xad\xbe\xef" * 64)
-    pid = engine.kernel(kernel.id).pid
+    pid = engine.kernels.get(kernel.id).pid
     with pytest.raises(RestoreFailed, match="checksum") as info:
         engine.restore(second.id)
         kernel.after_restore()
     assert "not touched" in info.value.message
-    assert engine.kernel(kernel.id).pid == pid
+    assert engine.kernels.get(kernel.id).pid == pid
     assert kernel.value("v") == "'current'"
     engine.restore(first.id)  # shares most pages, but not the damaged ones
     kernel.after_restore()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 import threading
 from pathlib import Path
 
@@ -266,7 +267,8 @@ def _msg(fields: dict[int, int]) -> bytes:
 def dump_with_pagemap(tmp_path: Path, data: bytes, vaddr: int = 0x7F0000000000) -> Path:
     """A dump whose one process (pid 100) maps ``data`` contiguously at ``vaddr``."""
     d = dump(tmp_path, data)
-    pm = b"\x00" * 8 + _msg({1: 1}) + _msg({1: vaddr, 4: 4, 5: len(data) // PAGE})
+    magics = struct.pack("<II", 0x54564319, 0x56084025)  # IMG_COMMON_MAGIC, PAGEMAP_MAGIC
+    pm = magics + _msg({1: 1}) + _msg({1: vaddr, 4: 4, 5: len(data) // PAGE})
     (d / "pagemap-100.img").write_bytes(pm)
     return d
 

@@ -17,7 +17,7 @@ def engine() -> Engine:
 def kernel_view(k: Kernel) -> dict[str, Any]:
     e = engine()
     d = k.public()
-    d["auto"] = e.auto_settings(k)
+    d["auto"] = e.kernels.auto_settings(k).public()
     last = e.last_snapshot(k)
     d["last_snapshot"] = last.public() if last else None
     return d

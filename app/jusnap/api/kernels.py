@@ -32,7 +32,7 @@ bp = APIBlueprint("kernels", __name__)
 @bp.output(KernelOut(many=True))
 @bp.doc(responses=errors())
 def list_kernels() -> list[dict[str, Any]]:
-    return [kernel_view(k) for k in engine().kernels(identity().owner)]
+    return [kernel_view(k) for k in engine().kernels.list(identity().owner)]
 
 
 @bp.post("")
@@ -44,7 +44,7 @@ def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
     e = engine()
     # Any local user may start kernels: they run as that user's own uid (root's as the kernel
     # user), so a caller only ever gets a process it could have started itself.
-    k = e.launch_kernel(
+    k = e.kernels.launch(
         owner_uid=who.uid,
         argv=body.get("argv"),
         env=body.get("env"),
@@ -60,14 +60,14 @@ def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
 @bp.output(KernelOut)
 @bp.doc(responses=errors(*BY_ID))
 def get_kernel(kernel_id: str) -> dict[str, Any]:
-    return kernel_view(engine().kernel(kernel_id, identity().owner))
+    return kernel_view(engine().kernels.get(kernel_id, identity().owner))
 
 
 @bp.get("/<kernel_id>/connection")
 @bp.output(KernelCreatedOut)
 @bp.doc(responses=errors(*BY_ID))
 def get_connection(kernel_id: str) -> dict[str, Any]:
-    k = engine().kernel(kernel_id, identity().owner)
+    k = engine().kernels.get(kernel_id, identity().owner)
     return {**kernel_view(k), "connection": k.connection}
 
 
@@ -75,7 +75,7 @@ def get_connection(kernel_id: str) -> dict[str, Any]:
 @bp.output({}, status_code=204)
 @bp.doc(responses=errors(*BY_ID, 409))
 def shutdown_kernel(kernel_id: str) -> tuple[str, int]:
-    engine().shutdown_kernel(kernel_id, identity().owner)
+    engine().kernels.shutdown(kernel_id, identity().owner)
     return "", 204
 
 
@@ -83,14 +83,14 @@ def shutdown_kernel(kernel_id: str) -> tuple[str, int]:
 @bp.output(KernelOut)
 @bp.doc(responses=errors(*BY_ID, 409))
 def restart_kernel(kernel_id: str) -> dict[str, Any]:
-    return kernel_view(engine().restart_kernel(kernel_id, identity().owner))
+    return kernel_view(engine().kernels.restart(kernel_id, identity().owner))
 
 
 @bp.post("/<kernel_id>/interrupt")
 @bp.output({}, status_code=204)
 @bp.doc(responses=errors(*BY_ID, 409))
 def interrupt_kernel(kernel_id: str) -> tuple[str, int]:
-    engine().interrupt_kernel(kernel_id, identity().owner)
+    engine().kernels.interrupt(kernel_id, identity().owner)
     return "", 204
 
 
@@ -99,7 +99,7 @@ def interrupt_kernel(kernel_id: str) -> tuple[str, int]:
 @bp.output({}, status_code=204)
 @bp.doc(responses=errors(*BY_ID, *BODY, 409))
 def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
-    engine().signal_kernel(kernel_id, body["signal"], identity().owner)
+    engine().kernels.signal(kernel_id, body["signal"], identity().owner)
     return "", 204
 
 
@@ -108,7 +108,7 @@ def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
 @bp.doc(responses=errors(*BY_ID))
 def get_auto(kernel_id: str) -> dict[str, Any]:
     e = engine()
-    return e.auto_settings(e.kernel(kernel_id, identity().owner))
+    return e.kernels.auto_settings(e.kernels.get(kernel_id, identity().owner)).public()
 
 
 @bp.patch("/<kernel_id>/auto")
@@ -117,8 +117,8 @@ def get_auto(kernel_id: str) -> dict[str, Any]:
 @bp.doc(responses=errors(*BY_ID, *BODY))
 def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
     e = engine()
-    k = e.set_auto(kernel_id, identity().owner, body.get("enabled"), body.get("cooldown"))
-    return e.auto_settings(k)
+    k = e.kernels.set_auto(kernel_id, identity().owner, body.get("enabled"), body.get("cooldown"))
+    return e.kernels.auto_settings(k).public()
 
 
 @bp.get("/<kernel_id>/snapshots")
@@ -127,7 +127,7 @@ def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
 def list_snapshots(kernel_id: str) -> list[dict[str, Any]]:
     """The kernel's snapshots and those of its notebook; ``restorable``: they fit its ports."""
     e = engine()
-    k = e.kernel(kernel_id, identity().owner)
+    k = e.kernels.get(kernel_id, identity().owner)
     snaps = e.list_snapshots(k.id, identity().owner)
     return [{**s.public(), "restorable": s.ports == k.ports()} for s in snaps]
 
@@ -148,7 +148,7 @@ def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any
     trigger = body.get("trigger", "manual")
     if body.get("wait") is False:
         # Asked from inside the kernel: answer first, dump once the kernel has hung up.
-        k = e.kernel(kernel_id, owner)
+        k = e.kernels.get(kernel_id, owner)
         skipped = e.check_auto(k.id, owner) if trigger == "auto" else None
         if skipped is not None:
             return skipped.public(), 200

@@ -7,6 +7,8 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range, Regexp
 from marshmallow import RAISE, ValidationError
 
+from ..autosnap import MAX_COOLDOWN
+
 KERNEL_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # Strings that reach argv, the environment, file names or SQLite: no NUL (a process cannot get
 # it), no lone surrogate (no encoding can store it); labels also without control characters.
@@ -71,7 +73,7 @@ class AutoOut(Schema):
 
 class AutoIn(Strict):
     enabled = Boolean()
-    cooldown = Float(validate=Range(0, 86400))
+    cooldown = Float(validate=Range(0, MAX_COOLDOWN))
 
 
 class SnapshotOut(Schema):

@@ -8,6 +8,7 @@ is answering again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -34,11 +35,18 @@ def _url(conn: dict[str, Any], port_key: str) -> str:
 
 
 class IopubMonitor:
-    """One background thread watching the IOPub channel of one kernel."""
+    """One background thread watching the IOPub channel of one kernel.
+
+    Besides the live state it keeps when each recent cell started (the kernel's own
+    timestamp on ``execute_input``), so that a snapshot can record the execution count the
+    frozen process really had, even when the kernel ran on while the request was on its way.
+    """
 
     def __init__(self, conn: dict[str, Any], on_update: Callable[[dict[str, Any]], None]) -> None:
         self.conn = conn
         self.on_update = on_update
+        self.inputs: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
+        self.newest = 0.0  # kernel timestamp of the newest message seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jusnap-iopub", daemon=True)
 
@@ -67,11 +75,33 @@ class IopubMonitor:
                     msg = session.deserialize(msg_frames, content=True, copy=True)
                 except Exception:  # noqa: S112 - a bad frame must not kill the watcher
                     continue
+                self._note(msg)
                 update = _interpret(msg)
                 if update:
                     self.on_update(update)
         finally:
             sock.close(0)
+
+    def _note(self, msg: dict[str, Any]) -> None:
+        date = msg["header"].get("date")
+        when = date.timestamp() if hasattr(date, "timestamp") else None
+        if when is None:
+            return
+        self.newest = max(self.newest, when)
+        content = msg.get("content") or {}
+        count = content.get("execution_count")
+        if msg["header"].get("msg_type") == "execute_input" and isinstance(count, int):
+            self.inputs.append((when, count))
+
+    def count_at(self, when: float, settle: float) -> int | None:
+        """The execution count of the last cell that started before ``when`` (None: no cell
+        seen). Waits up to ``settle`` seconds for messages published before ``when`` that
+        may still be on their way (until one from after ``when`` arrives)."""
+        deadline = time.monotonic() + settle
+        while self.newest < when and time.monotonic() < deadline:
+            time.sleep(0.005)
+        before = [count for t, count in list(self.inputs) if t <= when]
+        return before[-1] if before else None
 
 
 def _interpret(msg: dict[str, Any]) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from ..registry import Kernel, Registry
 
 log = logging.getLogger(__name__)
 
-_PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _SAFE_ENV = ("LANG", "LC_ALL", "TZ")
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL,
            "SIGHUP": signal.SIGHUP, "SIGUSR1": signal.SIGUSR1, "SIGUSR2": signal.SIGUSR2,
@@ -58,7 +58,7 @@ def ports_free(conn: dict[str, Any]) -> bool:
     """Whether a kernel could bind all of ``conn``'s ports now (as ZeroMQ does: SO_REUSEADDR)."""
     socks = []
     try:
-        for key in _PORT_KEYS:
+        for key in PORT_KEYS:
             s = socket.socket()
             socks.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -73,7 +73,7 @@ def ports_free(conn: dict[str, Any]) -> bool:
 
 def new_connection(kernel_name: str = "python3") -> dict[str, Any]:
     ports = free_ports()
-    conn: dict[str, Any] = dict(zip(_PORT_KEYS, ports, strict=True))
+    conn: dict[str, Any] = dict(zip(PORT_KEYS, ports, strict=True))
     conn.update(
         ip="127.0.0.1",
         transport="tcp",
@@ -88,12 +88,12 @@ def check_connection(conn: object) -> dict[str, Any]:
     if not isinstance(conn, dict):
         raise InvalidRequest("connection must be an object")
     out: dict[str, Any] = {}
-    for key in _PORT_KEYS:
+    for key in PORT_KEYS:
         port = conn.get(key)
         if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
             raise InvalidRequest(f"connection.{key} must be a port number 1024-65535")
         out[key] = port
-    if len(set(out.values())) != len(_PORT_KEYS):
+    if len(set(out.values())) != len(PORT_KEYS):
         raise InvalidRequest("connection ports must differ")
     key = conn.get("key")
     if not isinstance(key, str) or not 16 <= len(key) <= 256:
