@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 import xxhash
 
 from ..errors import ConfigError, RestoreFailed, SnapshotFailed, StoreFull
+from ..fsutil import fsync_dir, open_nofollow, open_regular, write_all
 from ..ids import SNAPSHOT_ID_RE
 from . import pagemap
 from .cas import PAGE, ChunkError, ChunkStore, hash_tree, split_digests
@@ -106,14 +106,6 @@ def is_page_image(name: str) -> bool:
     return name.startswith("pages-") and name.endswith(".img")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_fd(src: int, dst: int) -> tuple[int, str]:
     h = xxhash.xxh3_128()
     total = 0
@@ -125,9 +117,7 @@ def _copy_fd(src: int, dst: int) -> tuple[int, str]:
             break
         chunk = view[:n]
         h.update(chunk)
-        written = 0
-        while written < n:
-            written += os.write(dst, chunk[written:])
+        write_all(dst, chunk)
         total += n
     return total, h.hexdigest()
 
@@ -150,15 +140,6 @@ def _read_pieces(fd: int) -> Iterator[bytes]:
             return
 
 
-def _open_untrusted(dirfd: int, name: str) -> int:
-    """Open a file in a user-owned directory: no links, regular files only."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, f"{name} is not a regular file")
-    return fd
-
-
 def write_manifest(directory: Path, manifest: Manifest, name: str = MANIFEST) -> None:
     """Write ``name`` in ``directory`` atomically (temp, fsync, rename)."""
     data = {"version": manifest.version, "owner": manifest.owner,
@@ -168,13 +149,13 @@ def write_manifest(directory: Path, manifest: Manifest, name: str = MANIFEST) ->
     tmp = directory / f".{name}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(directory / name)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -240,6 +221,10 @@ class LocalStore:
     def owners(self) -> list[int]:
         return sorted(int(p.name) for p in self.chunk_root.iterdir() if p.name.isdigit())
 
+    def has_chunks(self, owner: int) -> bool:
+        """Whether ``owner`` has a chunk store, without creating one (reads must not write)."""
+        return owner in self._chunks or (self.chunk_root / str(int(owner))).is_dir()
+
     def path(self, snapshot_id: str) -> Path:
         if not SNAPSHOT_ID_RE.match(snapshot_id):
             raise ValueError(snapshot_id)
@@ -295,11 +280,7 @@ class LocalStore:
                         sources.append((store_name, -1, str(path)))
                     for store_name, dirfd, name in sources:
                         try:
-                            src = (
-                                _open_untrusted(dirfd, name)
-                                if dirfd >= 0
-                                else _open_untrusted_path(Path(name))
-                            )
+                            src = open_regular(name, dir_fd=dirfd if dirfd >= 0 else None)
                         except FileNotFoundError:
                             continue
                         except OSError as exc:
@@ -327,7 +308,7 @@ class LocalStore:
                 manifest = Manifest(VERSION, owner, files, writer.new_bytes, writer.new_page_bytes)
                 write_manifest(partial, manifest)
                 partial.rename(final)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             if root is not None:
                 self._parents.pop((owner, root), None)
                 if 0 < len(addresses) <= PARENT_LIMIT:
@@ -356,7 +337,7 @@ class LocalStore:
         return StoredFile(name, len(data), digest.hex(), mode, cas=True)
 
     def _put_whole(self, partial: Path, name: str, src: int, mode: int) -> StoredFile:
-        dst = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dst = open_nofollow(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             size, digest = _copy_fd(src, dst)
             os.fsync(dst)
@@ -437,9 +418,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             try:
-                dst = os.open(
-                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                )
+                dst = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except OSError as exc:
                 raise RestoreFailed(
                     f"cannot stage snapshot {snapshot_id}: {exc.strerror or exc}"
@@ -473,7 +452,7 @@ class LocalStore:
 
     def _stage_whole(self, snapshot_id: str, src_dir: Path, f: StoredFile, dst: int) -> None:
         try:
-            src = os.open(src_dir / f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            src = open_nofollow(src_dir / f.name)
         except OSError:
             raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} is missing") from None
         try:
@@ -494,10 +473,7 @@ class LocalStore:
             ) from None
         if len(data) != f.size:
             raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum")
-        view = memoryview(data)
-        written = 0
-        while written < len(data):
-            written += os.write(dst, view[written:])
+        write_all(dst, data)
 
     def _stage_pages(self, snapshot_id: str, cs: ChunkStore, f: StoredFile, dst: int) -> None:
         """Reassemble a page image, several pieces at a time (zstd releases the GIL)."""
@@ -549,9 +525,9 @@ def replace_contents(src: Path, dst: Path) -> None:
     if not dst.exists():
         src.replace(dst)
         return
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    sfd = open_nofollow(src)
     try:
-        dfd = os.open(dst, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        dfd = open_nofollow(dst, os.O_WRONLY | os.O_TRUNC)
         try:
             _copy_fd(sfd, dfd)
             os.fchmod(dfd, os.fstat(sfd).st_mode & 0o777)
@@ -561,11 +537,3 @@ def replace_contents(src: Path, dst: Path) -> None:
     finally:
         os.close(sfd)
     src.unlink()
-
-
-def _open_untrusted_path(path: Path) -> int:
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return _open_untrusted(dfd, path.name)
-    finally:
-        os.close(dfd)
