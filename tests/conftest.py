@@ -195,10 +195,24 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli_argv(self) -> list[str]:
+        return [sys.executable, "-m", "jusnap.cli", "--socket", self.socket]
+
+    def cli(
+        self, *args: str, timeout: float = 300, user: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The real CLI, as root or (``user``) as another local user over the same socket."""
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime")}
+        as_user: list[str] = []
+        if user is not None:
+            pw = pwd.getpwnam(user)
+            as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+            runtime = self.state_dir / f"runtime-{user}"
+            runtime.mkdir(exist_ok=True)
+            os.chown(runtime, pw.pw_uid, pw.pw_gid)
+            env["JUPYTER_RUNTIME_DIR"] = str(runtime)
         return subprocess.run(
-            [sys.executable, "-m", "jusnap.cli", "--socket", self.socket, *args],
+            [*as_user, *self.cli_argv(), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
