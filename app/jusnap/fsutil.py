@@ -56,10 +56,14 @@ def open_regular(name: Path | str, dir_fd: int | None = None) -> int:
     return fd
 
 
-def connect_wal(path: Path, **kwargs: object) -> sqlite3.Connection:
+def connect_wal(
+    path: Path, timeout: float = 5.0, check_same_thread: bool = True
+) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions via :func:`immediate`), WAL, and
     ``synchronous=FULL``: a committed row survives a power cut, as the files it points to do."""
-    db = sqlite3.connect(path, isolation_level=None, **kwargs)  # type: ignore[arg-type]
+    db = sqlite3.connect(
+        path, timeout=timeout, check_same_thread=check_same_thread, isolation_level=None
+    )
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     return db
