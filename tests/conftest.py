@@ -200,18 +200,26 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
 
+    def cli_argv(self) -> list[str]:
+        return [sys.executable, "-m", "jusnap.cli", "--socket", self.socket]
+
     def cli(
-        self, *args: str, timeout: float = 300, user: pwd.struct_passwd | None = None
+        self, *args: str, timeout: float = 300, user: str | pwd.struct_passwd | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """The CLI as root (the administrator), or as ``user`` (an owner like any other)."""
+        """The real CLI, as root (the administrator) or (``user``) as another local user over
+        the same socket: an owner like any other."""
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime")}
-        as_user = []
+        as_user: list[str] = []
         if user is not None:
-            env.update(HOME=user.pw_dir, JUPYTER_RUNTIME_DIR=f"{user.pw_dir}/.jusnap-runtime")
-            as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-                       "--init-groups", "--"]  # fmt: skip
+            pw = pwd.getpwnam(user) if isinstance(user, str) else user
+            as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+            runtime = self.state_dir / f"runtime-{pw.pw_name}"
+            runtime.mkdir(exist_ok=True)
+            os.chown(runtime, pw.pw_uid, pw.pw_gid)
+            env["JUPYTER_RUNTIME_DIR"] = str(runtime)
+            env["HOME"] = pw.pw_dir
         return subprocess.run(
-            [*as_user, sys.executable, "-m", "jusnap.cli", "--socket", self.socket, *args],
+            [*as_user, *self.cli_argv(), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
-from .client import Client
+from .client import Client, default_socket
 from .config import add_flags, settings_from_args
-from .errors import InvalidRequest, JusnapError
+from .errors import InvalidRequest, JusnapError, KernelNotFound
 from .ids import check_snapshot_id
 
 EXIT_CODES = """exit codes:
@@ -168,8 +168,6 @@ def resolve_kernel(client: Client, ref: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        from .errors import KernelNotFound
-
         raise KernelNotFound(f"no such kernel: {ref}")
     raise InvalidRequest(f"kernel id prefix {ref!r} is ambiguous")
 
@@ -402,15 +400,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad command line; the documented code for one is 64 (EX_USAGE)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(InvalidRequest.exit_code, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jusnap",
         description="Snapshot and restore whole Jupyter kernels in place.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"jusnap {__version__}")
-    p.add_argument("--socket", default=os.environ.get("JUSNAP_SOCKET", "/run/jusnap/jusnap.sock"),
+    p.add_argument("--socket", default=default_socket(),
                    help="the daemon's Unix socket (default: %(default)s)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

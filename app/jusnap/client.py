@@ -1,20 +1,34 @@
-"""A small client of the daemon's API over its Unix socket (stdlib only).
+"""The one client of the daemon's API over its Unix socket (stdlib only).
 
-Used by the CLI and by what runs inside Jupyter (provisioner, auto-snapshot extension): the
-socket identifies the caller by uid, so none of them needs a password.
+Used by the CLI and by what runs inside Jupyter (the provisioner, the API proxy, and the
+auto-snapshot extension inside every kernel), so it imports nothing beyond the standard library
+and :mod:`jusnap.errors`: the Jupyter environment installs the ``jusnap`` package for it, and
+importing this module must not pull in the daemon's dependencies. The socket tells the daemon
+our uid (``SO_PEERCRED``), so no secret is needed.
+
+Every connection is closed before a call returns, also when connecting fails: the
+auto-snapshot extension depends on it (a kernel must hold no connection to the daemon when it
+is dumped, and a leaked socket would be).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 from typing import Any
 from urllib.parse import quote
 
-from .errors import DaemonUnavailable, JusnapError
+from .errors import DaemonUnavailable, JusnapError, by_code
 
 PREFIX = "/jusnap/api/v1"
+DEFAULT_SOCKET = "/run/jusnap/jusnap.sock"
+
+
+def default_socket() -> str:
+    """``$JUSNAP_SOCKET`` or the appliance's socket: one default for the CLI and Jupyter."""
+    return os.environ.get("JUSNAP_SOCKET") or DEFAULT_SOCKET
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -24,13 +38,17 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self._path)
+        try:
+            s.settimeout(self.timeout)
+            s.connect(self._path)
+        except BaseException:
+            s.close()
+            raise
         self.sock = s
 
 
 class ApiError(JusnapError):
-    """An error answered by the daemon, carrying its code and status through."""
+    """An error answered by the daemon: its code, status and the exit code of its class."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(
@@ -38,11 +56,36 @@ class ApiError(JusnapError):
         )
         self.code = str(body.get("error", "error"))
         self.http_status = status
-        self.exit_code = _EXIT_BY_CODE.get(self.code) or _EXIT_BY_STATUS.get(status, 1)
+        self.exit_code = by_code(self.code).exit_code
 
 
-_EXIT_BY_CODE = {"validation_failed": 64, "invalid_request": 64, "kernel_not_running": 4}
-_EXIT_BY_STATUS = {400: 64, 401: 77, 403: 77, 404: 3, 409: 75, 422: 7, 500: 6, 503: 69, 507: 5}
+def raw_request(
+    socket_path: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 600.0,
+) -> tuple[int, str, bytes]:
+    """One request, answered as (status, content type, body) whatever the status: the Jupyter
+    proxy passes errors through unchanged. Raises DaemonUnavailable if there is no answer."""
+    conn = _UnixConnection(socket_path, timeout)
+    hdrs = {"Accept": "application/json", "Connection": "close", **(headers or {})}
+    try:
+        conn.request(method, path, body, hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, resp.getheader("Content-Type", "application/json"), data
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise DaemonUnavailable(
+            f"the jusnap daemon is not running (no socket at {socket_path})"
+        ) from None
+    except PermissionError:
+        raise DaemonUnavailable(f"cannot connect to {socket_path}: permission denied") from None
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+        raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
+    finally:
+        conn.close()
 
 
 def _q(segment: str) -> str:
@@ -51,41 +94,25 @@ def _q(segment: str) -> str:
 
 
 class Client:
-    def __init__(self, socket_path: str, timeout: float = 600.0) -> None:
-        self.socket_path = socket_path
+    def __init__(self, socket_path: str | None = None, timeout: float = 600.0) -> None:
+        self.socket_path = socket_path or default_socket()
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        conn = _UnixConnection(self.socket_path, self.timeout)
-        headers = {"Accept": "application/json"}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, PREFIX + path, payload, headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonUnavailable(
-                f"the jusnap daemon is not running (no socket at {self.socket_path})"
-            ) from None
-        except PermissionError:
-            raise DaemonUnavailable(
-                f"cannot connect to {self.socket_path}: permission denied"
-            ) from None
-        except (TimeoutError, OSError) as exc:
-            raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
-        finally:
-            conn.close()
+        """A JSON call under ``/jusnap/api/v1``; an error status raises :class:`ApiError`."""
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        status, _, raw = raw_request(
+            self.socket_path, method, PREFIX + path, payload, headers, self.timeout
+        )
         data: Any = None
         if raw:
             try:
                 data = json.loads(raw)
             except ValueError:
                 data = {"error": "bad_response", "message": raw[:200].decode(errors="replace")}
-        if resp.status >= 400:
-            raise ApiError(resp.status, data if isinstance(data, dict) else {})
+        if status >= 400:
+            raise ApiError(status, data if isinstance(data, dict) else {})
         return data
 
     # convenience wrappers, one per API call

@@ -26,9 +26,9 @@ from .autosnap import check_cooldown
 from .errors import ConfigError, InvalidRequest
 
 DEFAULT_CONFIG_PATH = "/etc/jusnap/conf.yml"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")  # \Z: no trailing newline
 
 
 class Duration(float):
@@ -358,7 +358,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "jusnap.http.host: the API binds to loopback only (nginx faces the network)"
         )
-    if j.jupyter.url and not re.match(r"^https?://[^/\s]+(/\S*)?$", j.jupyter.url):
+    if j.jupyter.url and not re.match(r"^https?://[^/\s]+(/\S*)?\Z", j.jupyter.url):
         raise ConfigError(f"jusnap.jupyter.url: expected an http(s) URL, got {j.jupyter.url!r}")
     try:
         shlex.split(j.ipython.args)

@@ -2,7 +2,8 @@
 
 Every failure a user can cause or meet carries a stable machine-readable ``code``, the HTTP
 status the API answers with, and the CLI exit code, so the three surfaces never disagree about
-what went wrong.
+what went wrong. A client that only sees the API's JSON finds the class again by its ``code``
+(:func:`by_code`): an exit code is never guessed from an HTTP status, which several codes share.
 """
 
 from __future__ import annotations
@@ -39,6 +40,34 @@ class InvalidRequest(JusnapError):
     code = "invalid_request"
     http_status = 400
     exit_code = 64  # EX_USAGE
+
+
+class ValidationFailed(InvalidRequest):
+    """A body or query that does not match the API's schema."""
+
+    code = "validation_failed"
+    http_status = 422
+
+
+class MethodNotAllowed(InvalidRequest):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class TooLarge(InvalidRequest):
+    code = "too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(InvalidRequest):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class InternalError(JusnapError):
+    """A bug or an unforeseen failure in the daemon (its log has the traceback)."""
+
+    code = "internal_error"
 
 
 class Unauthorized(JusnapError):
@@ -128,3 +157,28 @@ class DaemonUnavailable(JusnapError):
     code = "daemon_unavailable"
     http_status = 503
     exit_code = 69  # EX_UNAVAILABLE
+
+
+def _all(cls: type[JusnapError]) -> list[type[JusnapError]]:
+    return [cls] + [c for sub in cls.__subclasses__() for c in _all(sub)]
+
+
+_BY_CODE: dict[str, type[JusnapError]] = {c.code: c for c in _all(JusnapError)}
+
+# The class a bare HTTP status stands for, when no JusnapError was raised (werkzeug's routing
+# and size limits, APIFlask's validation): the first class declared with that status.
+_BY_STATUS: dict[int, type[JusnapError]] = {
+    c.http_status: c for c in reversed([InternalError, *_all(JusnapError)[1:]])
+}
+
+
+def by_code(code: str) -> type[JusnapError]:
+    """The class behind an API error ``code``; the base class (exit 1) for a code unknown here,
+    e.g. from a newer daemon."""
+    return _BY_CODE.get(code, JusnapError)
+
+
+def code_for_status(status: int) -> str:
+    """The ``error`` code the API answers for a bare HTTP status (``error`` if none fits)."""
+    cls = _BY_STATUS.get(status)
+    return cls.code if cls else "error"

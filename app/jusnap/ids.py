@@ -2,6 +2,11 @@
 
 Snapshot ids are ULIDs (time-ordered, so sorting by id is sorting by creation). Kernel ids are
 UUIDs, the form Jupyter already uses for its kernels.
+
+Every pattern ends in ``\\Z``, not ``$``: Python's ``$`` also matches before a final newline, so
+``"<id>\\n"`` passed as a different id that looks the same (a second kernel with the same
+visible id was created that way). The OpenAPI document spells ``\\Z`` as ``$``, which means the
+end of the text in JSON Schema (see ``api/docs.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import uuid
 from .errors import InvalidRequest
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-SNAPSHOT_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-KERNEL_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+SNAPSHOT_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}\Z")
+KERNEL_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 _last = 0

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
+
+from .fsutil import open_regular
 
 
 def open_untrusted(dirfd: int, name: str, owner: int | None = None) -> int:
@@ -23,11 +24,8 @@ def open_untrusted(dirfd: int, name: str, owner: int | None = None) -> int:
     """
     if "/" in name or name in ("", ".", ".."):
         raise OSError(errno.EINVAL, f"{name!r} is not a plain file name")
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+    fd = open_regular(name, dir_fd=dirfd)
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, f"{name} is not a regular file")
     if owner is not None and (st.st_uid != owner or st.st_nlink != 1):
         os.close(fd)
         raise OSError(errno.EPERM, f"{name} is not a file of uid {owner}")

@@ -22,3 +22,15 @@ def test_ids_validate() -> None:
     for bad in ["", "not-a-uuid", "00000000-0000-4000-8000-00000000000G", "../../etc"]:
         with pytest.raises(InvalidRequest):
             check_kernel_id(bad)
+
+
+def test_ids_with_a_trailing_newline_are_refused() -> None:
+    """Python's ``$`` matches before a final newline: ``"<id>\\n"`` once passed as an id that
+    looks like another kernel's (a second kernel with the same visible id was created)."""
+    kid, sid = new_kernel_id(), new_snapshot_id()
+    for bad in (f"{kid}\n", f"{kid}\r\n", f"\n{kid}"):
+        with pytest.raises(InvalidRequest):
+            check_kernel_id(bad)
+    for bad in (f"{sid}\n", f"{sid}\n\n"):
+        with pytest.raises(InvalidRequest):
+            check_snapshot_id(bad)

@@ -15,28 +15,15 @@ from flask import g, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import JusnapError
+from ..errors import InternalError, JusnapError, code_for_status
 from ..snapshots import Engine
 from . import auth
 from .browser import JupyterVouch
-from .docs import SECURITY, SECURITY_SCHEMES, refine
+from .docs import SECURITY, SECURITY_SCHEMES, DictKeys, refine
 from .schemas import ErrorOut
 
 PREFIX = "/jusnap/api/v1"
 log = logging.getLogger(__name__)
-
-_HTTP_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "busy",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "validation_failed",
-    500: "internal_error",
-}
 
 
 def _describe(detail: Any, prefix: str = "") -> str:
@@ -62,6 +49,7 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         version=__version__,
         spec_path=f"{PREFIX}/openapi.json",
         docs_path=None,
+        spec_plugins=[DictKeys()],
     )
     app.config.update(
         JUSNAP_ENGINE=engine,
@@ -102,7 +90,7 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         if err.status_code == 422 and err.detail:
             message = "invalid request: " + _describe(err.detail)
         body: dict[str, Any] = {
-            "error": _HTTP_CODES.get(err.status_code, "error"),
+            "error": code_for_status(err.status_code),
             "message": message,
         }
         if err.detail:
@@ -120,7 +108,7 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
         headers = [(k, v) for k, v in err.get_headers() if k.lower() != "content-type"]
         return (
             {
-                "error": _HTTP_CODES.get(code, "error"),
+                "error": code_for_status(code),
                 "message": err.description or err.name,
             },
             code,
@@ -130,7 +118,7 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> tuple[dict[str, Any], int]:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return {"error": "internal_error", "message": "internal error; see the daemon log"}, 500
+        return InternalError("internal error; see the daemon log").to_dict(), 500
 
     @app.before_request
     def authenticate() -> None:

@@ -64,10 +64,6 @@ def authenticate(request: Request) -> Identity:
     uid = peer_uid(request)
     if uid is not None:
         return Identity(uid, "socket")
-    test_uid = current_app.config.get("JUSNAP_TEST_PEER_UID")
-    if test_uid is not None and request.environ.get("jusnap.test_peer", True):
-        # Only set by the test-suite's app factory; never by the daemon.
-        return Identity(int(test_uid), "test")
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     vouch: JupyterVouch | None = current_app.config.get("JUSNAP_JUPYTER_VOUCH")

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from apispec import APISpec, BasePlugin
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.field_converter import FieldConverterMixin
+from marshmallow import fields
+
 from ..ids import KERNEL_ID_RE, SNAPSHOT_ID_RE
 
 _WHY = {
@@ -71,11 +76,50 @@ SECURITY_SCHEMES = {
 }
 SECURITY = [{"AdminToken": []}, {"JupyterToken": []}, {"JupyterCookie": []}]
 
+
+def json_schema_pattern(pattern: str) -> str:
+    """A Python pattern as JSON Schema writes it: Python's ``\\Z`` (end of text) is ``$`` there
+    (ECMA-262 ``$`` without the multiline flag), and ``\\Z`` is not valid in ECMA-262."""
+    return pattern[:-2] + "$" if pattern.endswith("\\Z") else pattern
+
+
+def _patterns(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                node[key] = json_schema_pattern(value)
+            else:
+                _patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            _patterns(item)
+
+
+class DictKeys(BasePlugin):
+    """Documents a Dict field's key rules as ``propertyNames`` (apispec documents only values),
+    so that e.g. the rules for environment variable names are in the document, not only in the
+    code."""
+
+    def init_spec(self, spec: APISpec) -> None:
+        for plugin in spec.plugins:
+            if isinstance(plugin, MarshmallowPlugin) and plugin.converter is not None:
+                plugin.converter.add_attribute_function(_property_names)
+
+
+def _property_names(self: FieldConverterMixin, field: Any, **kwargs: Any) -> dict[str, Any]:
+    keys = getattr(field, "key_field", None)
+    if isinstance(field, fields.Dict) and keys is not None:
+        return {"propertyNames": self.field2property(keys)}
+    return {}
+
+
 _ID_PATTERNS = {"kernel_id": KERNEL_ID_RE.pattern, "snapshot_id": SNAPSHOT_ID_RE.pattern}
 
 
 def refine(spec: dict[str, Any]) -> dict[str, Any]:
-    """What Flask's routes and APIFlask leave unsaid: id formats, bodies that must be present."""
+    """What Flask's routes and APIFlask leave unsaid: id formats, bodies that must be present;
+    patterns in JSON Schema's dialect."""
+    _patterns(spec)
     schemas = spec.get("components", {}).get("schemas", {})
     for ops in spec.get("paths", {}).values():
         for op in ops.values():
@@ -84,7 +128,8 @@ def refine(spec: dict[str, Any]) -> dict[str, Any]:
             for param in op.get("parameters", []):
                 pattern = _ID_PATTERNS.get(param.get("name", ""))
                 if pattern and param.get("in") == "path":
-                    param.setdefault("schema", {"type": "string"})["pattern"] = pattern
+                    schema = param.setdefault("schema", {"type": "string"})
+                    schema["pattern"] = json_schema_pattern(pattern)
             body = op.get("requestBody")
             if body:
                 ref = (

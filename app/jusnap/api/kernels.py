@@ -38,7 +38,7 @@ def list_kernels() -> list[dict[str, Any]]:
 @bp.post("")
 @bp.input(KernelIn, arg_name="body")
 @bp.output(KernelCreatedOut, status_code=201)
-@bp.doc(responses=errors(*BODY))
+@bp.doc(responses=errors(*BODY, 404))  # 404: kernel_id is another user's kernel
 def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
     who = identity()
     e = engine()

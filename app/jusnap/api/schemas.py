@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range, Regexp
-from marshmallow import RAISE, ValidationError
+from marshmallow import RAISE, ValidationError, validates_schema
 
 from ..autosnap import MAX_COOLDOWN
+from ..ids import KERNEL_ID_RE
 
-KERNEL_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # Strings that reach argv, the environment, file names or SQLite: no NUL (a process cannot get
 # it), no lone surrogate (no encoding can store it); labels also without control characters.
-TEXT = r"^[^\x00]*$"
-ENV_NAME = r"^[^\x00=]+$"
-LABEL = r"^[^\x00-\x1f\x7f]*$"
+# ``\Z``, not ``$``, ends each: ``$`` lets a final newline through (see ``ids.py``).
+TEXT = r"^[^\x00]*\Z"
+ENV_NAME = r"^[^\x00=]+\Z"
+LABEL = r"^[^\x00-\x1f\x7f]*\Z"
+PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
 def encodable(value: str) -> None:
@@ -23,6 +27,16 @@ def encodable(value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError("must be valid Unicode text (no lone surrogates)") from None
+
+
+class JsonBoolean(Boolean):
+    """``true`` or ``false`` only: marshmallow's Boolean also takes 0, 1, "yes", "on"..., which
+    the document (``type: boolean``) does not allow and a typo should not turn into a setting."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class Strict(Schema):
@@ -44,6 +58,8 @@ class HealthOut(Schema):
 
 
 class ConnectionIn(Strict):
+    """A kernel's ZeroMQ connection; its five ports must differ (each socket binds its own)."""
+
     shell_port = Integer(required=True, validate=Range(1024, 65535))
     iopub_port = Integer(required=True, validate=Range(1024, 65535))
     stdin_port = Integer(required=True, validate=Range(1024, 65535))
@@ -55,15 +71,24 @@ class ConnectionIn(Strict):
     signature_scheme = String(validate=OneOf(["hmac-sha256"]))
     kernel_name = String(validate=[Length(0, 64), Regexp(TEXT), encodable])
 
+    @validates_schema
+    def ports_differ(self, data: dict[str, Any], **kwargs: Any) -> None:
+        ports = [data[p] for p in PORTS if p in data]
+        if len(set(ports)) != len(ports):
+            raise ValidationError("the five ports must differ", field_name="_schema")
+
 
 class KernelIn(Strict):
-    kernel_id = String(validate=Regexp(KERNEL_ID))
+    kernel_id = String(validate=Regexp(KERNEL_ID_RE))
     argv = List(String(validate=[Length(1, 4096), Regexp(TEXT), encodable]), validate=Length(1, 64))
     env = Dict(keys=String(validate=[Length(1, 256), Regexp(ENV_NAME), encodable]),
                values=String(validate=[Length(0, 8192), Regexp(TEXT), encodable]))  # fmt: skip
     cwd = String(validate=[Length(1, 4096), Regexp(TEXT), encodable])
     notebook_path = String(validate=[Length(0, 4096), Regexp(TEXT), encodable], allow_none=True)
-    connection = Nested(ConnectionIn)
+    connection = Nested(
+        ConnectionIn,
+        metadata={"description": "the five ports must differ from each other (else 422)"},
+    )
 
 
 class AutoOut(Schema):
@@ -72,7 +97,7 @@ class AutoOut(Schema):
 
 
 class AutoIn(Strict):
-    enabled = Boolean()
+    enabled = JsonBoolean()
     cooldown = Float(validate=Range(0, MAX_COOLDOWN))
 
 
@@ -117,7 +142,7 @@ class SnapshotIn(Strict):
     label = String(validate=[Length(0, 200), Regexp(LABEL), encodable], allow_none=True)
     trigger = String(validate=OneOf(["manual", "auto"]))
     execution_count = Integer(validate=Range(0, 2**31), allow_none=True)
-    wait = Boolean(
+    wait = JsonBoolean(
         metadata={
             "description": "false: answer 202 at once, take the snapshot once the caller has"
             " closed its connection (for the kernel's own auto-snapshot extension)"
@@ -140,7 +165,7 @@ class LabelIn(Strict):
 
 
 class RestoreIn(Strict):
-    kernel_id = String(validate=Regexp(KERNEL_ID))
+    kernel_id = String(validate=Regexp(KERNEL_ID_RE))
 
 
 class RestoreOut(Schema):

@@ -33,6 +33,8 @@ from pathlib import Path
 import xxhash
 import zstandard
 
+from ..fsutil import connect_wal, fsync_dir, immediate, open_nofollow, write_all
+
 PAGE = 4096
 DIGEST = 16  # xxh3-128
 SQL_BATCH = 900  # below SQLite's default limit of host parameters
@@ -144,9 +146,7 @@ class ChunkStore:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.root / "index.db", timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db = connect_wal(self.root / "index.db", timeout=60)
             self._local.db = db
         return db
 
@@ -154,7 +154,7 @@ class ChunkStore:
     @contextlib.contextmanager
     def lock(self, exclusive: bool = False) -> Iterator[None]:
         """Shared for commits and reads, exclusive for garbage collection (see module doc)."""
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_nofollow(self.root / "lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -220,7 +220,7 @@ class ChunkStore:
                 fd = fds.get(first.pack)
                 if fd is None:
                     try:
-                        fd = os.open(self.packs / first.pack, os.O_RDONLY | os.O_CLOEXEC)
+                        fd = open_nofollow(self.packs / first.pack)
                     except OSError:
                         raise ChunkError(f"pack {first.pack} is missing") from None
                     fds[first.pack] = fd
@@ -286,30 +286,18 @@ class ChunkStore:
         return out
 
     def forget(self, digests: Iterable[bytes]) -> None:
-        db = self._db()
         items = list(digests)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db()) as db:
             for i in range(0, len(items), SQL_BATCH):
                 part = items[i : i + SQL_BATCH]
                 marks = ",".join("?" * len(part))
                 db.execute(f"DELETE FROM chunks WHERE h IN ({marks})", part)  # noqa: S608
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def move(self, rows: list[tuple[bytes, str, int]]) -> None:
         """Point chunks at their new place (pack, offset) after a compaction."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db()) as db:
             db.executemany("UPDATE chunks SET pack=?, off=? WHERE h=?",
                            [(p, o, h) for h, p, o in rows])  # fmt: skip
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def sizes(self) -> tuple[int, int, int]:
         """(chunks, compressed bytes, uncompressed bytes) in the index."""
@@ -384,7 +372,7 @@ class PackWriter:
 
     def _append(self, items: list[tuple[bytes, bytes | memoryview, bytes | None]]) -> None:
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self.fd = open_nofollow(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         plain = [bytes(c) for _, c, _ in items]
         frames = self._compress(plain)
         cands = [(d, p, b) for (d, _, b), p in zip(items, plain, strict=True) if b is not None]
@@ -418,11 +406,7 @@ class PackWriter:
             if len(p) == PAGE:
                 self.new_page_bytes += len(p)
             out.append(data)
-        blob = b"".join(out)
-        view = memoryview(blob)
-        written = 0
-        while written < len(blob):
-            written += os.write(self.fd, view[written:])
+        write_all(self.fd, b"".join(out))
 
     def finish(self) -> None:
         """Make the pack durable, then publish its rows."""
@@ -431,23 +415,13 @@ class PackWriter:
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = None
-        dfd = os.open(self.store.packs, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        db = self.store._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        fsync_dir(self.store.packs)
+        with immediate(self.store._db()) as db:
             db.executemany(
                 "INSERT OR IGNORE INTO chunks (h, pack, off, clen, ulen, raw, base, depth)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(h, *r) for h, r in self.rows.items()],
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def abort(self) -> None:
         """Drop the pack of a failed commit (its rows were never published)."""

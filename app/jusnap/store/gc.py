@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..fsutil import open_nofollow, write_all
 from ..ids import new_snapshot_id
 from .cas import ChunkError, ChunkStore
 from .local import LocalStore
@@ -86,14 +87,14 @@ def _compact(cs: ChunkStore, pack: str) -> None:
     )
     new_name = f"gc-{new_snapshot_id()}.pack"
     new_path = cs.packs / new_name
-    src = os.open(cs.packs / pack, os.O_RDONLY | os.O_CLOEXEC)
-    dst = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    src = open_nofollow(cs.packs / pack)
+    dst = open_nofollow(new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     moved: list[tuple[bytes, str, int]] = []
     try:
         off = 0
         for h, old_off, clen in rows:
             data = os.pread(src, clen, old_off)
-            os.write(dst, data)
+            write_all(dst, data)
             moved.append((h, new_name, off))
             off += clen
         os.fsync(dst)

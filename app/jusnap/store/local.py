@@ -43,6 +43,7 @@ import xxhash
 
 from ..criu_images import ImageCheck, needs_bytes
 from ..errors import ConfigError, ImageRefused, RestoreFailed, SnapshotFailed, StoreFull
+from ..fsutil import fsync_dir, open_nofollow, write_all
 from ..ids import SNAPSHOT_ID_RE
 from ..untrusted import open_untrusted, open_untrusted_path
 from . import pagemap
@@ -108,14 +109,6 @@ def is_page_image(name: str) -> bool:
     return name.startswith("pages-") and name.endswith(".img")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_fd(src: int, dst: int) -> tuple[int, str]:
     h = xxhash.xxh3_128()
     total = 0
@@ -127,9 +120,7 @@ def _copy_fd(src: int, dst: int) -> tuple[int, str]:
             break
         chunk = view[:n]
         h.update(chunk)
-        written = 0
-        while written < n:
-            written += os.write(dst, chunk[written:])
+        write_all(dst, chunk)
         total += n
     return total, h.hexdigest()
 
@@ -161,13 +152,13 @@ def write_manifest(directory: Path, manifest: Manifest, name: str = MANIFEST) ->
     tmp = directory / f".{name}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(directory / name)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -232,6 +223,10 @@ class LocalStore:
 
     def owners(self) -> list[int]:
         return sorted(int(p.name) for p in self.chunk_root.iterdir() if p.name.isdigit())
+
+    def has_chunks(self, owner: int) -> bool:
+        """Whether ``owner`` has a chunk store, without creating one (reads must not write)."""
+        return owner in self._chunks or (self.chunk_root / str(int(owner))).is_dir()
 
     def path(self, snapshot_id: str) -> Path:
         if not SNAPSHOT_ID_RE.match(snapshot_id):
@@ -335,7 +330,7 @@ class LocalStore:
                 manifest = Manifest(VERSION, owner, files, writer.new_bytes, writer.new_page_bytes)
                 write_manifest(partial, manifest)
                 partial.rename(final)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             if root is not None:
                 self._parents.pop((owner, root), None)
                 if 0 < len(addresses) <= PARENT_LIMIT:
@@ -378,18 +373,16 @@ class LocalStore:
         return StoredFile(name, len(data), digest.hex(), mode, cas=True)
 
     def _put_bytes(self, partial: Path, name: str, data: bytes, mode: int) -> StoredFile:
-        dst = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dst = open_nofollow(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
-            view, written = memoryview(data), 0
-            while written < len(data):
-                written += os.write(dst, view[written:])
+            write_all(dst, data)
             os.fsync(dst)
         finally:
             os.close(dst)
         return StoredFile(name, len(data), xxhash.xxh3_128_hexdigest(data), mode)
 
     def _put_whole(self, partial: Path, name: str, src: int, mode: int) -> StoredFile:
-        dst = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dst = open_nofollow(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             size, digest = _copy_fd(src, dst)
             os.fsync(dst)
@@ -472,9 +465,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             try:
-                dst = os.open(
-                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                )
+                dst = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except OSError as exc:
                 raise RestoreFailed(
                     f"cannot stage snapshot {snapshot_id}: {exc.strerror or exc}"
@@ -508,7 +499,7 @@ class LocalStore:
 
     def _stage_whole(self, snapshot_id: str, src_dir: Path, f: StoredFile, dst: int) -> None:
         try:
-            src = os.open(src_dir / f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            src = open_nofollow(src_dir / f.name)
         except OSError:
             raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} is missing") from None
         try:
@@ -529,10 +520,7 @@ class LocalStore:
             ) from None
         if len(data) != f.size:
             raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum")
-        view = memoryview(data)
-        written = 0
-        while written < len(data):
-            written += os.write(dst, view[written:])
+        write_all(dst, data)
 
     def _stage_pages(self, snapshot_id: str, cs: ChunkStore, f: StoredFile, dst: int) -> None:
         """Reassemble a page image, several pieces at a time (zstd releases the GIL)."""

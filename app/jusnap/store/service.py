@@ -90,7 +90,11 @@ class StoreService:
 
     # ---- reports and maintenance ---------------------------------------------------------
     def owners(self, owner: int | None) -> list[int]:
-        return self.store.owners() if owner is None else [owner]
+        """The owners with a store: a user who never stored anything has none, and asking
+        about it (``GET /store``, gc) must not create an empty one on disk."""
+        if owner is None:
+            return self.store.owners()
+        return [owner] if self.store.has_chunks(owner) else []
 
     def usage(self, owner: int | None) -> list[dict[str, Any]]:
         return [usage(self.store, o) for o in self.owners(owner)]

@@ -18,7 +18,8 @@ import sys
 import threading
 from typing import Any
 
-from .daemon import DaemonError, call
+from jusnap.client import Client
+from jusnap.errors import JusnapError, KernelNotFound
 
 REQUEST_TIMEOUT = 10.0
 
@@ -45,7 +46,7 @@ class AutoSnapshot:
         try:
             self._ask(execution_count)
             self._last_error = None
-        except DaemonError as exc:
+        except JusnapError as exc:
             self._report(exc.message)
         except Exception as exc:
             self._report(str(exc))
@@ -54,24 +55,25 @@ class AutoSnapshot:
 
     def _ask(self, execution_count: int | None) -> None:
         body = {"trigger": "auto", "wait": False, "execution_count": execution_count}
+        daemon = Client(timeout=REQUEST_TIMEOUT)
         if self.kernel_id is None:
-            self.kernel_id = self._find_self()
+            self.kernel_id = self._find_self(daemon)
         try:
-            call("POST", f"/kernels/{self.kernel_id}/snapshots", body, timeout=REQUEST_TIMEOUT)
-        except DaemonError as exc:
-            if exc.status != 404:
+            daemon.request("POST", f"/kernels/{self.kernel_id}/snapshots", body)
+        except JusnapError as exc:
+            if exc.http_status != 404:
                 raise
             # Restored from a snapshot of an earlier kernel of this notebook: the kernel id
             # in memory is that kernel's. The daemon knows this process by its PID.
-            self.kernel_id = self._find_self()
-            call("POST", f"/kernels/{self.kernel_id}/snapshots", body, timeout=REQUEST_TIMEOUT)
+            self.kernel_id = self._find_self(daemon)
+            daemon.request("POST", f"/kernels/{self.kernel_id}/snapshots", body)
 
-    def _find_self(self) -> str:
+    def _find_self(self, daemon: Client) -> str:
         pid = os.getpid()
-        for k in call("GET", "/kernels", timeout=REQUEST_TIMEOUT):
+        for k in daemon.kernels():
             if k.get("pid") == pid and k.get("status") == "running":
                 return str(k["id"])
-        raise DaemonError(404, "kernel_not_found", "this kernel is not one of the daemon's kernels")
+        raise KernelNotFound("this kernel is not one of the daemon's kernels")
 
     def _report(self, message: str) -> None:
         if message == self._last_error:

@@ -17,21 +17,11 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
+from jusnap.client import PREFIX, default_socket, raw_request
+from jusnap.errors import JusnapError, code_for_status
 from tornado import web
 
-from .daemon import PREFIX, DaemonError, raw_request
-
 ROUTE = "jusnap/api/v1"
-_CODES = {
-    400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    502: "bad_gateway",
-    503: "daemon_unavailable",
-}
 _PASSED_HEADERS = ("Content-Type",)
 
 
@@ -43,7 +33,8 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or HTTPStatus(status_code).phrase
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": _CODES.get(status_code, "error"), "message": message}))
+        code = "bad_gateway" if status_code == 502 else code_for_status(status_code)
+        self.finish(json.dumps({"error": code, "message": message}))
 
     async def _forward(self, path: str) -> None:
         if ".." in path.split("/"):
@@ -55,11 +46,11 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
         body = self.request.body or None
         try:
             status, ctype, data = await asyncio.to_thread(
-                raw_request, self.request.method, target, body, headers
+                raw_request, default_socket(), self.request.method, target, body, headers
             )
-        except DaemonError as exc:
-            status, ctype = exc.status, "application/json"
-            data = json.dumps({"error": exc.code, "message": exc.message}).encode()
+        except JusnapError as exc:
+            status, ctype = exc.http_status, "application/json"
+            data = json.dumps(exc.to_dict()).encode()
         self.set_status(status)
         if status == 204 or not data:
             self.clear_header("Content-Type")

@@ -21,8 +21,8 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
-
-from .daemon import DaemonError, call
+from jusnap.client import Client
+from jusnap.errors import JusnapError
 
 # What the daemon is given of the Jupyter server's environment: the kernelspec's own ``env``
 # plus these. The rest (the server's PATH, tokens, JPY_PARENT_PID, ...) stays with the server.
@@ -46,7 +46,7 @@ DEAD = 1  # the exit status reported for a kernel the daemon says is not running
 
 async def _call(method: str, path: str, body: Any = None, timeout: float = 600.0) -> Any:
     """The blocking client off the event loop: Jupyter's server keeps serving meanwhile."""
-    return await asyncio.to_thread(call, method, path, body, timeout)
+    return await asyncio.to_thread(Client(timeout=timeout).request, method, path, body)
 
 
 class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -103,8 +103,8 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def _exists(self) -> bool:
         try:
             await _call("GET", f"/kernels/{self.kernel_id}", timeout=30)
-        except DaemonError as exc:
-            if exc.status == 404:
+        except JusnapError as exc:
+            if exc.http_status == 404:
                 return False
             raise
         return True
@@ -116,8 +116,8 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return self._exit_status
         try:
             k = await _call("GET", f"/kernels/{self.kernel_id}", timeout=30)
-        except DaemonError as exc:
-            if exc.status == 404:
+        except JusnapError as exc:
+            if exc.http_status == 404:
                 return DEAD
             # The daemon restarting: kernels outlive it and it re-adopts them; do not kill.
             self.log.warning(
@@ -142,7 +142,7 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             )
         try:
             await _call("POST", f"/kernels/{self.kernel_id}/signal", {"signal": name}, timeout=30)
-        except DaemonError as exc:
+        except JusnapError as exc:
             if exc.code != "kernel_not_running":
                 raise
 
@@ -158,8 +158,8 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return
         try:
             await _call("DELETE", f"/kernels/{self.kernel_id}", timeout=60)
-        except DaemonError as exc:
-            if exc.status != 404:
+        except JusnapError as exc:
+            if exc.http_status != 404:
                 raise
         self._launched = False
         self._exit_status = DEAD

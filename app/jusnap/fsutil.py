@@ -1,0 +1,85 @@
+"""File and SQLite primitives the store and the registry share, so each rule lives once.
+
+* ``os.write`` may write less than asked (a signal, a full pipe, a large buffer): a store that
+  forgot to loop would keep a truncated pack or image with a valid-looking index row.
+* A rename or a new file is durable only once its *directory* is fsynced.
+* Snapshot images are staged in directories the kernel user can write: every open there must
+  refuse symlinks (``O_NOFOLLOW``) and keep descriptors out of children (``O_CLOEXEC``).
+* SQLite writes take the write lock up front (``BEGIN IMMEDIATE``): a deferred transaction that
+  upgrades later can fail with "database is locked" halfway through.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
+    """Write all of ``data`` to ``fd``; return its length."""
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        written += os.write(fd, view[written:])
+    return written
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of ``path`` (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_nofollow(
+    path: Path | str, flags: int = os.O_RDONLY, mode: int = 0o600, dir_fd: int | None = None
+) -> int:
+    """``os.open`` that never follows a final symlink and never leaks into a child."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def open_regular(name: Path | str, dir_fd: int | None = None) -> int:
+    """Open for reading a file in a directory someone else controls: no links, regular files
+    only (``EINVAL`` for sockets, fifos, devices), so a planted name cannot redirect the read
+    or block it (``O_NONBLOCK``: opening a FIFO for reading would wait for a writer)."""
+    fd = open_nofollow(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{name} is not a regular file")
+    return fd
+
+
+def connect_wal(
+    path: Path, timeout: float = 5.0, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions via :func:`immediate`), WAL, and
+    ``synchronous=FULL``: a committed row survives a power cut, as the files it points to do."""
+    db = sqlite3.connect(
+        path, timeout=timeout, check_same_thread=check_same_thread, isolation_level=None
+    )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+@contextmanager
+def immediate(
+    db: sqlite3.Connection, lock: AbstractContextManager[object] | None = None
+) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed if the block ends, rolled back if it raises. ``lock``
+    serialises threads sharing ``db`` (SQLite connections are not thread-safe)."""
+    with lock if lock is not None else nullcontext():
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
