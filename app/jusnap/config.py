@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import grp
 import os
 import pwd
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, cast, get_type_hints
 
 import yaml
 
@@ -29,6 +31,8 @@ DEFAULT_CONFIG_PATH = "/etc/jusnap/conf.yml"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")  # \Z: no trailing newline
+#: ``timeoutMs`` of ``CUcheckpointLockArgs`` is a C ``unsigned int``: anything larger would wrap.
+_MAX_LOCK_TIMEOUT_MS = 2**32 - 1
 
 
 class Duration(float):
@@ -153,6 +157,37 @@ class StoreSettings:
 
 
 @dataclass
+class GpuSettings:
+    """GPU kernels: how the CUDA hook checkpoints them around CRIU (docs/gpu.md).
+
+    A GPU snapshot moves every byte the kernel holds on the GPU through host memory into the
+    image, so it is slower and larger than a CPU one: these keys bound the wait for running CUDA
+    calls and let automatic snapshots of GPU kernels be rarer than those of CPU kernels.
+    """
+
+    # How long to wait, in ms, for the kernel's CUDA calls in progress before a snapshot gives
+    # up (the kernel keeps running); 0 waits forever.
+    lock_timeout_ms: int = 10_000
+    # Run torch.cuda.empty_cache() in the kernel before each snapshot (only if the notebook
+    # already uses torch on CUDA): PyTorch's cached-but-free GPU blocks are not saved.
+    free_torch_cache: bool = False
+    # Whether GPU kernels take automatic after-cell snapshots at all (manual ones always run).
+    auto_snapshot: bool = True
+    # Minimum time between automatic snapshots of a GPU kernel; the longer of this and the
+    # kernel's own cooldown applies.
+    auto_cooldown_seconds: Duration = Duration(60)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> GpuSettings:
+        """The section from a raw ``gpu:`` mapping, checked like conf.yml.
+
+        Kept because the CUDA hook took its settings as an untyped mapping before this section
+        existed; callers that still pass one get the same keys and the same errors.
+        """
+        return cast(GpuSettings, section_from_mapping("jusnap.gpu", data))
+
+
+@dataclass
 class JusnapSettings:
     # New: registry, snapshot store, kernels' private files and scratch space (root, 0711).
     state_dir: str = "/var/lib/jusnap"
@@ -164,8 +199,7 @@ class JusnapSettings:
     jupyter: JupyterSettings = field(default_factory=JupyterSettings)
     os: OsSettings = field(default_factory=OsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
-    # GPU kernels (CUDA checkpointing): see the gpu section below and docs/gpu.md.
-    gpu: dict[str, Any] = field(default_factory=dict)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
 
 
 @dataclass
@@ -257,6 +291,8 @@ def _leaves(cls: type, prefix: str = "") -> dict[str, type]:
 
 
 LEAVES = _leaves(Settings)
+#: Dotted keys of the sections (``jusnap``, ``jusnap.criu``, ...): mappings, not values.
+SECTIONS = {key.rsplit(".", n)[0] for key in LEAVES for n in range(1, key.count(".") + 1)}
 
 
 def _coerce(key: str, typ: Any, value: Any) -> Any:
@@ -293,12 +329,6 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
         if isinstance(value, dict | list):
             raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
         return "" if value is None else str(value)
-    if typ == dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping")
-        return value
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
 
 
@@ -308,7 +338,10 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping")
     for k, v in data.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in LEAVES:
+        if key in SECTIONS:
+            if v is not None:  # None: every key commented out, the section's defaults
+                out.update(_flatten(v, key + "."))  # one line if it is not a mapping
+        elif isinstance(v, dict) and key not in LEAVES:
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -318,7 +351,12 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def _apply(settings: Settings, flat: dict[str, Any], source: str) -> None:
     for key, value in flat.items():
         if key not in LEAVES:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+            # A typo of a key in the same section is worth naming; anything else is noise.
+            section = key.rpartition(".")[0]
+            same = [k for k in LEAVES if k.rpartition(".")[0] == section]
+            close = difflib.get_close_matches(key, same, n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
         obj: Any = settings
         *parents, leaf = key.split(".")
         for p in parents:
@@ -365,6 +403,12 @@ def _validate(s: Settings) -> None:
         shlex.split(j.jupyter.args)
     except ValueError as exc:
         raise ConfigError(f"jusnap.ipython.args: {exc}") from None
+    if j.gpu.lock_timeout_ms < 0:
+        raise ConfigError("jusnap.gpu.lock_timeout_ms: must not be negative (0 waits forever)")
+    if j.gpu.lock_timeout_ms > _MAX_LOCK_TIMEOUT_MS:
+        raise ConfigError(
+            f"jusnap.gpu.lock_timeout_ms: at most {_MAX_LOCK_TIMEOUT_MS} (the driver's limit)"
+        )
 
 
 def load_settings(
@@ -392,6 +436,27 @@ def load_settings(
     return s
 
 
+def section_from_mapping(key: str, data: Mapping[str, Any] | None) -> Any:
+    """One section (``jusnap.gpu``...) from a raw mapping, as if it stood there in conf.yml.
+
+    Goes through the same coercion and validation as the file, so a caller holding a plain
+    mapping cannot get values the daemon would have refused at start-up.
+    """
+    s = Settings()
+    raw = dict(data) if isinstance(data, Mapping) else ({} if data is None else data)
+    _apply(s, _flatten(raw, key + "."), key)
+    _validate(s)
+    return value_at(s, key)
+
+
+def value_at(settings: Settings, key: str) -> Any:
+    """The setting or section at a dotted key (``jusnap.gpu.lock_timeout_ms``)."""
+    obj: Any = settings
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Register ``--config`` and one ``--dotted.key`` flag per setting (original names)."""
     parser.add_argument(
@@ -399,8 +464,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_argument_group("settings (each overrides conf.yml)")
     for key in LEAVES:
-        if key == "jusnap.gpu":
-            continue
         group.add_argument(f"--{key}", dest=f"cfg:{key}", metavar="VALUE", default=None)
 
 

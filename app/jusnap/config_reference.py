@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 from . import config
-from .config import LEAVES, Settings, load_settings
+from .config import LEAVES, Settings, load_settings, value_at
 
 HEADER = """# Configuration
 
@@ -52,8 +52,8 @@ jusnap:
     auto_cooldown_seconds: 120
 ```
 
-The `gpu:` section is read by the CUDA hook: `lock_timeout_ms` (10000), `free_torch_cache`
-(false), `auto_snapshot` (true), `auto_cooldown_seconds` (60). See [gpu.md](gpu.md).
+The `gpu` keys are read by the CUDA hook around each snapshot of a GPU kernel; see
+[gpu.md](gpu.md).
 """
 
 
@@ -94,17 +94,10 @@ def _owner_classes() -> dict[str, str]:
     return owners
 
 
-def _default(settings: Settings, key: str) -> Any:
-    obj: Any = settings
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, config.Duration):
         return f"`{value:g}s`"
-    if value == "" or value == {}:
+    if value == "":
         return "(empty)"
     return f"`{value}`"
 
@@ -116,5 +109,5 @@ def reference() -> str:
     rows = []
     for key in LEAVES:
         text = comments.get((owners[key], key.rsplit(".", 1)[-1]), "")
-        rows.append(f"| `{key}` | {_fmt(_default(defaults, key))} | {text.replace('|', '/')} |")
+        rows.append(f"| `{key}` | {_fmt(value_at(defaults, key))} | {text.replace('|', '/')} |")
     return HEADER + "\n".join(rows) + "\n" + EXAMPLE

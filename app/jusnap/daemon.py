@@ -30,7 +30,7 @@ def default_hooks(settings: Settings) -> HookSet:
     from .hooks.cuda import CudaHook
 
     # Cheap on machines without a GPU: the driver is loaded only when a kernel uses /dev/nvidia*.
-    # A bad ``gpu:`` section raises ConfigError and stops the daemon with one line.
+    # The ``jusnap.gpu`` section was checked with the rest of the config at start-up.
     return HookSet([CudaHook.from_settings(settings.jusnap.gpu)])
 
 

@@ -171,8 +171,9 @@ def main() -> int:
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: restored trees re-parent to us
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "app"))
+    from jusnap.config import GpuSettings
     from jusnap.errors import JusnapError
-    from jusnap.hooks.cuda import CudaDriver, CudaHook, CudaSettings, GpuSystem, state_name
+    from jusnap.hooks.cuda import CudaDriver, CudaHook, GpuSystem, state_name
 
     criu = os.environ.get("JUSNAP_CRIU", "criu")
     system = GpuSystem()
@@ -183,7 +184,7 @@ def main() -> int:
             "device_present": system.device_present(),
             "models": system.gpu_models(),
             "driver_version": system.driver_version(),
-            "mig": system.mig_enabled(),
+            "mig_access_minors": sorted(system.mig_access_minors()),
             "mps_server": system.mps_server_running(),
         },
     )
@@ -248,7 +249,7 @@ def main() -> int:
         note("jupyter_error", traceback.format_exc()[-1500:])
 
     driver = CudaDriver()
-    hook = CudaHook(CudaSettings(lock_timeout_ms=10_000), driver=driver, system=system)
+    hook = CudaHook(GpuSettings(lock_timeout_ms=10_000), driver=driver, system=system)
     try:
         note("driver_api", [driver.version(), driver.has_checkpoint_api()])
     except Exception as exc:

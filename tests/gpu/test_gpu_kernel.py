@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from jupyter_client.blocking import BlockingKernelClient
-from jusnap.config import load_settings
+from jusnap.config import GpuSettings, load_settings
 from jusnap.hooks import HookSet
-from jusnap.hooks.cuda import CudaHook, CudaSettings, free_torch_cache_code
+from jusnap.hooks.cuda import CudaHook, free_torch_cache_code
 from jusnap.snapshots import Engine
 
 from tests.helpers import connect, drain, run_cell
@@ -131,7 +131,7 @@ def restore_timings(result: Any, hook: CudaHook, wall: float) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def hook() -> CudaHook:
-    return CudaHook(CudaSettings(lock_timeout_ms=60_000))
+    return CudaHook(GpuSettings(lock_timeout_ms=60_000))
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,18 @@ import types
 from pathlib import Path
 
 import pytest
+from jusnap.config import GpuSettings
 from jusnap.errors import ConfigError, JusnapError, Refused, RestoreFailed, SnapshotFailed
 from jusnap.hooks import HookSet
-from jusnap.hooks.cuda import (
+from jusnap.hooks.cuda.driver import (
     MIN_DRIVER_API_VERSION,
     CudaDriver,
     CudaError,
-    CudaHook,
-    CudaSettings,
     DriverUnavailable,
-    GpuSystem,
     ProcessState,
-    free_torch_cache_code,
 )
+from jusnap.hooks.cuda.hook import CudaHook, free_torch_cache_code
+from jusnap.hooks.cuda.procfs import GpuSystem
 
 PID = 4242
 GIB = 1024**3
@@ -176,7 +175,7 @@ class Clock:
 @pytest.fixture
 def hook(proc: FakeProc, driver: FakeDriver) -> CudaHook:
     return CudaHook(
-        CudaSettings(lock_timeout_ms=1234),
+        GpuSettings(lock_timeout_ms=1234),
         driver=driver,
         system=GpuSystem(proc.proc, proc.dev),
         clock=Clock(),
@@ -603,42 +602,56 @@ def test_models_and_rss(proc: FakeProc) -> None:
     assert system.device_present()
 
 
-# --- settings and the torch cache snippet ---------------------------------------------------
+# --- settings (the jusnap.gpu section; its values are tested in test_config_gpu.py) --------
 
 
-def test_settings_defaults() -> None:
-    s = CudaSettings()
-    assert (s.lock_timeout_ms, s.free_torch_cache, s.auto_snapshot) == (10_000, False, True)
-    assert s.auto_cooldown_seconds == 60.0
-
-
-def test_settings_from_config_mapping() -> None:
-    s = CudaSettings.from_dict(
-        {"lock_timeout_ms": "2500", "free_torch_cache": "yes", "auto_cooldown_seconds": 120}
-    )
-    assert s == CudaSettings(2500, True, True, 120.0)
-    assert CudaSettings.from_dict(None) == CudaSettings()
-    hook = CudaHook.from_settings({"auto_snapshot": False})
-    assert hook.settings.auto_snapshot is False
+def test_hook_from_config_section() -> None:
+    gpu = GpuSettings(lock_timeout_ms=2500, free_torch_cache=True)
+    hook = CudaHook.from_settings(gpu)
+    assert hook.settings is gpu
     assert isinstance(hook.driver, CudaDriver)  # lazy: nothing loaded yet
-    assert CudaHook.from_settings(s).settings is s
+    assert CudaHook().settings == GpuSettings()
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"lock_timeout": 5}, "unknown setting"),
-        ({"free_torch_cache": "maybe"}, "expected true or false"),
-        ({"lock_timeout_ms": "soon"}, "expected a number"),
-        ({"lock_timeout_ms": True}, "expected a number"),
-        ({"lock_timeout_ms": -1}, "must not be negative"),
-        ({"auto_cooldown_seconds": -5}, "must not be negative"),
-        (["lock_timeout_ms"], "expected a mapping"),
-    ],
-)
-def test_settings_rejects_bad_config(data: object, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        CudaSettings.from_dict(data)
+def test_hook_from_raw_mapping_as_before() -> None:
+    """The daemon passed the untyped ``gpu:`` mapping before the section existed."""
+    hook = CudaHook.from_settings({"auto_snapshot": False, "auto_cooldown_seconds": "120"})
+    assert hook.settings == GpuSettings(auto_snapshot=False, auto_cooldown_seconds=120.0)
+    assert CudaHook.from_settings(None).settings == GpuSettings()
+    with pytest.raises(ConfigError, match=r"unknown setting 'jusnap\.gpu\.lock_timeout'"):
+        CudaHook.from_settings({"lock_timeout": 5})
+
+
+def test_old_names_still_import() -> None:
+    """``from jusnap.hooks.cuda import ...`` as the GPU tests and older code do."""
+    from jusnap.hooks import cuda
+
+    assert cuda.CudaSettings is GpuSettings
+    assert cuda.CudaHook is CudaHook and cuda.GpuSystem is GpuSystem
+    assert cuda.CudaDriver is CudaDriver and cuda.free_torch_cache_code is free_torch_cache_code
+    for name in cuda.__all__:
+        assert hasattr(cuda, name), name
+
+
+@pytest.mark.parametrize(("enabled", "cooldown"), [(True, 60.0), (False, 300.0)])
+def test_auto_policy_follows_settings(
+    proc: FakeProc, driver: FakeDriver, enabled: bool, cooldown: float
+) -> None:
+    settings = GpuSettings(auto_snapshot=enabled, auto_cooldown_seconds=cooldown)
+    hook = CudaHook(settings, driver=driver, system=GpuSystem(proc.proc, proc.dev))
+    policy = hook.auto_policy(PID)
+    assert (policy.enabled, policy.min_cooldown) == (enabled, cooldown)
+    assert driver.calls == []
+
+
+def test_prepare_code_only_when_asked(proc: FakeProc, driver: FakeDriver) -> None:
+    system = GpuSystem(proc.proc, proc.dev)
+    assert CudaHook(GpuSettings(), driver=driver, system=system).prepare_code(PID) is None
+    hook = CudaHook(GpuSettings(free_torch_cache=True), driver=driver, system=system)
+    assert hook.prepare_code(PID) == free_torch_cache_code()
+
+
+# --- the torch cache snippet ----------------------------------------------------------------
 
 
 def _run_snippet(namespace: dict) -> None:

@@ -1,0 +1,28 @@
+"""Snapshots of kernels that hold CUDA memory (see docs/gpu.md).
+
+One job per module, so each can be read, replaced and tested on its own:
+
+* :mod:`.driver` -- the binding of the CUDA driver's ``cuCheckpointProcess*`` calls (ctypes);
+* :mod:`.procfs` -- which processes hold ``/dev/nvidia*``, MIG and MPS, GPU models and driver
+  version, read from ``/proc`` and ``/dev``;
+* :mod:`.hook` -- :class:`CudaHook`: the policy (refusals, automatic snapshots, freeing
+  PyTorch's cache) and the lock -> checkpoint -> dump -> restore -> unlock sequence.
+
+Its settings are the ``jusnap.gpu`` section of the config (:class:`jusnap.config.GpuSettings`).
+Everything is re-exported here because callers (the daemon, the GPU tests, older code) import
+from ``jusnap.hooks.cuda``; ``CudaSettings`` is the name the settings had before they moved
+into the config.
+"""
+
+from __future__ import annotations
+
+from jusnap.config import GpuSettings
+
+from . import driver, hook, procfs
+from .driver import *  # noqa: F403
+from .hook import *  # noqa: F403
+from .procfs import *  # noqa: F403
+
+CudaSettings = GpuSettings
+
+__all__ = [*driver.__all__, *procfs.__all__, *hook.__all__, "CudaSettings", "GpuSettings"]
