@@ -66,6 +66,9 @@ class JupyterServer:
             "JUPYTER_PATH": str(self.base / "prefix" / "share" / "jupyter"),
             "JUPYTER_PLATFORM_DIRS": "1",
             "JUSNAP_SOCKET": self.jusnap_socket,
+            # A run against a working tree sets PYTHONPATH to it: Jupyter must then load that
+            # tree's server extension too, not the copy installed in the test virtualenv.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
 
     def as_user(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
