@@ -141,3 +141,31 @@ def test_no_cors_through_jupyter(stack: JusnapStack, api: str) -> None:
         assert r.status_code < 500, (method, path, r.status_code, r.text)
         cors = {k: v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
         assert not cors, (method, path, cors)
+
+
+def test_no_cors_even_when_jupyter_allows_origins(stack: JusnapStack, api: str) -> None:
+    """An admin may open Jupyter's own API to other origins; the snapshot API stays closed."""
+    j = stack.jupyter
+    j.stop()
+    j.start(
+        extra_args=[
+            "--ServerApp.allow_origin=*",
+            "--ServerApp.allow_credentials=True",
+            '--ServerApp.tornado_settings={"headers": {"Access-Control-Expose-Headers": "X-A"}}',
+        ]
+    )
+    origin = {"Origin": "https://evil.example"}
+    # Jupyter's own API does answer with CORS headers now (the configuration took effect) ...
+    r = requests.get(j.url + "api/status", headers={**j.auth, **origin}, timeout=30)
+    assert r.headers.get("Access-Control-Allow-Origin") == "*", dict(r.headers)
+    # ... the snapshot API does not.
+    for method in ("GET", "OPTIONS"):
+        r = requests.request(
+            method,
+            api + "kernels",
+            headers={**j.auth, **origin, "Access-Control-Request-Method": "POST"},
+            timeout=30,
+        )
+        assert r.status_code < 400, (method, r.status_code, r.text)
+        cors = {k: v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
+        assert not cors, (method, cors)

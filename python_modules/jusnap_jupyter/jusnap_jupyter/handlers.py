@@ -97,7 +97,7 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
         """Jupyter's defaults minus any Access-Control-* an admin put in ``headers``: the API
         sends no CORS headers at all (docs/api.md)."""
         super().set_default_headers()
-        for name in list(self._headers):
+        for name in self.settings.get("headers", {}):
             if name.lower().startswith("access-control-"):
                 self.clear_header(name)
 
