@@ -88,8 +88,14 @@ else
 fi
 
 # --- 2. site.yml --------------------------------------------------------------------------
-mkdir -p "$LOG_DIR"
+# The log holds the login URL with Jupyter's token: root only (the directory 0700, each file
+# 0600, also those of runs before this rule). Only the log is made under umask 077: Ansible
+# itself must keep the usual umask (the kernel user reads the virtualenvs it builds).
+install -d -m 0700 "$LOG_DIR"
+chmod 0700 "$LOG_DIR"
+find "$LOG_DIR" -maxdepth 1 -type f -exec chmod 0600 {} +
 log_file=$LOG_DIR/site-$(date +%Y%m%dT%H%M%S).log
+(umask 077 && : >"$log_file")
 log "running ansible/site.yml (log: $log_file)"
 cd "$REPO_ROOT"
 set +e

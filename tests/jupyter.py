@@ -66,6 +66,9 @@ class JupyterServer:
             "JUPYTER_PATH": str(self.base / "prefix" / "share" / "jupyter"),
             "JUPYTER_PLATFORM_DIRS": "1",
             "JUSNAP_SOCKET": self.jusnap_socket,
+            # A run against a working tree sets PYTHONPATH to it: Jupyter must then load that
+            # tree's server extension too, not the copy installed in the test virtualenv.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
 
     def as_user(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -97,7 +100,8 @@ class JupyterServer:
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, extra_args: list[str] | None = None) -> None:
+        """Start the server; ``extra_args`` are further command-line options (configuration)."""
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -112,6 +116,7 @@ class JupyterServer:
                 f"--ServerApp.root_dir={self.root}",
                 "--ServerApp.jpserver_extensions={'jusnap_jupyter': True}",
                 "--KernelManager.shutdown_wait_time=5",
+                *(extra_args or []),
             ],
             user=self.user.pw_uid,
             group=self.user.pw_gid,

@@ -251,6 +251,7 @@ def test_http_redirects_to_https_with_hsts(acme: Acme) -> None:
     )
     assert r.status_code == 200
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert r.headers["Referrer-Policy"] == "same-origin"
     # Without the token: no access, to Jupyter or to the snapshot API.
     assert (
         requests.get(f"https://{HOST}/api/status", verify=str(acme.root), timeout=10).status_code

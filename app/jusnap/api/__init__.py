@@ -23,6 +23,10 @@ from .docs import SECURITY, SECURITY_SCHEMES, DictKeys, refine
 from .schemas import ErrorOut
 
 PREFIX = "/jusnap/api/v1"
+# Largest request body the API accepts (413 ``too_large`` above it). Every API body is a small
+# JSON object; the limit keeps a client from tying up a worker thread with a huge upload. The
+# Jupyter proxy (jusnap_jupyter.handlers.MAX_BODY_BYTES) and nginx refuse the same size first.
+MAX_BODY_BYTES = 256 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +57,7 @@ def create_app(engine: Engine, config: dict[str, Any] | None = None) -> APIFlask
     )
     app.config.update(
         JUSNAP_ENGINE=engine,
-        MAX_CONTENT_LENGTH=256 * 1024,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         VALIDATION_ERROR_DESCRIPTION="Validation error",
         SPEC_FORMAT="json",
         AUTO_404_RESPONSE=True,
