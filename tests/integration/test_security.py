@@ -447,3 +447,20 @@ def test_failed_launch_leaves_nothing(engine: Engine) -> None:
         engine.kernels.launch(owner_uid=0, argv=["/nonexistent/python", "-m", "ipykernel_launcher"])
     assert set(engine.supervisor.kernels_dir.iterdir()) == before
     assert engine.kernels.list() == []
+
+
+def test_root_never_writes_through_a_planted_link(
+    kernel: KernelSession, engine: Engine, secret_file: Path
+) -> None:
+    """The kernel's directory is the user's: a hard link planted as its connection file (the
+    attacker's move where hard links are not protected) must not make root overwrite the
+    linked file when the kernel (re)starts."""
+    before = secret_file.read_bytes()
+    cfile = engine.supervisor.connection_file(engine.kernels.get(kernel.id))
+    cfile.unlink()
+    os.link(secret_file, cfile)
+    engine.kernels.restart(kernel.id)
+    kernel.after_restore()
+    assert secret_file.read_bytes() == before
+    assert os.stat(cfile).st_ino != os.stat(secret_file).st_ino
+    assert kernel.value("1 + 1") == "2"

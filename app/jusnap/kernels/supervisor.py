@@ -168,11 +168,22 @@ class Supervisor:
         path.chmod(0o700)
 
     def _write_private(self, path: Path, text: str, uid: int, gid: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            if os.geteuid() == 0:
-                os.fchown(fh.fileno(), uid, gid)
-            fh.write(text)
+        """Write a file in the kernel user's directory as root: into a new file (``O_EXCL``,
+        never a link or an existing inode the user planted, such as a hard link to a root
+        file), then renamed over ``path``."""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            with os.fdopen(fd, "w") as fh:
+                if os.geteuid() == 0:
+                    os.fchown(fh.fileno(), uid, gid)
+                fh.write(text)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # ---- launching ---------------------------------------------------------------------
     def create(
