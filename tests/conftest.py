@@ -170,7 +170,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir / "daemon.log"
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
         with contextlib.suppress(FileNotFoundError):
             Path(self.socket).unlink()
         logf = self.log.open("ab")
@@ -179,6 +179,7 @@ class Daemon:
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

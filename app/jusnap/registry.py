@@ -18,7 +18,7 @@ from typing import Any
 
 from .fsutil import connect_wal, immediate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE INDEX IF NOT EXISTS snapshots_kernel ON snapshots (kernel_id, id);
 CREATE INDEX IF NOT EXISTS snapshots_notebook ON snapshots (owner_uid, notebook_path, id);
+-- A restore in progress: written before the kernel is stopped, removed when the restore ends
+-- (however it ends). A row found at start-up is a restore the daemon died in.
+CREATE TABLE IF NOT EXISTS restores (
+    kernel_id TEXT PRIMARY KEY,
+    snapshot_id TEXT NOT NULL,
+    pre_restore_id TEXT,
+    started_ticks INTEGER NOT NULL,
+    started_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS notebooks (
     owner_uid INTEGER NOT NULL,
     notebook_path TEXT NOT NULL,
@@ -87,6 +96,7 @@ class Kernel:
     cooldown: float | None = None
     created_at: float = 0.0
     execution_count: int | None = None
+    notice: str | None = None  # what the daemon did to the kernel on its own (crash recovery)
     # runtime only (not stored)
     execution_state: str | None = field(default=None, compare=False)
     operation: str | None = field(default=None, compare=False)  # snapshot, restore, ... in progress
@@ -128,6 +138,15 @@ class Snapshot:
         return d
 
 
+@dataclass(frozen=True)
+class RestoreJournal:
+    kernel_id: str
+    snapshot_id: str
+    pre_restore_id: str | None
+    started_ticks: int  # clock ticks since boot, as /proc counts a process's start
+    started_at: float
+
+
 _KERNEL_JSON = ("argv", "env", "connection")
 
 
@@ -142,6 +161,10 @@ class Registry:
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(kernels)")}
+            if "notice" not in columns:  # schema 1 -> 2
+                self._db.execute("ALTER TABLE kernels ADD COLUMN notice TEXT")
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def schema_version(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -226,6 +249,23 @@ class Registry:
         d["hooks"] = json.loads(d["hooks"])
         d["has_history"] = bool(d["has_history"])
         return Snapshot(**d)
+
+    # ---- restores in progress ---------------------------------------------------------------
+    def begin_restore(self, j: RestoreJournal) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO restores VALUES (?, ?, ?, ?, ?)",
+                (j.kernel_id, j.snapshot_id, j.pre_restore_id, j.started_ticks, j.started_at),
+            )
+
+    def end_restore(self, kernel_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM restores WHERE kernel_id=?", (kernel_id,))
+
+    def restores(self) -> list[RestoreJournal]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM restores").fetchall()
+        return [RestoreJournal(**dict(r)) for r in rows]
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         with self._lock:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import autosnap
+from . import autosnap, failpoints
 from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
@@ -39,6 +39,7 @@ from .errors import (
     Forbidden,
     InvalidRequest,
     JusnapError,
+    KernelNotFound,
     KernelNotRunning,
     Refused,
     RestoreFailed,
@@ -58,15 +59,18 @@ from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
 from .lazyrestore import serve_lazily
 from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
-from .registry import Kernel, Registry, Snapshot
+from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.local import LocalStore
 from .store.service import StoreService
+from .trailing import BUSY_RETRY, TrailingSnapshots
 
 log = logging.getLogger(__name__)
 
 TRIGGERS = ("manual", "auto", "pre-restore")
 HISTORY_NAME = "history.sqlite"
 MAX_LABEL = 200
+# CRIU's words when the kernel had a connection to the daemon open at the freeze.
+_TRANSIENT_DUMP_FAILURES = ("External socket is used", "Non-empty write queue on an in-flight")
 
 ACTION_SCRIPT = """#!/bin/sh
 # Run by CRIU as the kernel's user. At post-dump the kernel is still frozen, so the copy of its
@@ -130,6 +134,7 @@ class Engine:
         self.registry: Registry
         self.kernels: KernelService
         self.locks = OperationLocks()
+        self.trailing = TrailingSnapshots(self._trailing_fire)
         self.work_dir = self.state_dir / "work"
         self.action_script = self.state_dir / "bin" / "criu-action"
 
@@ -149,13 +154,60 @@ class Engine:
         self.kernels = KernelService(self.settings, self.registry, self.reaper, self.locks)
         self._recover()
         self.kernels.adopt_all()
+        for journal in self.registry.restores():
+            self._resume_restore(journal)
         return self
+
+    def _resume_restore(self, j: RestoreJournal) -> None:
+        """A restore the daemon died in (its journal row survived): keep what it restored if
+        that runs, else bring back the state from before it; say so in the kernel's notice."""
+        try:
+            k = self.registry.get_kernel(j.kernel_id)
+            target = self.registry.get_snapshot(j.snapshot_id)
+            if k is None or target is None:
+                return
+            if self.supervisor.alive(k) and k.pid != target.pid:
+                note = "a restore was interrupted before it changed anything"
+            elif check_restored(target.pid, k.run_uid, j.started_ticks, any_parent=True) is None:
+                # CRIU had brought the snapshot back: adopt it (its clients reconnect alone).
+                self.hooks.after_restore(target.pid, target.hooks)
+                k.pid, k.started, k.status = target.pid, start_time(target.pid), "running"
+                k.execution_count = target.execution_count
+                self.registry.put_kernel(k)
+                self.kernels.watch(k)
+                note = f"the daemon restarted during a restore; snapshot {target.id} was restored"
+            elif pre := self.registry.get_snapshot(j.pre_restore_id or ""):
+                self.registry.end_restore(k.id)
+                # The stopped kernel's zombie went to PID 1, which may reap it slowly.
+                self.reaper.wait_gone(pre.pid, None, 10)
+                try:
+                    self.restore(j.pre_restore_id, into=k.id)
+                    note = (
+                        "the daemon restarted during a restore; the state from before it"
+                        f" (snapshot {j.pre_restore_id}) was brought back"
+                    )
+                except JusnapError as exc:
+                    note = (
+                        "the daemon restarted during a restore and could not bring back the"
+                        f" state from before it (snapshot {j.pre_restore_id}): {exc.message}"
+                    )
+            else:
+                note = "the daemon restarted during a restore; the kernel is stopped"
+            log.warning("kernel %s: %s", k.id, note)
+            k = self.registry.get_kernel(k.id) or k
+            k.notice = note
+            self.registry.put_kernel(k)
+        except Exception:
+            log.exception("finishing the interrupted restore of kernel %s failed", j.kernel_id)
+        finally:
+            self.registry.end_restore(j.kernel_id)
 
     @property
     def supervisor(self) -> Supervisor:
         return self.kernels.supervisor
 
     def close(self) -> None:
+        self.trailing.close()
         self.kernels.close()
         self.reaper.stop()
 
@@ -219,17 +271,76 @@ class Engine:
         if trigger == "auto":
             skipped = self._auto_skipped(k)
             if skipped is not None:
-                return skipped
+                return self._pend(skipped)
         try:
-            wait = 0.0 if trigger == "auto" else USER_WAIT
-            with self.locks.exclusive(k.id, "snapshot", wait=wait):
-                snap = self._snapshot_locked(k, trigger, label, execution_count)
+            snap = self._snapshot_retrying(k, trigger, label, execution_count)
         except Busy:
             if trigger == "auto":
-                return Skipped(k.id, "another operation is running", 0.0)
+                return self._pend(Skipped(k.id, "another operation is running", 0.0))
             raise
+        except JusnapError as exc:
+            if trigger == "auto":
+                # Nobody waits for an automatic snapshot: keep the failure where the notebook
+                # (the kernel's view, the next automatic request) will show it.
+                self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": exc.message}
+            raise
+        if trigger == "auto":
+            self.kernels.live(k.id).pop("auto_error", None)
         self._retain(snap)
         return snap
+
+    def _snapshot_retrying(
+        self, k: Kernel, trigger: str, label: str | None, execution_count: int | None
+    ) -> Snapshot:
+        """One dump under the kernel's lock; an automatic one is tried once more when the
+        kernel had a connection to the daemon open at the freeze (its next request was on its
+        way: CRIU cannot dump a Unix socket connected outside the kernel)."""
+        wait = 0.0 if trigger == "auto" else USER_WAIT
+        for attempt in (1, 2):
+            try:
+                with self.locks.exclusive(k.id, "snapshot", wait=wait):
+                    return self._snapshot_locked(k, trigger, label, execution_count)
+            except SnapshotFailed as exc:
+                transient = any(m in exc.message for m in _TRANSIENT_DUMP_FAILURES)
+                if trigger != "auto" or attempt == 2 or not transient:
+                    raise
+                log.info("kernel %s: %s; trying again", k.id, exc.message)
+                time.sleep(0.5)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pend(self, skipped: Skipped) -> Skipped:
+        """A skipped automatic request leaves one trailing snapshot due (``trailing.py``)."""
+        if skipped.reason == "cooldown":
+            self.trailing.schedule(skipped.kernel_id, skipped.retry_in)
+        elif skipped.reason == "another operation is running":
+            self.trailing.schedule(skipped.kernel_id, BUSY_RETRY)
+        return skipped
+
+    def _trailing_fire(self, kernel_id: str) -> None:
+        """The pending snapshot is due: take it if the kernel is idle and has run a cell since
+        its newest snapshot (a busy kernel's running cell will ask again when it ends)."""
+        try:
+            k = self.kernels.get(kernel_id)
+        except KernelNotFound:
+            return
+        live = self.kernels.live(k.id)
+        if k.status != "running" or live.get("execution_state") == "busy":
+            return
+        newest = self.registry.snapshots_of(k.id, k.owner_uid, None)
+        count = live.get("execution_count")
+        if newest and count is not None and newest[0].execution_count == count:
+            return
+        with contextlib.suppress(JusnapError):  # recorded in the kernel's live state
+            self.snapshot(k.id, trigger="auto")
+
+    def auto_status(self, k: Kernel) -> dict[str, Any]:
+        """Automatic snapshots of the kernel: settings, the pending one, the last failure."""
+        error = self.kernels.live(k.id).get("auto_error")
+        return {
+            **self.kernels.auto_settings(k).public(),
+            "pending_at": self.trailing.due(k.id),
+            "last_error": error["message"] if error else None,
+        }
 
     def _retain(self, snap: Snapshot) -> None:
         """Retention (and gc) after a snapshot, outside the kernel's lock; never fails it."""
@@ -241,12 +352,13 @@ class Engine:
             log.exception("retention after snapshot %s failed", snap.id)
 
     def check_auto(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Skipped | None:
-        """Why an automatic snapshot of the kernel would be skipped now (None: it would run)."""
+        """Why an automatic snapshot of the kernel would be skipped now (None: it would run);
+        a skipped one leaves a trailing snapshot due."""
         k = self.kernels.get(kernel_id, owner_uid)
         skipped = self._auto_skipped(k)
         if skipped is None and self.locks.current(k.id) is not None:
-            return Skipped(k.id, "another operation is running", 0.0)
-        return skipped
+            skipped = Skipped(k.id, "another operation is running", 0.0)
+        return self._pend(skipped) if skipped is not None else None
 
     def _auto_skipped(self, k: Kernel) -> Skipped | None:
         gpu = None
@@ -420,42 +532,59 @@ class Engine:
                         f" ({exc.message})",
                         rolled_back=True,
                     ) from None
-            # Clients connected now (the notebook server, and our own IOPub watcher) reconnect
-            # by themselves after the restore; count them so the restore can wait for them.
-            peers = established_peers(k.connection["iopub_port"])
+            # Should the daemon die from here on, its next start finishes or undoes this.
+            self.registry.begin_restore(
+                RestoreJournal(k.id, snap.id, pre.id if pre else None, ticks_now(), time.time())
+            )
             try:
-                with self._staged(k, snap) as staged:
-                    criu_s, hs_s = self._replace(k, snap, staged, peers)
-            except _Untouched as exc:
-                # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
-                if pre is not None:
-                    self.registry.delete_snapshot(pre.id)
-                    self.store.delete(pre.id)
+                criu_s, hs_s = self._restore_or_roll_back(k, snap, pre)
+            finally:
+                self.registry.end_restore(k.id)
+        k = self.kernels.get(k.id)
+        if k.notice:
+            k.notice = None  # the user has moved on from whatever recovery said
+            self.registry.put_kernel(k)
+        return RestoreResult(snap, k, pre, time.monotonic() - t0, criu_s, hs_s)
+
+    def _restore_or_roll_back(
+        self, k: Kernel, snap: Snapshot, pre: Snapshot | None
+    ) -> tuple[float, float]:
+        """Replace the kernel by ``snap``; on failure bring ``pre`` back (under the lock)."""
+        # Clients connected now (the notebook server, and our own IOPub watcher) reconnect
+        # by themselves after the restore; count them so the restore can wait for them.
+        peers = established_peers(k.connection["iopub_port"])
+        try:
+            with self._staged(k, snap) as staged:
+                return self._replace(k, snap, staged, peers)
+        except _Untouched as exc:
+            # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
+            if pre is not None:
+                self.registry.delete_snapshot(pre.id)
+                self.store.delete(pre.id)
+            raise RestoreFailed(
+                f"{exc.error.message}; the kernel was not touched", rolled_back=True
+            ) from None
+        except JusnapError as exc:
+            log.error("restore of %s into %s failed: %s", snap.id, k.id, exc.message)
+            if pre is None:
+                raise RestoreFailed(exc.message, rolled_back=False) from None
+            try:
+                with self._staged(k, pre) as staged:
+                    self._replace(k, pre, staged, peers)
+            except (JusnapError, _Untouched) as exc2:
+                why = exc2.error.message if isinstance(exc2, _Untouched) else exc2.message
+                log.critical("rollback to %s failed too: %s", pre.id, why)
                 raise RestoreFailed(
-                    f"{exc.error.message}; the kernel was not touched", rolled_back=True
-                ) from None
-            except JusnapError as exc:
-                log.error("restore of %s into %s failed: %s", snap.id, k.id, exc.message)
-                if pre is None:
-                    raise RestoreFailed(exc.message, rolled_back=False) from None
-                try:
-                    with self._staged(k, pre) as staged:
-                        self._replace(k, pre, staged, peers)
-                except (JusnapError, _Untouched) as exc2:
-                    why = exc2.error.message if isinstance(exc2, _Untouched) else exc2.message
-                    log.critical("rollback to %s failed too: %s", pre.id, why)
-                    raise RestoreFailed(
-                        f"{exc.message}; rolling back to the pre-restore snapshot {pre.id}"
-                        f" failed as well ({why})",
-                        rolled_back=False,
-                        pre_restore=pre.id,
-                    ) from None
-                raise RestoreFailed(
-                    f"{exc.message}; the kernel was put back as it was",
-                    rolled_back=True,
+                    f"{exc.message}; rolling back to the pre-restore snapshot {pre.id}"
+                    f" failed as well ({why})",
+                    rolled_back=False,
                     pre_restore=pre.id,
                 ) from None
-        return RestoreResult(snap, self.kernels.get(k.id), pre, time.monotonic() - t0, criu_s, hs_s)
+            raise RestoreFailed(
+                f"{exc.message}; the kernel was put back as it was",
+                rolled_back=True,
+                pre_restore=pre.id,
+            ) from None
 
     @contextlib.contextmanager
     def _staged(self, k: Kernel, snap: Snapshot) -> Iterator[Path]:
@@ -503,6 +632,7 @@ class Engine:
         """
         self.kernels.unwatch(k)
         self.supervisor.stop(k)
+        failpoints.reached("restore:kernel-stopped")
         restored_pid: int | None = None
         try:
             creds = self.supervisor.creds(k)
@@ -528,6 +658,7 @@ class Engine:
                 log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
                 raise RestoreFailed(f"restore failed: {why}")
             restored_pid = snap.pid
+            failpoints.reached("restore:criu-restored")
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)

@@ -17,7 +17,7 @@ def engine() -> Engine:
 def kernel_view(k: Kernel) -> dict[str, Any]:
     e = engine()
     d = k.public()
-    d["auto"] = e.kernels.auto_settings(k).public()
+    d["auto"] = e.auto_status(k)
     last = e.last_snapshot(k)
     d["last_snapshot"] = last.public() if last else None
     return d

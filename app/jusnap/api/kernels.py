@@ -108,7 +108,7 @@ def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
 @bp.doc(responses=errors(*BY_ID))
 def get_auto(kernel_id: str) -> dict[str, Any]:
     e = engine()
-    return e.kernels.auto_settings(e.kernels.get(kernel_id, identity().owner)).public()
+    return e.auto_status(e.kernels.get(kernel_id, identity().owner))
 
 
 @bp.patch("/<kernel_id>/auto")
@@ -118,7 +118,7 @@ def get_auto(kernel_id: str) -> dict[str, Any]:
 def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
     e = engine()
     k = e.kernels.set_auto(kernel_id, identity().owner, body.get("enabled"), body.get("cooldown"))
-    return e.kernels.auto_settings(k).public()
+    return e.auto_status(k)
 
 
 @bp.get("/<kernel_id>/snapshots")
@@ -149,16 +149,20 @@ def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any
     if body.get("wait") is False:
         # Asked from inside the kernel: answer first, dump once the kernel has hung up.
         k = e.kernels.get(kernel_id, owner)
+        # The kernel learns here that its previous automatic snapshot failed (it was answered
+        # before that dump ran), and its extension prints it once in the notebook.
+        previous = e.auto_status(k)["last_error"] if trigger == "auto" else None
+        extra = {"previous_error": previous} if previous else {}
         skipped = e.check_auto(k.id, owner) if trigger == "auto" else None
         if skipped is not None:
-            return skipped.public(), 200
+            return {**skipped.public(), **extra}, 200
         count, label = body.get("execution_count"), body.get("label")
         after_hangup(
             request.environ.get("gunicorn.socket"),
             lambda: e.snapshot(k.id, owner, trigger=trigger, label=label, execution_count=count),
             f"{trigger} snapshot of {k.id}",
         )
-        return {"status": "scheduled", "kernel_id": k.id}, 202
+        return {"status": "scheduled", "kernel_id": k.id, **extra}, 202
     result = e.snapshot(
         kernel_id,
         owner,

@@ -94,6 +94,14 @@ class KernelIn(Strict):
 class AutoOut(Schema):
     enabled = Boolean(required=True)
     cooldown = Float(required=True)
+    pending_at = Float(
+        allow_none=True,
+        metadata={"description": "when the trailing automatic snapshot is due (epoch seconds)"},
+    )
+    last_error = String(
+        allow_none=True,
+        metadata={"description": "why the last automatic snapshot failed (null once one works)"},
+    )
 
 
 class AutoIn(Strict):
@@ -130,6 +138,10 @@ class KernelOut(Schema):
     execution_count = Integer(allow_none=True)
     execution_state = String(allow_none=True)
     operation = String(allow_none=True, metadata={"description": "snapshot, restore, ... running"})
+    notice = String(
+        allow_none=True,
+        metadata={"description": "what the daemon did on its own, e.g. after a crash mid-restore"},
+    )
     auto = Nested(AutoOut)
     last_snapshot = Nested(SnapshotOut, allow_none=True)
 
@@ -156,6 +168,9 @@ class SnapshotCreatedOut(Schema):
     snapshot = Nested(SnapshotOut, allow_none=True)
     reason = String()
     retry_in = Float()
+    previous_error = String(
+        metadata={"description": "automatic requests: why the previous automatic snapshot failed"}
+    )
 
 
 class LabelIn(Strict):

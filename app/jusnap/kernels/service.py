@@ -19,7 +19,7 @@ from ..ids import check_kernel_id
 from ..proc import Reaper
 from ..registry import Kernel, Registry
 from .channels import IopubMonitor
-from .locks import OperationLocks
+from .locks import USER_WAIT, OperationLocks
 from .supervisor import PORT_KEYS, Supervisor, ports_free
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,9 @@ class KernelService:
     def shutdown(self, kernel_id: str, owner_uid: int | None = ADMIN, forget: bool = True) -> None:
         """Stop the kernel; its snapshots stay (they belong to the notebook) unless cleared."""
         k = self.get(kernel_id, owner_uid)
-        with self.locks.exclusive(k.id, "shutdown"):
+        # Closing a notebook while its snapshot runs waits for the snapshot (which is kept),
+        # rather than answering "busy" to Jupyter, which would leave the session half closed.
+        with self.locks.exclusive(k.id, "shutdown", wait=USER_WAIT):
             self.unwatch(k)
             self.supervisor.terminate(k, grace=self.settings.graceful.shutdown_timeout)
             if forget:

@@ -44,8 +44,12 @@ class AutoSnapshot:
 
     def _request(self, execution_count: int | None) -> None:
         try:
-            self._ask(execution_count)
-            self._last_error = None
+            previous = self._ask(execution_count)
+            if previous:
+                # The daemon answered the previous request before its dump ran; it failed.
+                self._report(previous)
+            else:
+                self._last_error = None
         except JusnapError as exc:
             self._report(exc.message)
         except Exception as exc:
@@ -53,20 +57,22 @@ class AutoSnapshot:
         finally:
             self._busy.release()
 
-    def _ask(self, execution_count: int | None) -> None:
+    def _ask(self, execution_count: int | None) -> str | None:
+        """Ask for the snapshot; return why the previous automatic one failed, if it did."""
         body = {"trigger": "auto", "wait": False, "execution_count": execution_count}
         daemon = Client(timeout=REQUEST_TIMEOUT)
         if self.kernel_id is None:
             self.kernel_id = self._find_self(daemon)
         try:
-            daemon.request("POST", f"/kernels/{self.kernel_id}/snapshots", body)
+            answer = daemon.request("POST", f"/kernels/{self.kernel_id}/snapshots", body)
         except JusnapError as exc:
             if exc.http_status != 404:
                 raise
             # Restored from a snapshot of an earlier kernel of this notebook: the kernel id
             # in memory is that kernel's. The daemon knows this process by its PID.
             self.kernel_id = self._find_self(daemon)
-            daemon.request("POST", f"/kernels/{self.kernel_id}/snapshots", body)
+            answer = daemon.request("POST", f"/kernels/{self.kernel_id}/snapshots", body)
+        return answer.get("previous_error") if isinstance(answer, dict) else None
 
     def _find_self(self, daemon: Client) -> str:
         pid = os.getpid()
