@@ -99,20 +99,30 @@ def snapshot_rows(snaps: list[dict[str, Any]]) -> str:
 def kernel_rows(kernels: list[dict[str, Any]]) -> str:
     if not kernels:
         return "no kernels"
-    rows = []
+    rows, notes = [], []
     for k in kernels:
         last = k.get("last_snapshot")
+        auto = k.get("auto") or {}
         rows.append(
             [
                 k["id"],
                 k["status"] + (f" ({k['execution_state']})" if k.get("execution_state") else ""),
                 str(k.get("pid") or "-"),
-                "on" if k.get("auto", {}).get("enabled") else "off",
+                ("on" if auto.get("enabled") else "off")
+                + (" (pending)" if auto.get("pending_at") else "")
+                + (" (failed)" if auto.get("last_error") else ""),
                 relative(last["created_at"]) if last else "-",
                 k.get("notebook_path") or "",
             ]
         )
-    return table(rows, ["KERNEL", "STATUS", "PID", "AUTO", "LAST SNAPSHOT", "NOTEBOOK"])
+        # What the user must know about a kernel: the daemon acted on its own, or the last
+        # automatic snapshot failed (the newest state is not saved).
+        if k.get("notice"):
+            notes.append(f"{k['id']}: {k['notice']}")
+        if auto.get("last_error"):
+            notes.append(f"{k['id']}: automatic snapshot failed: {auto['last_error']}")
+    out = table(rows, ["KERNEL", "STATUS", "PID", "AUTO", "LAST SNAPSHOT", "NOTEBOOK"])
+    return "\n".join([out, *notes]) if notes else out
 
 
 class Progress:

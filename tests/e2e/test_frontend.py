@@ -188,3 +188,33 @@ def test_api_error_shows_notification(
     expect(ui.panel.locator(".jp-JusnapPanel-error")).to_have_count(0)
     ui.toolbar_snapshot.click()
     expect(ui.items).to_have_count(1)
+
+
+def test_failed_automatic_snapshot_is_shown(
+    app: str, make_stack: Callable[..., Stack], page: Page, shot: Shot
+) -> None:
+    """An automatic snapshot runs after the cell's request was answered; when it fails the
+    panel says so (the newest state is not saved), and once one works the alert goes."""
+    big_unlinked_file = (
+        "import os, tempfile\n"
+        "f = tempfile.TemporaryFile()\n"
+        "f.write(os.urandom(80 * 1024 * 1024)); f.flush()\n"
+        "print('held')"
+    )
+    stack = make_stack(app)
+    nb = stack.jupyter.write_notebook(
+        "failing.ipynb", [big_unlinked_file, "print('next')", "f.close(); print('closed')"]
+    )
+    ui = NotebookUI(page, app)
+    ui.open(stack.jupyter.page_url(nb))
+    ui.open_panel()
+    ui.toolbar_auto.click()
+    expect(ui.toolbar_auto).to_have_text("auto: on")
+    ui.run_cell(0, "held")  # over the ghost limit: CRIU refuses this kernel's dump
+    alert = ui.panel.locator(".jp-JusnapPanel-autoError")
+    expect(alert).to_contain_text("Automatic snapshot failed", timeout=30_000)
+    expect(alert).to_contain_text("not saved")
+    shot(ui.panel, f"{app}-panel-auto-failed")
+    ui.run_cell(1, "next")
+    ui.run_cell(2, "closed")
+    expect(alert).to_have_count(0, timeout=30_000)

@@ -103,7 +103,7 @@ export class SnapshotsPanel extends Widget {
       node.append(h('p', { class: 'jp-JusnapPanel-empty' }, 'Open a notebook with a running kernel to see its snapshots.'));
       return;
     }
-    node.append(this.toolbar(state, busy), this.status(state));
+    node.append(this.toolbar(state, busy), this.status(state), ...this.alerts(state));
     if (state.snapshots.length) {
       const list = h('ul', { class: 'jp-JusnapPanel-list', role: 'list' });
       const now = nowSeconds();
@@ -162,6 +162,35 @@ export class SnapshotsPanel extends Widget {
       { class: 'jp-JusnapPanel-status', role: 'status' },
       `${n} snapshot${n === 1 ? '' : 's'}${n ? ` · ${formatBytes(total)}` : ''}`
     );
+  }
+
+  /** What the user must know beyond the list: the newest state is not saved (an automatic
+   * snapshot failed, or one is still due), or the daemon acted on the kernel by itself. */
+  private alerts(state: IKernelState): HTMLElement[] {
+    const out: HTMLElement[] = [];
+    const notice = state.kernel?.notice;
+    if (notice) {
+      out.push(h('div', { class: 'jp-JusnapPanel-notice', role: 'alert' }, notice));
+    }
+    const auto = state.auto;
+    if (auto?.last_error) {
+      out.push(
+        h(
+          'div',
+          { class: 'jp-JusnapPanel-autoError', role: 'alert' },
+          `Automatic snapshot failed: ${auto.last_error}. The newest state is not saved.`
+        )
+      );
+    } else if (auto?.pending_at) {
+      out.push(
+        h(
+          'div',
+          { class: 'jp-JusnapPanel-pending', role: 'status' },
+          'The newest state is not saved yet: an automatic snapshot follows shortly.'
+        )
+      );
+    }
+    return out;
   }
 
   private item(s: ISnapshot, now: number, fresh: boolean, busy: boolean): HTMLElement {

@@ -22,6 +22,10 @@ export interface ISnapshot {
 export interface IAutoSettings {
   enabled: boolean;
   cooldown: number;
+  /** Unix seconds when the trailing automatic snapshot is due (null: nothing pending). */
+  pending_at?: number | null;
+  /** Why the last automatic snapshot failed (null once one works again). */
+  last_error?: string | null;
 }
 
 export interface IKernel {
@@ -33,6 +37,8 @@ export interface IKernel {
   execution_state: string | null;
   auto?: IAutoSettings;
   last_snapshot?: ISnapshot | null;
+  /** What the daemon did to the kernel on its own (e.g. after a crash mid-restore). */
+  notice?: string | null;
 }
 
 export interface ICreated {
