@@ -78,13 +78,17 @@ class GcResultOut(Schema):
     bytes_freed = Integer(metadata={"description": "packs and index together"})
     index_bytes_freed = Integer(metadata={"description": "of which the chunk index"})
     garbage_left_bytes = Integer(
-        metadata={"description": "unreferenced bytes left inside packs that are mostly live"
-                  " (only after retention; an explicit gc rewrites every such pack)"}
+        metadata={
+            "description": "unreferenced bytes left inside packs that are mostly live"
+            " (only after retention; an explicit gc rewrites every such pack)"
+        }
     )
     packs_left = Integer(metadata={"description": "packs holding garbage_left_bytes"})
     delta_base_bytes = Integer(
-        metadata={"description": "chunks no snapshot lists but live deltas are based on;"
-                  " freed with the last snapshot whose deltas need them"}
+        metadata={
+            "description": "chunks no snapshot lists but live deltas are based on;"
+            " freed with the last snapshot whose deltas need them"
+        }
     )
     store_removed = Boolean(
         metadata={"description": "the owner had nothing left: its chunk store was removed"}
