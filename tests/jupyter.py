@@ -66,15 +66,21 @@ class JupyterServer:
             "JUPYTER_PATH": str(self.base / "prefix" / "share" / "jupyter"),
             "JUPYTER_PLATFORM_DIRS": "1",
             "JUSNAP_SOCKET": self.jusnap_socket,
+            # The code under test, when the tests run from a checkout (PYTHONPATH, as the
+            # README's test command sets it) rather than against the installed packages.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
 
-    def as_user(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def as_user(
+        self, argv: list[str], env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as Jupyter's user, in its environment plus ``env``."""
         return subprocess.run(
             argv,
             user=self.user.pw_uid,
             group=self.user.pw_gid,
             extra_groups=[],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             cwd=self.base,
             capture_output=True,
             text=True,

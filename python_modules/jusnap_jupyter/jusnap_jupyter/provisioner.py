@@ -72,6 +72,7 @@ _SIGNAMES = {
     signal.SIGQUIT: "SIGQUIT",
 }
 DEAD = 1  # the exit status reported for a kernel the daemon says is not running
+SHUTDOWN_WAIT = 120.0  # seconds a shutdown waits for a snapshot of the kernel to finish
 
 
 async def _call(method: str, path: str, body: Any = None, timeout: float = 600.0) -> Any:
@@ -192,11 +193,19 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """On shutdown the daemon forgets the kernel; the notebook keeps its snapshots."""
         if restart or not self._launched:
             return
-        try:
-            await _call("DELETE", f"/kernels/{self.kernel_id}", timeout=60)
-        except DaemonError as exc:
-            if exc.status != 404:
-                raise
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_WAIT
+        while True:
+            try:
+                await _call("DELETE", f"/kernels/{self.kernel_id}", timeout=60)
+            except DaemonError as exc:
+                # The automatic snapshot of the last cell may still be under way (a headless
+                # run shuts down right after it): wait for it rather than fail the run.
+                if exc.code == "busy" and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.25)
+                    continue
+                if exc.status != 404:
+                    raise
+            break
         self._launched = False
         self._exit_status = DEAD
 
