@@ -34,7 +34,7 @@ from typing import Any
 
 from ..ids import new_snapshot_id
 from .cas import ChunkError, ChunkStore
-from .local import LocalStore
+from .local import PARTIAL_PREFIX, LocalStore
 from .usage import manifests, references
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,12 @@ def collect(store: LocalStore, owner: int, compact_below: float = AUTO) -> GcRes
 
 
 def _has_snapshots(store: LocalStore, owner: int) -> bool:
-    """Whether any snapshot (of any manifest version) may still need the owner's store."""
+    """Whether any snapshot may still need the owner's store: a complete one of the owner
+    (of any manifest version), or a commit under way (``.partial-*``, owner not yet known),
+    which made its directory before it locked the store and would otherwise race every
+    collection to re-create it."""
+    if any(p.name.startswith(PARTIAL_PREFIX) for p in store.root.iterdir()):
+        return True
     return bool(manifests(store, owner))
 
 
