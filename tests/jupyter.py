@@ -71,13 +71,16 @@ class JupyterServer:
             **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
 
-    def as_user(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def as_user(
+        self, argv: list[str], env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as Jupyter's user, in its environment plus ``env``."""
         return subprocess.run(
             argv,
             user=self.user.pw_uid,
             group=self.user.pw_gid,
             extra_groups=[],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             cwd=self.base,
             capture_output=True,
             text=True,

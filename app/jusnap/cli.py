@@ -78,11 +78,14 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def snapshot_rows(snaps: list[dict[str, Any]]) -> str:
+def snapshot_rows(snaps: list[dict[str, Any]], owner: bool = False) -> str:
+    """A snapshot table; ``owner``: the list of all snapshots, which also says what each
+    belongs to (its notebook, or its kernel and whether that still exists)."""
     if not snaps:
         return "no snapshots"
-    rows = [
-        [
+    rows = []
+    for s in snaps:
+        row = [
             s["id"],
             f"{local_time(s['created_at'])} ({relative(s['created_at'])})",
             s["trigger"],
@@ -91,9 +94,12 @@ def snapshot_rows(snaps: list[dict[str, Any]]) -> str:
             f"{s['frozen_seconds']:.3f}s",
             s.get("label") or "",
         ]
-        for s in snaps
-    ]
-    return table(rows, ["SNAPSHOT", "CREATED", "TRIGGER", "EXEC", "SIZE", "FROZEN", "LABEL"])
+        if owner:
+            gone = "" if s.get("kernel_alive") else " (gone)"
+            row.append(s.get("notebook_path") or f"kernel {s['kernel_id'][:8]}{gone}")
+        rows.append(row)
+    header = ["SNAPSHOT", "CREATED", "TRIGGER", "EXEC", "SIZE", "FROZEN", "LABEL"]
+    return table(rows, header + (["NOTEBOOK"] if owner else []))
 
 
 def kernel_rows(kernels: list[dict[str, Any]]) -> str:
@@ -264,7 +270,12 @@ def cmd_snapshot(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace, c: Client) -> int:
-    _out(args, c.snapshots(resolve_kernel(c, args.kernel)), snapshot_rows)
+    if args.all == bool(args.kernel):
+        raise InvalidRequest("give a kernel, or --all for every snapshot you own")
+    if args.all:
+        _out(args, c.all_snapshots(), lambda snaps: snapshot_rows(snaps, owner=True))
+    else:
+        _out(args, c.snapshots(resolve_kernel(c, args.kernel)), snapshot_rows)
     return 0
 
 
@@ -355,6 +366,7 @@ def usage_text(data: dict[str, Any]) -> str:
             f" compression {ratio(u['compression_ratio'])})",
             f"  shared pages       {human_size(u['shared_bytes'])}",
             f"  unique pages       {human_size(u['unique_bytes'])}",
+            f"  chunk index        {human_size(u['index_bytes'])}  (SQLite, WAL included)",
             f"  on disk            {human_size(u['disk_bytes'])}"
             f"  (garbage {human_size(u['garbage_bytes'])}: jusnap gc)",
         ]
@@ -371,17 +383,35 @@ def cmd_du(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def gc_text(data: dict[str, Any]) -> str:
+    """``jusnap gc``: what was freed per owner, and what was kept on purpose (and why)."""
+    lines = []
+    for x in data["results"]:
+        line = (
+            f"uid {x['owner_uid']}: freed {human_size(x['bytes_freed'])}"
+            f" ({x['chunks_removed']} chunks, {x['packs_removed']} packs removed,"
+            f" {x['packs_compacted']} compacted, index {human_size(x['index_bytes_freed'])})"
+            f" in {x['seconds']:.2f}s"
+        )
+        if x.get("store_removed"):
+            line += "; nothing left: store removed"
+        if x.get("verify"):
+            v = x["verify"]
+            line += f"; verified {v['chunks_checked']} chunks, {v['chunks_damaged']} damaged"
+        lines.append(line)
+        if x.get("garbage_left_bytes"):
+            lines.append(f"  left {human_size(x['garbage_left_bytes'])} of garbage in"
+                         f" {x['packs_left']} pack(s) still mostly in use")  # fmt: skip
+        if x.get("delta_base_bytes"):
+            lines.append(f"  kept {human_size(x['delta_base_bytes'])} of deleted snapshots'"
+                         " pages: later snapshots are stored as deltas on them")  # fmt: skip
+    return "\n".join(lines) or "nothing to collect"
+
+
 def cmd_gc(args: argparse.Namespace, c: Client) -> int:
     with Progress("collecting garbage", not args.json):
         r = c.gc(verify=args.verify)
-    _out(args, r, lambda d: "\n".join(
-        f"uid {x['owner_uid']}: freed {human_size(x['bytes_freed'])}"
-        f" ({x['chunks_removed']} chunks, {x['packs_removed']} packs removed,"
-        f" {x['packs_compacted']} compacted) in {x['seconds']:.2f}s"
-        + (f"; verified {x['verify']['chunks_checked']} chunks,"
-           f" {x['verify']['chunks_damaged']} damaged" if x.get("verify") else "")
-        for x in d["results"]
-    ) or "nothing to collect")  # fmt: skip
+    _out(args, r, gc_text)
     return 0
 
 
@@ -456,10 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", cmd_stop, "shut a kernel down"),
         ("restart", cmd_restart, "restart a kernel"),
         ("interrupt", cmd_interrupt, "interrupt a kernel (SIGINT)"),
-        ("snapshots", cmd_snapshots, "list a kernel's snapshots, newest first"),
     )
     for name, fn, help_ in per_kernel:
         add(name, fn, help_).add_argument("kernel", help="kernel id or unique prefix")
+    sp = add(
+        "snapshots",
+        cmd_snapshots,
+        "list a kernel's (and its notebook's) snapshots, or all yours, newest first",
+    )
+    sp.add_argument("kernel", nargs="?", help="kernel id or unique prefix")
+    sp.add_argument("--all", action="store_true",
+                    help="every snapshot you own, also of kernels that are gone")  # fmt: skip
     sp = add("signal", cmd_signal, "send a signal to a kernel")
     sp.add_argument("kernel")
     sp.add_argument("signal", help="e.g. SIGTERM or USR1")

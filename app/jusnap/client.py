@@ -140,6 +140,9 @@ class Client:
     def signal(self, kernel_id: str, sig: str) -> Any:
         return self.request("POST", f"/kernels/{_q(kernel_id)}/signal", {"signal": sig})
 
+    def all_snapshots(self) -> Any:
+        return self.request("GET", "/snapshots")
+
     def auto(self, kernel_id: str, **body: Any) -> Any:
         if not body:
             return self.request("GET", f"/kernels/{_q(kernel_id)}/auto")

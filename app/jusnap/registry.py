@@ -289,6 +289,21 @@ class Registry:
                 ).fetchall()
         return [self._snapshot(r) for r in rows]
 
+    def snapshots_owned(self, owner_uid: int | None) -> list[Snapshot]:
+        """Every snapshot of ``owner_uid`` (None: everyone's), newest first.
+
+        The only list that reaches snapshots whose kernel is gone and that belong to no
+        notebook (a headless nbclient or papermill run): without it they were listed nowhere.
+        """
+        with self._lock:
+            if owner_uid is None:
+                rows = self._db.execute("SELECT * FROM snapshots ORDER BY id DESC").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM snapshots WHERE owner_uid=? ORDER BY id DESC", (owner_uid,)
+                ).fetchall()
+        return [self._snapshot(r) for r in rows]
+
     def all_snapshot_ids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT id FROM snapshots")}

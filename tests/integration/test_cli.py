@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pwd
 import socket
 from pathlib import Path
 
@@ -147,3 +148,48 @@ def test_check_runs_criu_as_the_kernel_user(criu_binary: str, kernel_user) -> No
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "Looks good."
+
+
+def test_snapshots_outlive_their_kernel_and_the_store_shrinks_to_nothing(
+    daemon: Daemon, kernel_user: pwd.struct_passwd
+) -> None:
+    """Issue 15: a kernel without a notebook (a headless run) leaves snapshots that stay
+    reachable after it stopped; deleting them all and `jusnap gc` leaves no store behind."""
+
+    def cli(*args: str) -> str:
+        r = daemon.cli(*args, user=kernel_user)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    k = json.loads(cli("--json", "start"))
+    kc = connect(k["connection"])
+    run_cell(kc, "import numpy as np; a = np.random.default_rng(1).random(2_000_000)")  # 16 MB
+    sids = [json.loads(cli("--json", "snapshot", k["id"]))["snapshot"]["id"]]
+    run_cell(kc, "a[:500_000] = 0.5")
+    sids.append(
+        json.loads(cli("--json", "snapshot", k["id"], "--label", "second"))["snapshot"]["id"]
+    )
+    kc.stop_channels()
+    cli("stop", k["id"])
+
+    listed = json.loads(cli("--json", "snapshots", "--all"))
+    assert [s["id"] for s in listed] == sids[::-1]
+    assert all(s["kernel_id"] == k["id"] and not s["kernel_alive"] for s in listed)
+    table = cli("snapshots", "--all")
+    assert table.splitlines()[0].split()[-1] == "NOTEBOOK"
+    assert f"kernel {k['id'][:8]} (gone)" in table and "second" in table
+    assert daemon.cli("snapshots", user=kernel_user).returncode == 64  # a kernel, or --all
+
+    du = json.loads(cli("--json", "du"))["usage"]
+    (mine,) = [u for u in du if u["owner_uid"] == kernel_user.pw_uid]
+    store = daemon.state_dir / "chunks" / str(kernel_user.pw_uid)
+    index = sum(p.stat().st_size for p in store.glob("index.db*"))
+    assert mine["index_bytes"] == index > 0 and mine["disk_bytes"] > index
+    assert "chunk index" in cli("du")
+
+    cli("rm", *sids)
+    assert json.loads(cli("--json", "snapshots", "--all")) == []
+    out = cli("gc")
+    assert f"uid {kernel_user.pw_uid}: freed" in out and "store removed" in out, out
+    assert not store.exists(), "an owner with nothing left keeps no index"
+    assert cli("du").splitlines()[-1] == "no snapshots stored"

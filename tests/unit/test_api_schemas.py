@@ -77,3 +77,14 @@ def test_document_states_the_rules(spec: dict[str, Any]) -> None:
 def test_launch_documents_its_404(spec: dict[str, Any]) -> None:
     """POST /kernels with the id of someone else's kernel answers 404, like any other lookup."""
     assert "404" in spec["paths"]["/jusnap/api/v1/kernels"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("path", ["/home/u/project/", "/home/u/project/.", "..", "nb/.."])
+def test_a_directory_is_refused_as_a_notebook_path(path: str) -> None:
+    with pytest.raises(ValidationError, match="notebook file"):
+        KernelIn().load({"notebook_path": path})
+
+
+@pytest.mark.parametrize("path", ["/home/u/project/a.ipynb", "a.ipynb", "", None])
+def test_files_and_no_notebook_are_accepted(path: str | None) -> None:
+    assert KernelIn().load({"notebook_path": path}) == {"notebook_path": path}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
+import pytest
 from jupyter_client.kernelspec import KernelSpec
-from jusnap_jupyter.provisioner import JusnapProvisioner
+from jusnap_jupyter.provisioner import NOTEBOOK_ENV, JusnapProvisioner, notebook_path
 
 
 def _provisioner(**spec: object) -> JusnapProvisioner:
@@ -51,3 +53,29 @@ def test_not_launched_means_no_process() -> None:
     p = _provisioner()
     assert not p.has_process
     assert asyncio.run(p.poll()) is None
+
+
+def test_a_session_named_by_its_directory_never_becomes_the_notebook(tmp_path: Path) -> None:
+    """Issue 15: ``"name": ""`` makes JPY_SESSION_NAME the directory of the notebook."""
+    (tmp_path / "a.ipynb").write_text("{}")
+    d = str(tmp_path)
+    assert notebook_path({"JPY_SESSION_NAME": d + "/"}, d) is None
+    assert notebook_path({"JPY_SESSION_NAME": d}, d) is None  # an existing directory
+    assert notebook_path({"JPY_SESSION_NAME": "."}, d) is None
+    assert notebook_path({"JPY_SESSION_NAME": f"{d}/a.ipynb"}, d) == f"{d}/a.ipynb"
+    # What the server extension (or a headless caller) says wins; relative to the kernel's cwd.
+    env = {"JPY_SESSION_NAME": d + "/", NOTEBOOK_ENV: "a.ipynb"}
+    assert notebook_path(env, d) == f"{d}/a.ipynb"
+    assert notebook_path({NOTEBOOK_ENV: d}, d) is None
+
+
+def test_headless_launch_runs_in_the_callers_cwd_and_names_the_notebook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nbclient and papermill pass neither cwd nor a notebook: the caller's cwd is used."""
+    monkeypatch.chdir(tmp_path)
+    p = _provisioner()
+    kw = asyncio.run(p.pre_launch(env={NOTEBOOK_ENV: "run.ipynb"}))
+    assert kw["cwd"] == str(tmp_path)
+    assert p._notebook == str(tmp_path / "run.ipynb")
+    assert NOTEBOOK_ENV not in kw["env"], "not passed on to the kernel"

@@ -10,12 +10,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from jusnap.config import StoreSettings
 from jusnap.errors import ConfigError, RestoreFailed
 from jusnap.registry import Snapshot
 from jusnap.store import gc, retention
 from jusnap.store.cas import MAX_DELTA_DEPTH, PAGE, split_lists
 from jusnap.store.local import MANIFEST, LocalStore
 from jusnap.store.migrate import migrate
+from jusnap.store.service import StoreService
 from jusnap.store.usage import references, usage
 
 IDS = iter(f"01M8AQ{i:020d}" for i in range(10**6))
@@ -147,9 +149,8 @@ def test_gc_removes_only_unreferenced(store: LocalStore, tmp_path: Path) -> None
     assert stage(store, s2, tmp_path)["pages-1.img"] == a[: 100 * PAGE] + b[: 100 * PAGE]
     assert usage(store, 5)["garbage_bytes"] == 0
     store.delete(s2)
-    gc.collect(store, 5)
-    assert not list(store.chunks(5).packs.iterdir())
-    assert store.chunks(5).sizes()[0] == 0
+    assert gc.collect(store, 5).store_removed  # nothing left: no packs, no index
+    assert not store.chunks(5).root.exists()
 
 
 def test_gc_concurrent_with_commits_never_loses_a_needed_chunk(
@@ -338,3 +339,106 @@ def test_scrub_finds_damage_and_later_snapshots_heal(store: LocalStore, tmp_path
     assert gc.scrub(store, 13)["chunks_damaged"] == 0  # the damaged copy was forgotten
     # Content addressing heals the first snapshot too: its pages are whole in the store again.
     assert stage(store, s1, tmp_path)["pages-1.img"] == data
+
+
+# ---- issue 15: the index shrinks with the data, gc frees what is unreferenced -------------
+
+
+def test_gc_shrinks_the_index_and_removes_the_store_of_an_owner_with_nothing_left(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    service = StoreService(store, StoreSettings())
+    ids = []
+    for i in range(6):  # ~7000 distinct pages: an index of a few MB, WAL included
+        sid = new_id()
+        store.commit(sid, dump(tmp_path, pages(40 + i, 1200)), owner=21)
+        ids.append(sid)
+    cs = store.chunks(21)
+    (u,) = service.usage(21)
+    full = u["index_bytes"]
+    assert full == cs.index_bytes() > 1024 * 1024, "du counts the index and its WAL"
+    assert u["disk_bytes"] >= u["index_bytes"] + cs.pack_bytes()
+    for sid in ids[1:]:
+        store.delete(sid)
+    (res,) = service.gc(21)
+    assert res["index_bytes_freed"] > 0 and not res["store_removed"]
+    assert (cs.root / "index.db-wal").stat().st_size == 0, "WAL checkpointed and truncated"
+    (u,) = service.usage(21)
+    assert u["index_bytes"] < full / 4, (u, full)  # one snapshot's rows, not six
+    assert stage(store, ids[0], tmp_path)["pages-1.img"] == pages(40, 1200)
+    store.delete(ids[0])
+    (res,) = service.gc(21)
+    assert res["store_removed"] and res["bytes_freed"] > 0
+    assert not cs.root.exists() and store.owners() == []
+    assert service.usage(21) == [] and service.gc(21) == [], "asking does not re-create it"
+    # The owner snapshots again: the store comes back, through the object held all along.
+    sid = new_id()
+    store.commit(sid, dump(tmp_path, pages(50, 100)), owner=21)
+    assert stage(store, sid, tmp_path)["pages-1.img"] == pages(50, 100)
+    assert store.owners() == [21]
+
+
+def test_store_removal_never_loses_a_concurrent_commit(store: LocalStore, tmp_path: Path) -> None:
+    """gc removes the empty store over and over while snapshots are taken and deleted."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    removed = [0]
+
+    def collector() -> None:
+        try:
+            while not stop.is_set():
+                removed[0] += gc.collect(store, 22).store_removed
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=collector)
+    t.start()
+    try:
+        for i in range(30):
+            data = pages(200 + i, 40)
+            sid = new_id()
+            store.commit(sid, dump(tmp_path, data), owner=22)
+            assert stage(store, sid, tmp_path)["pages-1.img"] == data
+            store.delete(sid)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert removed[0] >= 2, "the store really was removed in between"
+
+
+def test_explicit_gc_frees_garbage_inside_packs_that_are_still_mostly_live(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    """The first snapshot's pack holds most pages; deleting it leaves a quarter of it dead."""
+    service = StoreService(store, StoreSettings())
+    a = pages(60, 400)
+    s1, s2 = new_id(), new_id()
+    store.commit(s1, dump(tmp_path, a), owner=23)
+    second = a[: 300 * PAGE] + pages(61, 100)
+    store.commit(s2, dump(tmp_path, second), owner=23)
+    store.delete(s1)
+    (u,) = service.usage(23)
+    assert u["garbage_bytes"] > 0
+    auto = gc.collect(store, 23)  # after retention: the pack stays, and gc says so
+    assert auto.garbage_left_bytes > 0 and auto.packs_left == 1
+    assert service.usage(23)[0]["garbage_bytes"] == auto.garbage_left_bytes
+    (res,) = service.gc(23)  # asked for: everything unreferenced goes now
+    assert res["packs_compacted"] == 1 and res["garbage_left_bytes"] == 0
+    assert res["bytes_freed"] >= auto.garbage_left_bytes
+    assert service.usage(23)[0]["garbage_bytes"] == 0
+    assert stage(store, s2, tmp_path)["pages-1.img"] == second
+
+
+def test_gc_reports_pages_kept_only_as_delta_bases(store: LocalStore, tmp_path: Path) -> None:
+    """A deleted snapshot's pages that a later snapshot's deltas need are said, not hidden."""
+    data = bytearray(random.Random(24).randbytes(100 * PAGE))
+    s1, s2 = new_id(), new_id()
+    store.commit(s1, dump_with_pagemap(tmp_path, bytes(data)), owner=24)
+    for p in range(100):
+        data[p * PAGE + 10 : p * PAGE + 18] = b"\x01" * 8
+    store.commit(s2, dump_with_pagemap(tmp_path, bytes(data)), owner=24)
+    store.delete(s1)
+    (res,) = StoreService(store, StoreSettings()).gc(24)
+    assert res["delta_base_bytes"] >= 90 * PAGE, res
+    assert stage(store, s2, tmp_path)["pages-1.img"] == bytes(data)

@@ -39,6 +39,18 @@ class JsonBoolean(Boolean):
         return value
 
 
+def notebook_file(value: str) -> None:
+    """A notebook path names a file, never a directory (issue 15).
+
+    It is the notebook's identity: its snapshot list, retention count and ports. A directory
+    (``.../``, ``.``, ``..``), which Jupyter hands out for sessions created with an empty
+    name, would make every notebook in it share them. The daemon cannot look at the user's
+    files, so it refuses what can only be a directory; the provisioner checks the rest.
+    """
+    if value and (value.endswith(("/", "/.", "/..")) or value in (".", "..")):
+        raise ValidationError("must name the notebook file, not a directory")
+
+
 class Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -84,7 +96,9 @@ class KernelIn(Strict):
     env = Dict(keys=String(validate=[Length(1, 256), Regexp(ENV_NAME), encodable]),
                values=String(validate=[Length(0, 8192), Regexp(TEXT), encodable]))  # fmt: skip
     cwd = String(validate=[Length(1, 4096), Regexp(TEXT), encodable])
-    notebook_path = String(validate=[Length(0, 4096), Regexp(TEXT), encodable], allow_none=True)
+    notebook_path = String(
+        validate=[Length(0, 4096), Regexp(TEXT), encodable, notebook_file], allow_none=True
+    )
     connection = Nested(
         ConnectionIn,
         metadata={"description": "the five ports must differ from each other (else 422)"},
@@ -123,6 +137,9 @@ class SnapshotOut(Schema):
     has_history = Boolean()
     hooks = Dict()
     restorable = Boolean(metadata={"description": "fits the kernel's ports (in a kernel's list)"})
+    kernel_alive = Boolean(
+        metadata={"description": "its kernel still exists (in the list of all snapshots)"}
+    )
 
 
 class KernelOut(Schema):

@@ -1,4 +1,4 @@
-"""Snapshots by id: show, relabel, restore, delete."""
+"""Snapshots: all of the caller's; by id: show, relabel, restore, delete."""
 
 from __future__ import annotations
 
@@ -12,6 +12,22 @@ from .docs import BODY, BY_ID, errors
 from .schemas import LabelIn, RestoreIn, RestoreOut, SnapshotOut
 
 bp = APIBlueprint("snapshots", __name__)
+
+
+@bp.get("")
+@bp.output(SnapshotOut(many=True))
+@bp.doc(summary="All of the caller's snapshots", responses=errors())
+def list_all() -> list[dict[str, Any]]:
+    """Every snapshot the caller owns (root: everyone's), newest first, whether or not its
+    kernel still exists: snapshots of headless runs belong to no notebook and are reachable
+    only here once their kernel is gone. ``kernel_alive`` says which kernels still exist."""
+    e = engine()
+    owner = identity().owner
+    alive = {k.id for k in e.kernels(owner)}
+    return [
+        {**s.public(), "kernel_alive": s.kernel_id in alive}
+        for s in e.registry.snapshots_owned(owner)
+    ]
 
 
 @bp.get("/<snapshot_id>")

@@ -44,7 +44,12 @@ class UsageOut(Schema):
     unique_bytes = Integer(metadata={"description": "page bytes used by one snapshot only"})
     shared_bytes = Integer(metadata={"description": "page bytes used by several snapshots"})
     whole_file_bytes = Integer()
-    index_bytes = Integer()
+    index_bytes = Integer(
+        metadata={"description": "the chunk index on disk (SQLite database, WAL included)"}
+    )
+    hash_block_bytes = Integer(
+        metadata={"description": "stored hash blocks, small images and delta bases"}
+    )
     garbage_bytes = Integer(metadata={"description": "unreferenced bytes gc would free"})
     pages_stored = Integer()
     compression_ratio = Float(allow_none=True)
@@ -70,7 +75,24 @@ class GcResultOut(Schema):
     chunks_removed = Integer()
     packs_removed = Integer()
     packs_compacted = Integer()
-    bytes_freed = Integer()
+    bytes_freed = Integer(metadata={"description": "packs and index together"})
+    index_bytes_freed = Integer(metadata={"description": "of which the chunk index"})
+    garbage_left_bytes = Integer(
+        metadata={
+            "description": "unreferenced bytes left inside packs that are mostly live"
+            " (only after retention; an explicit gc rewrites every such pack)"
+        }
+    )
+    packs_left = Integer(metadata={"description": "packs holding garbage_left_bytes"})
+    delta_base_bytes = Integer(
+        metadata={
+            "description": "chunks no snapshot lists but live deltas are based on;"
+            " freed with the last snapshot whose deltas need them"
+        }
+    )
+    store_removed = Boolean(
+        metadata={"description": "the owner had nothing left: its chunk store was removed"}
+    )
     seconds = Float()
     verify = Nested(VerifyOut)
 

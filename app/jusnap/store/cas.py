@@ -17,15 +17,28 @@ little a snapshot adds, that another user holds the same bytes.
 Concurrency: commits and reads hold a shared ``flock`` on the store's lock file, garbage
 collection holds it exclusively, so a chunk that a commit found in the index cannot be swept
 before that commit's manifest exists.
+
+Why the index is compacted: SQLite never gives back the pages of deleted rows, and a WAL file
+keeps the size of the largest transaction it ever held (a commit of a big kernel, a sweep),
+so without help the index of a user who deleted everything stayed as large as it ever was
+(71 MB + 70 MB of WAL for 11 MB of data, issue 15). ``journal_size_limit`` trims the WAL after
+each checkpoint, ``compact_index`` (run by garbage collection) checkpoints with TRUNCATE and
+VACUUMs when enough pages are free, and ``remove`` drops the store of an owner who has nothing
+left; the lock protocol below lets a store be removed while other threads hold the object.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import sqlite3
 import threading
+import time
+import weakref
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +46,7 @@ from pathlib import Path
 import xxhash
 import zstandard
 
-from ..fsutil import connect_wal, fsync_dir, immediate, open_nofollow, write_all
+from ..fsutil import fsync_dir, immediate, open_nofollow, write_all
 
 PAGE = 4096
 DIGEST = 16  # xxh3-128
@@ -52,6 +65,38 @@ DELTA_IF_RATIO = 0.5  # use the delta only when it is at most half the page's ow
 # DataFrame, is no near-copy of what was there).
 DELTA_SAMPLE = 128
 DELTA_SAMPLE_HITS = 0.25
+# The WAL is cut back to this after a checkpoint (SQLite otherwise keeps its largest size).
+WAL_KEEP = 1024 * 1024
+# VACUUM rewrites the whole index: worth it when this much of it is free pages.
+VACUUM_MIN_FREE = 256 * 1024
+VACUUM_MIN_FRACTION = 0.25
+INDEX_FILES = ("index.db", "index.db-wal", "index.db-shm")
+LOCK_TRIES = 100  # a store removed this often while being locked is not a race but a fault
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (``_OPEN``), unlike sqlite3's own."""
+
+
+# Every open connection to each store's index in this process, so that ``remove`` can close
+# them all; a thread's connection still goes away with its thread. ``_GENERATION`` tells a
+# thread that its connection was closed.
+_OPEN: defaultdict[str, weakref.WeakSet[_Connection]] = defaultdict(weakref.WeakSet)
+_GENERATION: defaultdict[str, int] = defaultdict(int)
+_OPEN_LOCK = threading.RLock()
+
+
+def _ident(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _ident_fd(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 class ChunkError(Exception):
@@ -127,6 +172,11 @@ class ChunkStore:
         self.ensure()
 
     def ensure(self) -> None:
+        """Make the store (directories, index schema); atomic with respect to ``remove``."""
+        with _OPEN_LOCK:
+            self._ensure()
+
+    def _ensure(self) -> None:
         for d in (self.root, self.packs):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             d.chmod(0o700)
@@ -144,19 +194,66 @@ class ChunkStore:
         (self.root / "index.db").chmod(0o600)
 
     def _db(self) -> sqlite3.Connection:
+        """This thread's connection to the index (a new one after ``remove`` closed it)."""
+        key = str(self.root)
         db = getattr(self._local, "db", None)
+        if db is not None and getattr(self._local, "generation", -1) != _GENERATION[key]:
+            db = None  # closed by ``remove``
         if db is None:
-            db = connect_wal(self.root / "index.db", timeout=60)
+            # Opened and first used (SQLite opens the WAL by name on first use) under the
+            # same lock as ``remove``, so a connection never spans a removal.
+            with _OPEN_LOCK:
+                db = sqlite3.connect(
+                    self.root / "index.db",
+                    timeout=60,
+                    isolation_level=None,
+                    check_same_thread=False,  # ``remove`` closes it from another thread
+                    factory=_Connection,
+                )
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")
+                except BaseException:
+                    db.close()
+                    raise
+                _OPEN[key].add(db)
+                self._local.generation = _GENERATION[key]
             self._local.db = db
         return db
 
     # ---- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, exclusive: bool = False) -> Iterator[None]:
-        """Shared for commits and reads, exclusive for garbage collection (see module doc)."""
-        fd = open_nofollow(self.root / "lock", os.O_RDWR | os.O_CREAT)
+        """Shared for commits and reads, exclusive for garbage collection (see module doc).
+
+        A lock taken on a lock file that ``remove`` unlinked meanwhile protects nothing: the
+        file at the path must still be the one locked, otherwise the store is made again (its
+        owner is taking a snapshot after all) and the lock taken anew.
+        """
+        path = self.root / "lock"
+        for attempt in range(LOCK_TRIES):
+            try:
+                fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+            except FileNotFoundError:
+                try:
+                    self.ensure()
+                except (FileNotFoundError, sqlite3.OperationalError, sqlite3.ProgrammingError):
+                    if attempt == LOCK_TRIES - 1:
+                        raise
+                continue  # removed again while being made: try again
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                same = _ident(path) == _ident_fd(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise OSError(errno.EAGAIN, f"chunk store {self.root} keeps being removed")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
             os.close(fd)
@@ -310,6 +407,54 @@ class ChunkStore:
 
     def pack_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.packs.iterdir())
+
+    def index_bytes(self) -> int:
+        """Bytes of the index on disk: the database, its WAL and shared-memory file."""
+        total = 0
+        for name in INDEX_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                total += (self.root / name).stat().st_size
+        return total
+
+    def compact_index(self) -> int:
+        """Give the index's free space back to the filesystem; return the bytes freed.
+
+        Call with the store locked exclusively (no other reader may pin the WAL). The WAL is
+        checkpointed and truncated; the database is VACUUMed only when its free pages are
+        worth a rewrite (``VACUUM_MIN_FREE`` and ``VACUUM_MIN_FRACTION``).
+        """
+        before = self.index_bytes()
+        db = self._db()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        free, pages, size = (
+            db.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("freelist_count", "page_count", "page_size")
+        )
+        if free * size >= VACUUM_MIN_FREE and free >= pages * VACUUM_MIN_FRACTION:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return max(0, before - self.index_bytes())
+
+    def remove(self) -> None:
+        """Delete the whole store (its owner has no snapshot and no chunk left).
+
+        Call with the store locked exclusively. Every connection to the index in this process
+        is closed first, while its path still leads to it: SQLite deletes the WAL *by name*
+        when the last connection closes, which after a re-creation would be the new store's.
+        The directory is then renamed away (a crash leaves no half-removed store under the
+        owner's name) and deleted; threads still holding this object reconnect (``_db``) and
+        re-create the store when they lock it (``lock``).
+        """
+        key = str(self.root)
+        doomed = self.root.with_name(f".removed-{self.root.name}-{time.time_ns()}")
+        with _OPEN_LOCK:
+            for db in list(_OPEN.pop(key, ())):
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            _GENERATION[key] += 1
+            self.root.rename(doomed)
+        self._local.db = None
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 class PackWriter:

@@ -8,6 +8,18 @@ the collection: when in doubt, nothing is deleted.
 Packs whose live bytes fall under ``compact_below`` of their size are rewritten with only the
 live chunks (frames copied as they are, no recompression); empty and orphaned packs (a
 crash between a pack's fsync and its index rows) are removed.
+
+Why the collection after retention and the one asked for differ (issue 15, "gc lag"): a pack
+holds the chunks one commit added, and most of a kernel's pages are added by its first
+snapshot and shared by the later ones. Deleting snapshots then leaves their pages dead
+*inside* packs that are still mostly alive; with a 50 % bar such a pack kept its garbage
+until some later deletion pushed it under the bar, and then freed gigabytes at once. There is
+no grace period and no cached reference set: mark always reads the manifests on disk. The
+automatic collection after retention keeps the bar (it runs after every snapshot that
+retention trims, and rewriting a big pack each time would cost far more than it frees); an
+explicit collection (``jusnap gc``, ``POST /store/gc``) rewrites every pack that holds garbage
+(``FULL``), and both report what they left and why (``garbage_left_bytes`` in packs under the
+bar, ``delta_base_bytes`` kept only because live deltas are based on them).
 """
 
 from __future__ import annotations
@@ -23,10 +35,13 @@ from typing import Any
 from ..fsutil import open_nofollow, write_all
 from ..ids import new_snapshot_id
 from .cas import ChunkError, ChunkStore
-from .local import LocalStore
-from .usage import references
+from .local import PARTIAL_PREFIX, LocalStore
+from .usage import manifests, references
 
 log = logging.getLogger(__name__)
+
+AUTO = 0.5  # after retention: rewrite a pack once less than half of it is live
+FULL = 1.0  # asked for: rewrite every pack holding garbage
 
 
 @dataclass
@@ -35,7 +50,12 @@ class GcResult:
     chunks_removed: int = 0
     packs_removed: int = 0
     packs_compacted: int = 0
-    bytes_freed: int = 0
+    bytes_freed: int = 0  # packs and index together
+    index_bytes_freed: int = 0
+    garbage_left_bytes: int = 0  # dead bytes left in packs still mostly live (under the bar)
+    packs_left: int = 0  # packs holding that garbage
+    delta_base_bytes: int = 0  # unreferenced chunks kept because live deltas need them
+    store_removed: bool = False  # the owner had nothing left: the chunk store is gone
     seconds: float = 0.0
 
     def public(self) -> dict[str, Any]:
@@ -44,19 +64,26 @@ class GcResult:
         return d
 
 
-def collect(store: LocalStore, owner: int, compact_below: float = 0.5) -> GcResult:
+def collect(store: LocalStore, owner: int, compact_below: float = AUTO) -> GcResult:
+    """Sweep the owner's unreferenced chunks, shrink the index, drop an empty store.
+
+    ``compact_below``: a pack whose live bytes are under this fraction of its size is
+    rewritten (``AUTO`` after retention, ``FULL`` when asked for: see the module doc).
+    """
     t0 = time.monotonic()
     cs = store.chunks(owner)
     res = GcResult(owner)
     with cs.lock(exclusive=True):
-        live = cs.closure(references(store, cs, owner).live())  # with delta bases
+        refs = references(store, cs, owner)
+        direct = refs.live()
+        live = cs.closure(direct)  # with delta bases
         dead: list[bytes] = []
-        live_rows: dict[str, list[tuple[bytes, int]]] = defaultdict(list)
         live_bytes: dict[str, int] = defaultdict(int)
         for h, pack, clen, _ulen in cs.all_rows():
             if h in live:
-                live_rows[pack].append((h, clen))
                 live_bytes[pack] += clen
+                if h not in direct:
+                    res.delta_base_bytes += clen
             else:
                 dead.append(h)
         cs.forget(dead)
@@ -72,10 +99,31 @@ def collect(store: LocalStore, owner: int, compact_below: float = 0.5) -> GcResu
                 _compact(cs, path.name)
                 res.packs_compacted += 1
                 res.bytes_freed += size - keep
+            elif keep < size:
+                res.garbage_left_bytes += size - keep
+                res.packs_left += 1
+        if not live and not refs.leaves and not _has_snapshots(store, owner):
+            before = cs.index_bytes()
+            cs.remove()
+            res.store_removed = True
+            res.index_bytes_freed = before
+        else:
+            res.index_bytes_freed = cs.compact_index()
+        res.bytes_freed += res.index_bytes_freed
     res.seconds = time.monotonic() - t0
-    if res.chunks_removed or res.packs_removed:
+    if res.chunks_removed or res.packs_removed or res.store_removed:
         log.info("gc of uid %d: %s", owner, res.public())
     return res
+
+
+def _has_snapshots(store: LocalStore, owner: int) -> bool:
+    """Whether any snapshot may still need the owner's store: a complete one of the owner
+    (of any manifest version), or a commit under way (``.partial-*``, owner not yet known),
+    which made its directory before it locked the store and would otherwise race every
+    collection to re-create it."""
+    if any(p.name.startswith(PARTIAL_PREFIX) for p in store.root.iterdir()):
+        return True
+    return bool(manifests(store, owner))
 
 
 def _compact(cs: ChunkStore, pack: str) -> None:

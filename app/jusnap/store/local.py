@@ -224,10 +224,6 @@ class LocalStore:
     def owners(self) -> list[int]:
         return sorted(int(p.name) for p in self.chunk_root.iterdir() if p.name.isdigit())
 
-    def has_chunks(self, owner: int) -> bool:
-        """Whether ``owner`` has a chunk store, without creating one (reads must not write)."""
-        return owner in self._chunks or (self.chunk_root / str(int(owner))).is_dir()
-
     def path(self, snapshot_id: str) -> Path:
         if not SNAPSHOT_ID_RE.match(snapshot_id):
             raise ValueError(snapshot_id)

@@ -90,21 +90,25 @@ class StoreService:
 
     # ---- reports and maintenance ---------------------------------------------------------
     def owners(self, owner: int | None) -> list[int]:
-        """The owners with a store: a user who never stored anything has none, and asking
-        about it (``GET /store``, gc) must not create an empty one on disk."""
-        if owner is None:
-            return self.store.owners()
-        return [owner] if self.store.has_chunks(owner) else []
+        """Owners that have a chunk store (all of them for ``None``).
+
+        Only existing stores: asking about a user with none must not create one (gc removes
+        the store of an owner with nothing left, and ``jusnap du`` would bring it back).
+        """
+        return [o for o in self.store.owners() if owner is None or o == owner]
 
     def usage(self, owner: int | None) -> list[dict[str, Any]]:
         return [usage(self.store, o) for o in self.owners(owner)]
 
     def gc(self, owner: int | None, verify: bool = False) -> list[dict[str, Any]]:
+        """Collect now, everything unreferenced (``gc_mod.FULL``); verify first if asked, so
+        that damaged chunks forgotten by the scrub are swept in the same run."""
         out = []
         for o in self.owners(owner):
-            res = gc_mod.collect(self.store, o).public()
-            if verify:
-                res["verify"] = gc_mod.scrub(self.store, o)
+            checked = gc_mod.scrub(self.store, o) if verify else None
+            res = gc_mod.collect(self.store, o, gc_mod.FULL).public()
+            if checked is not None:
+                res["verify"] = checked
             out.append(res)
         return out
 

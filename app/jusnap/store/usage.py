@@ -104,7 +104,7 @@ def usage(store: LocalStore, owner: int) -> dict[str, Any]:
         refs = references(store, cs, owner)
         rows = {h: (clen, ulen) for h, _pack, clen, ulen in cs.all_rows()}
         pack_bytes = cs.pack_bytes()
-        index_bytes = sum(p.stat().st_size for p in cs.root.glob("index.db*"))
+        index_bytes = cs.index_bytes()  # with its WAL: it can outgrow the data (issue 15)
     count: Counter[bytes] = Counter()
     per_pages = {sid: refs.pages(sid) for sid in refs.leaves}
     for pages in per_pages.values():
@@ -139,7 +139,8 @@ def usage(store: LocalStore, owner: int) -> dict[str, Any]:
         "unique_bytes": unique,
         "shared_bytes": shared,
         "whole_file_bytes": whole,
-        "index_bytes": index_bytes + lists_c,
+        "index_bytes": index_bytes,
+        "hash_block_bytes": lists_c,
         "garbage_bytes": max(0, pack_bytes - live_c - lists_c),
         "pages_stored": len(count),
         "compression_ratio": round(live_u / live_c, 3) if live_c else None,

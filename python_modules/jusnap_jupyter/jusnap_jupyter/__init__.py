@@ -33,6 +33,34 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     serverapp.log.info("jusnap: API proxied at %sjusnap/api/v1/", web_app.settings["base_url"])
     _make_default_kernel(serverapp, NAME)
+    _name_notebook_files(serverapp)
+
+
+def _name_notebook_files(serverapp: Any) -> None:
+    """Tell the provisioner which file a session's kernel belongs to.
+
+    Jupyter gives the kernel only ``JPY_SESSION_NAME`` = ``join(cwd, name)``; with the
+    ``"name": ""`` some clients send, that is the directory, and every notebook in it would
+    share one snapshot list (issue 15). The session's ``path`` still names the file here, so
+    the environment gets ``JUSNAP_NOTEBOOK_PATH`` whenever that path is an existing file.
+    """
+    from pathlib import Path
+
+    from .provisioner import NOTEBOOK_ENV
+
+    sm = serverapp.session_manager
+    original = sm.get_kernel_env
+
+    def get_kernel_env(path: str | None, name: str | None = None) -> dict[str, str]:
+        env = original(path, name)
+        env.pop(NOTEBOOK_ENV, None)  # never the server's own, if it has one
+        if path:
+            candidate = Path(sm.kernel_manager.cwd_for_path(path)) / Path(path).name
+            if candidate.is_file():
+                env[NOTEBOOK_ENV] = str(candidate)
+        return env
+
+    sm.get_kernel_env = get_kernel_env
 
 
 def _make_default_kernel(serverapp: Any, name: str) -> None:

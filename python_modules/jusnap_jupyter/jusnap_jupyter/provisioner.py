@@ -27,6 +27,36 @@ from jusnap.errors import JusnapError
 # What the daemon is given of the Jupyter server's environment: the kernelspec's own ``env``
 # plus these. The rest (the server's PATH, tokens, JPY_PARENT_PID, ...) stays with the server.
 _PASSED_ENV = ("JPY_SESSION_NAME", "LANG", "LC_ALL", "TZ")
+# The notebook file a kernel belongs to, when its launcher knows it: set by this package's
+# Jupyter server extension for every session, or by hand for headless runs
+# (``JUSNAP_NOTEBOOK_PATH=$PWD/in.ipynb papermill in.ipynb out.ipynb -k jusnap-python3``).
+NOTEBOOK_ENV = "JUSNAP_NOTEBOOK_PATH"
+
+
+def notebook_path(env: dict[str, str], cwd: str | None = None) -> str | None:
+    """The file that identifies the kernel's notebook, or None (the kernel is its own).
+
+    The identity keys a notebook's snapshot list, retention and ports, so it must name one
+    file. Jupyter's ``JPY_SESSION_NAME`` is ``os.path.join(cwd, name)``: a client that sends
+    ``"name": ""`` makes it the notebook's *directory*, which every notebook there would share
+    (issue 15). A directory is therefore never used; ``JUSNAP_NOTEBOOK_PATH`` comes first.
+    """
+    base = Path(cwd) if cwd else Path.cwd()
+    explicit = env.get(NOTEBOOK_ENV)
+    if explicit and not _directory(explicit, base):
+        return os.path.normpath(base / Path(explicit).expanduser())
+    session = env.get("JPY_SESSION_NAME")
+    if session and not _directory(session, base):
+        return session  # as Jupyter gave it: existing notebooks keep their identity
+    return None
+
+
+def _directory(path: str, base: Path) -> bool:
+    if path.endswith(("/", "/.", "/..")) or path in (".", ".."):
+        return True
+    return (base / Path(path).expanduser()).is_dir()
+
+
 _PYTHON_NAMES = {
     "python",
     f"python{sys.version_info[0]}",
@@ -42,6 +72,7 @@ _SIGNAMES = {
     signal.SIGQUIT: "SIGQUIT",
 }
 DEAD = 1  # the exit status reported for a kernel the daemon says is not running
+SHUTDOWN_WAIT = 120.0  # seconds a shutdown waits for a snapshot of the kernel to finish
 
 
 async def _call(method: str, path: str, body: Any = None, timeout: float = 600.0) -> Any:
@@ -55,6 +86,7 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _launched: bool = False
     _exit_status: int | None = None
     _cwd: str | None = None
+    _notebook: str | None = None
 
     @property
     def has_process(self) -> bool:
@@ -73,6 +105,11 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         extra = kwargs.pop("extra_arguments", [])
         kwargs = await super().pre_launch(**kwargs)
         full_env: dict[str, str] = kwargs.pop("env")
+        # nbclient and papermill pass no cwd: the kernel runs where a local kernel would, in
+        # the caller's working directory (the daemon falls back if the user cannot enter it).
+        if not kwargs.get("cwd"):
+            kwargs["cwd"] = str(Path.cwd())
+        self._notebook = notebook_path(full_env, str(kwargs["cwd"]))
         keep = set(self.kernel_spec.env or {}) | set(_PASSED_ENV)
         kwargs["env"] = {k: v for k, v in full_env.items() if k in keep}
         kwargs["cmd"] = self._kernel_cmd(extra)
@@ -90,8 +127,8 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             body: dict[str, Any] = {"kernel_id": self.kernel_id, "argv": cmd, "env": env}
             if kwargs.get("cwd"):
                 body["cwd"] = str(kwargs["cwd"])
-            if env.get("JPY_SESSION_NAME"):
-                body["notebook_path"] = env["JPY_SESSION_NAME"]
+            if self._notebook:
+                body["notebook_path"] = self._notebook
             info = await _call("POST", "/kernels", body)
         self._launched = True
         self._exit_status = None
@@ -156,11 +193,19 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """On shutdown the daemon forgets the kernel; the notebook keeps its snapshots."""
         if restart or not self._launched:
             return
-        try:
-            await _call("DELETE", f"/kernels/{self.kernel_id}", timeout=60)
-        except JusnapError as exc:
-            if exc.http_status != 404:
-                raise
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_WAIT
+        while True:
+            try:
+                await _call("DELETE", f"/kernels/{self.kernel_id}", timeout=60)
+            except JusnapError as exc:
+                # The automatic snapshot of the last cell may still be under way (a headless
+                # run shuts down right after it): wait for it rather than fail the run.
+                if exc.code == "busy" and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.25)
+                    continue
+                if exc.http_status != 404:
+                    raise
+            break
         self._launched = False
         self._exit_status = DEAD
 
