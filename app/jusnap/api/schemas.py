@@ -11,6 +11,7 @@ from marshmallow import RAISE, ValidationError, validates_schema
 
 from ..autosnap import MAX_COOLDOWN
 from ..ids import KERNEL_ID_RE
+from ..signames import SIGNALS
 
 # Strings that reach argv, the environment, file names or SQLite: no NUL (a process cannot get
 # it), no lone surrogate (no encoding can store it); labels also without control characters.
@@ -213,7 +214,7 @@ class RestoreOut(Schema):
 class SignalIn(Strict):
     signal = String(
         required=True,
-        validate=OneOf(["SIGINT", "SIGTERM", "SIGKILL", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"]),
+        validate=OneOf(list(SIGNALS)),
     )
 
 

@@ -31,14 +31,12 @@ from ..errors import InvalidRequest, JusnapError, KernelNotRunning
 from ..ids import new_kernel_id
 from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
 from ..registry import Kernel, Registry
+from ..signames import SIGNALS
 
 log = logging.getLogger(__name__)
 
 PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _SAFE_ENV = ("LANG", "LC_ALL", "TZ")
-SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL,
-           "SIGHUP": signal.SIGHUP, "SIGUSR1": signal.SIGUSR1, "SIGUSR2": signal.SIGUSR2,
-           "SIGQUIT": signal.SIGQUIT}  # fmt: skip
 
 
 def free_ports(n: int = 5) -> list[int]:

@@ -23,6 +23,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
 from jusnap.client import Client
 from jusnap.errors import JusnapError
+from jusnap.signames import SIGNALS
 
 # What the daemon is given of the Jupyter server's environment: the kernelspec's own ``env``
 # plus these. The rest (the server's PATH, tokens, JPY_PARENT_PID, ...) stays with the server.
@@ -62,15 +63,7 @@ _PYTHON_NAMES = {
     f"python{sys.version_info[0]}",
     "python{}.{}".format(*sys.version_info[:2]),
 }
-_SIGNAMES = {
-    signal.SIGINT: "SIGINT",
-    signal.SIGTERM: "SIGTERM",
-    signal.SIGKILL: "SIGKILL",
-    signal.SIGHUP: "SIGHUP",
-    signal.SIGUSR1: "SIGUSR1",
-    signal.SIGUSR2: "SIGUSR2",
-    signal.SIGQUIT: "SIGQUIT",
-}
+_SIGNAMES = {int(sig): name for name, sig in SIGNALS.items()}
 DEAD = 1  # the exit status reported for a kernel the daemon says is not running
 SHUTDOWN_WAIT = 120.0  # seconds a shutdown waits for a snapshot of the kernel to finish
 
