@@ -158,9 +158,9 @@ def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iter
     try:
         yield eng
     finally:
-        for k in eng.kernels():
+        for k in eng.kernels.list():
             try:
-                eng.shutdown_kernel(k.id)
+                eng.kernels.shutdown(k.id)
             except Exception as exc:
                 print(f"[gpu] teardown: {exc}")
         eng.close()

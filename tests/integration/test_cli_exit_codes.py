@@ -58,7 +58,7 @@ def test_bad_command_line_daemon_down_and_bad_configuration(daemon: Daemon, tmp_
 
 
 def test_not_allowed_and_reads_create_nothing(daemon: Daemon) -> None:
-    """A local user who is neither root nor the kernel user may not launch kernels (77); asking
+    """A system account (not root, the kernel user or a login user) may not launch kernels (77); asking
     for the store's usage must not create that user's chunk store on disk."""
     _exits(daemon, 77, "start", user="nobody", text="may launch kernels")
     chunks = daemon.state_dir / "chunks"

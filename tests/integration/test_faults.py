@@ -218,7 +218,7 @@ def test_readopt_never_signals_a_reused_pid(
     try:
         assert again.kernels.get(kernel.id).status == "dead"
         with pytest.raises(Exception, match="not running"):
-            again.interrupt_kernel(kernel.id)
+            again.kernels.interrupt(kernel.id)
         assert os.path.exists(f"/proc/{k.pid}")
         assert kernel.value("1") == "1"  # the real process was not touched
     finally:

@@ -42,8 +42,8 @@ def list_kernels() -> list[dict[str, Any]]:
 def launch_kernel(body: dict[str, Any]) -> dict[str, Any]:
     who = identity()
     e = engine()
-    # Any local user may start kernels: they run as that user's own uid (root's as the kernel
-    # user), so a caller only ever gets a process it could have started itself.
+    # Local login users may start kernels: they run as the caller's own uid (root's as the
+    # kernel user), so a caller only ever gets a process it could have started itself.
     k = e.kernels.launch(
         owner_uid=who.uid,
         argv=body.get("argv"),

@@ -13,6 +13,7 @@ from) is reached with that user's credentials, never root's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import InvalidRequest, JusnapError, KernelNotRunning
+from ..errors import Forbidden, InvalidRequest, JusnapError, KernelNotRunning
 from ..ids import new_kernel_id
 from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
 from ..registry import Kernel, Registry
@@ -108,6 +109,18 @@ def check_connection(conn: object) -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def login_uid_range() -> tuple[int, int]:
+    """UID_MIN..UID_MAX of /etc/login.defs (1000..60000 where it says nothing)."""
+    bounds = {"UID_MIN": 1000, "UID_MAX": 60000}
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/login.defs").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in bounds and parts[1].isdigit():
+                bounds[parts[0]] = int(parts[1])
+    return bounds["UID_MIN"], bounds["UID_MAX"]
+
+
 def _is_ipykernel(argv: list[str]) -> bool:
     return any("ipykernel" in a for a in argv[:4])
 
@@ -127,13 +140,17 @@ class Supervisor:
         return Creds.of_user(k.run_uid, k.run_gid)
 
     def run_as(self, owner_uid: int) -> tuple[int, int]:
-        """The uid and gid a kernel of ``owner_uid`` runs as (its own, for local users)."""
-        if owner_uid not in (0, self.settings.kernel_uid):
-            try:
-                return owner_uid, pwd.getpwuid(owner_uid).pw_gid
-            except KeyError:
-                raise InvalidRequest(f"uid {owner_uid} is no local user") from None
-        return self.settings.kernel_uid, self.settings.kernel_gid
+        """The uid and gid a kernel of ``owner_uid`` runs as: its own for local login users,
+        the kernel user's for root. System accounts (daemons, ``nobody``) get no kernels."""
+        if owner_uid in (0, self.settings.kernel_uid):
+            return self.settings.kernel_uid, self.settings.kernel_gid
+        try:
+            entry = pwd.getpwuid(owner_uid)
+        except KeyError:
+            raise Forbidden(f"uid {owner_uid} is no local user") from None
+        if not login_uid_range()[0] <= owner_uid <= login_uid_range()[1]:
+            raise Forbidden("only the kernel user, root and local login users may launch kernels")
+        return owner_uid, entry.pw_gid
 
     def _as_user(self, creds: Creds, argv: list[str], what: str) -> None:
         rc, err = self.reaper.run(argv, creds, 30)
