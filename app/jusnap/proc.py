@@ -60,15 +60,20 @@ def set_child_subreaper() -> bool:
         return False
 
 
-def start_time(pid: int) -> int | None:
-    """Kernel start time of ``pid`` in clock ticks since boot; None when it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None when gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """Kernel start time of ``pid`` in clock ticks since boot; None when it is gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def ticks_now() -> int:
@@ -102,23 +107,18 @@ def check_restored(pid: int, uid: int, not_before: int, any_parent: bool = False
         return f"process {pid} is older than the restore"
     if uids(pid) != (uid, uid, uid, uid):
         return f"process {pid} does not run as uid {uid}"
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-    except (OSError, ValueError, IndexError):
+    fields = _stat(pid)
+    if fields is None:
         return f"no process {pid} after the restore"
-    if ppid != os.getpid() and not any_parent:
+    if int(fields[1]) != os.getpid() and not any_parent:
         return f"process {pid} is not a child of the daemon"
     return None
 
 
 def state(pid: int) -> str | None:
     """One-letter process state (R, S, Z, ...) or None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return stat[stat.rindex(")") + 2]
+    fields = _stat(pid)
+    return fields[0] if fields else None
 
 
 def is_alive(pid: int, started: int | None) -> bool:

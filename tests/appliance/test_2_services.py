@@ -216,3 +216,9 @@ def test_jupyter_crash_restarts_and_kernels_survive(kernel: Kernel) -> None:
     snaps = jupyter_api("GET", f"jusnap/api/v1/kernels/{kernel.id}/snapshots", expect=200)
     assert "before-jupyter-crash" in [s.get("label") for s in snaps]
     assert JUPYTER  # the same loopback address as before
+
+
+def test_pid_space_is_wide(appliance: None) -> None:
+    """Kernels are restored with their own PIDs: the role widens the PID space so that other
+    processes rarely take them meanwhile."""
+    assert int(Path("/proc/sys/kernel/pid_max").read_text()) >= 4194304

@@ -61,7 +61,7 @@ def test_cli_round_trip(daemon: Daemon) -> None:
     assert [s["id"] for s in _json(daemon, "snapshots", k["id"])] == [sid]
 
     auto = _json(daemon, "auto", k["id"], "off", "--cooldown", "12")
-    assert auto == {"enabled": False, "cooldown": 12.0}
+    assert auto == {"enabled": False, "cooldown": 12.0, "pending_at": None, "last_error": None}
     skipped = _json(daemon, "snapshot", k["id"], "--auto")
     assert skipped["status"] == "skipped"
 

@@ -160,7 +160,7 @@ def _autos(stack: JusnapStack, kid: str) -> list[dict]:
 def test_auto_snapshots_after_cells_with_cooldown_and_off_switch(auto_stack: JusnapStack) -> None:
     stack, j = auto_stack, auto_stack.jupyter
     kid, ws = _kernel_of(stack, "auto.ipynb")
-    assert j.jusnap("GET", f"kernels/{kid}/auto", expect=200) == {"enabled": True, "cooldown": 4.0}
+    assert j.jusnap("GET", f"kernels/{kid}/auto", expect=200).items() >= {"enabled": True, "cooldown": 4.0}.items()
     # The cell is not blocked by the snapshot and prints nothing of it (run() asserts no stderr).
     t0 = time.monotonic()
     assert ws.run("a = 1; print('cell 1')").strip() == "cell 1"

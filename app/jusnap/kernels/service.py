@@ -9,6 +9,7 @@ in the middle of a dump.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..proc import Reaper
 from ..registry import Kernel, Registry
 from .channels import IopubMonitor
 from .locks import USER_WAIT, OperationLocks
-from .supervisor import PORT_KEYS, Supervisor, ports_free
+from .supervisor import PORT_KEYS, LaunchRequest, Supervisor, ports_free
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +109,10 @@ class KernelService:
             old.stop()
 
     # ---- life cycle ----------------------------------------------------------------------------
-    def launch(
-        self,
-        owner_uid: int,
-        argv: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        notebook_path: str | None = None,
-        connection: dict[str, Any] | None = None,
-        kernel_id: str | None = None,
-    ) -> Kernel:
+    def launch(self, owner_uid: int, **options: Any) -> Kernel:
+        """Start a kernel for ``owner_uid``; ``options`` are :class:`LaunchRequest`'s fields."""
+        request = LaunchRequest(owner_uid, **options)
+        kernel_id, env, notebook_path = request.kernel_id, request.env, request.notebook_path
         if kernel_id is not None:
             check_kernel_id(kernel_id)
             existing = self.registry.get_kernel(kernel_id)
@@ -130,9 +125,10 @@ class KernelService:
         ):
             raise InvalidRequest("env must map strings to strings")
         run_uid, _ = self.supervisor.run_as(owner_uid)
-        if connection is None and notebook_path:
+        if request.connection is None and notebook_path:
             connection = self._notebook_connection(run_uid, notebook_path)
-        k = self.supervisor.create(owner_uid, argv, env, cwd, notebook_path, connection, kernel_id)
+            request = dataclasses.replace(request, connection=connection)
+        k = self.supervisor.create(request)
         if notebook_path:
             self.registry.set_notebook_connection(k.owner_uid, notebook_path, k.connection)
         self.watch(k)

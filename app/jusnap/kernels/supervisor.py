@@ -24,6 +24,7 @@ import socket
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,20 @@ def _is_ipykernel(argv: list[str]) -> bool:
     return any("ipykernel" in a for a in argv[:4])
 
 
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a caller may ask of a new kernel; the supervisor decides the rest (its uid, its
+    directory, its history, ports where none are given)."""
+
+    owner_uid: int
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    notebook_path: str | None = None
+    connection: dict[str, Any] | None = None
+    kernel_id: str | None = None
+
+
 class Supervisor:
     def __init__(self, settings: Settings, registry: Registry, reaper: Reaper) -> None:
         self.settings = settings
@@ -201,23 +216,16 @@ class Supervisor:
             raise
 
     # ---- launching ---------------------------------------------------------------------
-    def create(
-        self,
-        owner_uid: int,
-        argv: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        notebook_path: str | None = None,
-        connection: dict[str, Any] | None = None,
-        kernel_id: str | None = None,
-    ) -> Kernel:
+    def create(self, request: LaunchRequest) -> Kernel:
+        owner_uid, argv, env, cwd = request.owner_uid, request.argv, request.env, request.cwd
+        notebook_path, connection = request.notebook_path, request.connection
         uid, gid = self.run_as(owner_uid)
         if argv is not None and (not argv or not all(isinstance(a, str) for a in argv)):
             raise InvalidRequest("argv must be a non-empty list of strings")
         if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
             raise InvalidRequest("cwd must be an absolute path")
         k = Kernel(
-            id=kernel_id or new_kernel_id(),
+            id=request.kernel_id or new_kernel_id(),
             # Ownership is the uid the kernel runs as: kernels the administrator starts
             # belong to the kernel user, whose other kernels could read them anyway.
             owner_uid=uid,
