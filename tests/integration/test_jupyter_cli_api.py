@@ -43,8 +43,14 @@ def test_cli_and_api_agree(stack: JusnapStack) -> None:
     assert _cli(stack, "snapshots", kid[:8]) == api_list
 
     # Settings changed on one side are seen on the other.
-    assert _cli(stack, "auto", kid, "off", "--cooldown", "7").items() >= {"enabled": False, "cooldown": 7.0}.items()
-    assert j.jusnap("GET", f"kernels/{kid}/auto", expect=200).items() >= {"enabled": False, "cooldown": 7.0}.items()
+    assert (
+        _cli(stack, "auto", kid, "off", "--cooldown", "7").items()
+        >= {"enabled": False, "cooldown": 7.0}.items()
+    )
+    assert (
+        j.jusnap("GET", f"kernels/{kid}/auto", expect=200).items()
+        >= {"enabled": False, "cooldown": 7.0}.items()
+    )
     j.jusnap("PATCH", f"kernels/{kid}/auto", {"enabled": True}, expect=200)
     assert _cli(stack, "auto", kid).items() >= {"enabled": True, "cooldown": 7.0}.items()
     assert _cli(stack, "label", via_api["id"], "renamed")["label"] == "renamed"
