@@ -52,10 +52,10 @@ class Creds:
         return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
 
 
-def set_child_subreaper() -> bool:
+def set_child_subreaper(on: bool = True) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
     except OSError:  # pragma: no cover - not Linux
         return False
 
@@ -156,7 +156,10 @@ class Reaper:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop reaping, and stop adopting orphans nobody would reap any more (they go to
+        PID 1 again): a process that hosted an engine lives on in tests and tools."""
         self._stop.set()
+        set_child_subreaper(False)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
