@@ -483,6 +483,10 @@ class Engine:
         k = self.kernels.get(kernel_id, owner_uid)
         return self.registry.snapshots_of(k.id, k.owner_uid, k.notebook_path)
 
+    def all_snapshots(self, owner_uid: int | None = ADMIN) -> list[Snapshot]:
+        """Every snapshot of the owner, whether or not its kernel or notebook still exists."""
+        return self.registry.snapshots_owned(owner_uid)
+
     def last_snapshot(self, k: Kernel) -> Snapshot | None:
         snaps = self.registry.snapshots_of(k.id, k.owner_uid, k.notebook_path)
         return snaps[0] if snaps else None
