@@ -19,8 +19,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tests.jupyter import JupyterServer, free_port
+if TYPE_CHECKING:
+    # Imported where a Jupyter server is made: tests/conftest.py imports this module, and the
+    # GPU machine runs tests/gpu under it without requests or websocket-client (tests.jupyter).
+    from tests.jupyter import JupyterServer
 
 PYTHON = os.environ.get("JUSNAP_TEST_PYTHON", sys.executable)
 
@@ -212,10 +216,13 @@ class StackFactory:
         cooldown: str = "0s",
         *,
         tcp: bool = True,
-        jupyter: Callable[..., JupyterServer] = JupyterServer,
+        jupyter: Callable[..., JupyterServer] | None = None,
     ) -> Stack:
         """A started stack. ``tcp``: the daemon also serves loopback TCP and is told Jupyter's
-        port; ``jupyter(base, user, socket, port)`` makes the (not yet started) server."""
+        port; ``jupyter(base, user, socket, port)`` makes the (not yet started) server, a
+        plain Notebook 7 ``JupyterServer`` by default."""
+        from tests.jupyter import JupyterServer, free_port
+
         state_dir = make_state_dir()
         http_port = free_port() if tcp else None
         jupyter_port = free_port()
@@ -230,7 +237,7 @@ class StackFactory:
         )
         daemon = Daemon(state_dir, conf)
         daemon.start()
-        server = jupyter(
+        server = (jupyter or JupyterServer)(
             make_state_dir("jusnap-jupyter-"), self.kernel_user, daemon.socket, jupyter_port
         )
         stack = Stack(daemon, server, http_port)
