@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.stack import Stack, StackFactory
-from tests.stack import stop_kernels as stop_kernels
 
 JusnapStack = Stack
 
