@@ -2,7 +2,8 @@
 (conf.yml), the daemon under gunicorn, and a Jupyter server as the kernel user that knows it.
 
 ``tests/conftest.py`` (``daemon``), ``tests/integration/conftest.py`` (``make_stack``,
-``stack``) and ``tests/e2e/conftest.py`` (``make_stack``, ``app_stack``, ``stack``) all build on it.
+``module_stack``, ``stack``) and ``tests/e2e/conftest.py`` (``make_stack``, ``app_stack``,
+``stack``) all build on it.
 """
 
 from __future__ import annotations
