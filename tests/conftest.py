@@ -15,11 +15,7 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +25,13 @@ from jusnap.config import Settings, load_settings
 from jusnap.snapshots import Engine
 
 from tests.helpers import connect
+from tests.stack import PYTHON as PYTHON
+from tests.stack import Daemon as Daemon
+from tests.stack import make_state_dir as make_state_dir
+from tests.stack import write_conf
 
 CRIU = os.environ.get("JUSNAP_TEST_CRIU", "/usr/local/sbin/criu")
 KERNEL_USER = os.environ.get("JUSNAP_TEST_USER", "jusnap-test")
-PYTHON = os.environ.get("JUSNAP_TEST_PYTHON", sys.executable)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,13 +72,6 @@ def second_user(kernel_user: pwd.struct_passwd) -> pwd.struct_passwd:
 def criu_binary(kernel_user: pwd.struct_passwd) -> str:
     assert Path(CRIU).exists(), f"{CRIU} missing: run .ci/install-criu.sh (the criu Ansible role)"
     return CRIU
-
-
-def make_state_dir(prefix: str = "jusnap-test-") -> Path:
-    """A state dir the kernel user can traverse (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    path.chmod(0o711)
-    return path
 
 
 @pytest.fixture
@@ -159,92 +151,11 @@ def kernel(engine: Engine) -> Iterator[KernelSession]:
     ks.close()
 
 
-# ---- the daemon as a real process (gunicorn), for CLI and crash tests ------------------------
-
-
-class Daemon:
-    def __init__(self, state_dir: Path, conf: Path) -> None:
-        self.state_dir = state_dir
-        self.conf = conf
-        self.socket = str(state_dir / "jusnap.sock")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = state_dir / "daemon.log"
-
-    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            Path(self.socket).unlink()
-        logf = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jusnap.cli", "serve", "--config", str(self.conf)],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.cli("health").returncode == 0:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"daemon did not start:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Kill gunicorn's master and worker (not the kernels: they live in their own sessions)."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
-
-    def cli_argv(self) -> list[str]:
-        return [sys.executable, "-m", "jusnap.cli", "--socket", self.socket]
-
-    def cli(
-        self, *args: str, timeout: float = 300, user: str | pwd.struct_passwd | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """The real CLI, as root (the administrator) or (``user``) as another local user over
-        the same socket: an owner like any other."""
-        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime")}
-        as_user: list[str] = []
-        if user is not None:
-            pw = pwd.getpwnam(user) if isinstance(user, str) else user
-            as_user = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
-            runtime = self.state_dir / f"runtime-{pw.pw_name}"
-            runtime.mkdir(exist_ok=True)
-            os.chown(runtime, pw.pw_uid, pw.pw_gid)
-            env["JUPYTER_RUNTIME_DIR"] = str(runtime)
-            env["HOME"] = pw.pw_dir
-        return subprocess.run(
-            [*as_user, *self.cli_argv(), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-
-
 @pytest.fixture
 def daemon(criu_binary: str, kernel_user: pwd.struct_passwd, state_dir: Path) -> Iterator[Daemon]:
-    conf = state_dir / "conf.yml"
-    conf.write_text(
-        "jusnap:\n"
-        f"  state_dir: {state_dir}\n"
-        "  criu:\n"
-        f"    binary: {criu_binary}\n"
-        "  http:\n"
-        f"    socket: {state_dir / 'jusnap.sock'}\n"
-        "    host: ''\n"
-        "  ipython:\n"
-        f"    python_interpreter: {PYTHON}\n"
-        "    cooldown: 0s\n"
-        "  os:\n"
-        f"    uid: {kernel_user.pw_name}\n"
-    )
+    """A fresh daemon for each test: these tests kill it, restart it, break its store or
+    assert on what a new one holds."""
+    conf = write_conf(state_dir, criu_binary, kernel_user, restore_timeout=None)
     d = Daemon(state_dir, conf)
     d.start()
     yield d

@@ -103,14 +103,18 @@ class JupyterServer:
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    def start(self, timeout: float = 60, extra_args: list[str] | None = None) -> None:
+    module = "notebook"  # the server application (``python -m notebook``)
+    start_timeout = 60.0
+    app_args: tuple[str, ...] = ()  # further options the application always gets
+
+    def start(self, timeout: float | None = None, extra_args: list[str] | None = None) -> None:
         """Start the server; ``extra_args`` are further command-line options (configuration)."""
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "notebook",
+                self.module,
                 "--no-browser",
                 f"--port={self.port}",
                 "--ip=127.0.0.1",
@@ -119,6 +123,7 @@ class JupyterServer:
                 f"--ServerApp.root_dir={self.root}",
                 "--ServerApp.jpserver_extensions={'jusnap_jupyter': True}",
                 "--KernelManager.shutdown_wait_time=5",
+                *self.app_args,
                 *(extra_args or []),
             ],
             user=self.user.pw_uid,
@@ -130,7 +135,7 @@ class JupyterServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout or self.start_timeout)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
@@ -141,7 +146,9 @@ class JupyterServer:
                 ):
                     return
             time.sleep(0.2)
-        raise AssertionError(f"Jupyter did not start:\n{self.log.read_text()[-4000:]}")
+        raise AssertionError(
+            f"Jupyter ({self.module}) did not start:\n{self.log.read_text()[-4000:]}"
+        )
 
     def stop(self, timeout: float = 60) -> None:
         """Stop as an admin would (SIGTERM): Jupyter shuts its kernels down first."""

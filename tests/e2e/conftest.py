@@ -10,22 +10,21 @@ Screenshots go to ``.artifacts/e2e/`` at the repository root.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from tests.conftest import PYTHON, REPO, Daemon, make_state_dir
-from tests.jupyter import JupyterServer, free_port
+from tests.conftest import REPO
+from tests.jupyter import JupyterServer
+from tests.stack import Stack as Stack
+from tests.stack import StackFactory
 
 CHROMIUM = os.environ.get("JUSNAP_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -55,9 +54,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class BrowserJupyter(JupyterServer):
     """tests.jupyter's server as ``jupyter notebook`` or ``jupyter lab``, with lab user settings."""
 
+    start_timeout = 90.0
+    app_args = ("--LabApp.news_url=None",)
+
     def __init__(self, app: str, settings: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app = app
+        self.module = {"notebook": "notebook", "lab": "jupyterlab"}[app]
         lab_settings = self.base / "lab-settings"
         for name, values in {NEWS: {"fetchNews": "false"}, JUSNAP: settings}.items():
             path = lab_settings / name
@@ -73,37 +76,9 @@ class BrowserJupyter(JupyterServer):
             "JUPYTERLAB_WORKSPACES_DIR": str(self.base / "lab-workspaces"),
         }
 
-    def start(self, timeout: float = 90) -> None:
-        module = {"notebook": "notebook", "lab": "jupyterlab"}[self.app]
-        logf = self.log.open("ab")
-        argv = [
-            sys.executable, "-m", module, "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-            f"--ServerApp.root_dir={self.root}",
-            "--ServerApp.jpserver_extensions={'jusnap_jupyter': True}",
-            "--KernelManager.shutdown_wait_time=5", "--LabApp.news_url=None",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv,
-            user=self.user.pw_uid,
-            group=self.user.pw_gid,
-            extra_groups=[],
-            env=self.env(),
-            cwd=self.base,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(requests.RequestException):
-                r = requests.get(self.url + "api/status", headers=self.auth, timeout=2)
-                if r.status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"Jupyter ({self.app}) did not start:\n{self.log.read_text()[-4000:]}")
+    def forget_workspaces(self) -> None:
+        """Drop JupyterLab's saved layouts: the next page opens only its own notebook."""
+        shutil.rmtree(self.base / "lab-workspaces", ignore_errors=True)
 
     def page_url(self, notebook: str) -> str:
         path = {"notebook": "notebooks", "lab": "lab/tree"}[self.app]
@@ -137,69 +112,49 @@ class BrowserJupyter(JupyterServer):
         return name
 
 
-class Stack:
-    def __init__(self, daemon: Daemon, jupyter: BrowserJupyter) -> None:
-        self.daemon = daemon
-        self.jupyter = jupyter
-
-
-def _stop_kernels(daemon: Daemon) -> None:
-    if daemon.proc is None or daemon.proc.poll() is not None:
-        return
-    r = daemon.cli("--json", "kernels")
-    with contextlib.suppress(ValueError):
-        for k in json.loads(r.stdout or "[]"):
-            daemon.cli("stop", k["id"])
-
-
-@pytest.fixture(params=APPS)
+@pytest.fixture(scope="module", params=APPS)
 def app(request: pytest.FixtureRequest) -> str:
+    """The application; module scope so that the tests of one application share its stack."""
     return str(request.param)
+
+
+def _make(factory: StackFactory, app: str, auto_snapshot: bool, refresh_interval: int) -> Stack:
+    settings = {"refreshInterval": refresh_interval}
+    jupyter = functools.partial(BrowserJupyter, app, settings)
+    return factory.make(auto_snapshot, tcp=False, jupyter=jupyter)
 
 
 @pytest.fixture
 def make_stack(criu_binary: str, kernel_user: pwd.struct_passwd) -> Iterator[Callable[..., Stack]]:
-    made: list[Stack] = []
+    """A stack of the test's own, for a test that stops the daemon or needs other settings."""
+    factory = StackFactory(criu_binary, kernel_user)
 
-    def make(
-        app: str, auto_snapshot: bool = False, cooldown: str = "0s", refresh_interval: int = 3
-    ) -> Stack:
-        state_dir = make_state_dir()
-        conf = state_dir / "conf.yml"
-        conf.write_text(
-            "jusnap:\n"
-            f"  state_dir: {state_dir}\n"
-            "  criu:\n"
-            f"    binary: {criu_binary}\n"
-            "    restore_timeout: 60s\n"
-            "  http:\n"
-            f"    socket: {state_dir / 'jusnap.sock'}\n"
-            "    host: ''\n"
-            "  ipython:\n"
-            f"    python_interpreter: {PYTHON}\n"
-            f"    cooldown: {cooldown}\n"
-            f"    auto_snapshot: {str(auto_snapshot).lower()}\n"
-            "  os:\n"
-            f"    uid: {kernel_user.pw_name}\n"
-        )
-        daemon = Daemon(state_dir, conf)
-        daemon.start()
-        base = Path(make_state_dir("jusnap-e2e-"))
-        settings = {"refreshInterval": refresh_interval}
-        jupyter = BrowserJupyter(app, settings, base, kernel_user, daemon.socket, free_port())
-        stack = Stack(daemon, jupyter)
-        made.append(stack)
-        jupyter.install_kernelspec()
-        jupyter.start()
-        return stack
+    def make(app: str, auto_snapshot: bool = False, refresh_interval: int = 3) -> Stack:
+        return _make(factory, app, auto_snapshot, refresh_interval)
 
     yield make
-    for stack in made:
-        stack.jupyter.stop()
-        _stop_kernels(stack.daemon)
-        stack.daemon.stop()
-        shutil.rmtree(stack.jupyter.base, ignore_errors=True)
-        shutil.rmtree(stack.daemon.state_dir, ignore_errors=True)
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def app_stack(app: str, criu_binary: str, kernel_user: pwd.struct_passwd) -> Iterator[Stack]:
+    """One stack per application (default settings: automatic snapshots off, refresh every
+    3 s) shared by the tests that only need *a* stack: each uses notebooks of its own and
+    switches automatic snapshots on for its kernel itself, as a user does."""
+    factory = StackFactory(criu_binary, kernel_user)
+    yield _make(factory, app, auto_snapshot=False, refresh_interval=3)
+    factory.close()
+
+
+@pytest.fixture
+def stack(app_stack: Stack) -> Iterator[Stack]:
+    """The application's shared stack, running, with no kernel left by an earlier test."""
+    app_stack.revive()
+    yield app_stack
+    app_stack.clear_kernels()
+    jupyter = app_stack.jupyter
+    assert isinstance(jupyter, BrowserJupyter)
+    jupyter.forget_workspaces()
 
 
 @pytest.fixture(scope="module")

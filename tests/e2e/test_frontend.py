@@ -32,9 +32,8 @@ def kernel_of(stack: Stack, notebook: str) -> str:
 
 
 def test_snapshot_restore_delete_clear(
-    app: str, make_stack: Callable[..., Stack], page: Page, shot: Callable[[Any, str], Path]
+    app: str, stack: Stack, page: Page, shot: Callable[[Any, str], Path]
 ) -> None:
-    stack = make_stack(app)
     nb = stack.jupyter.write_notebook("flow.ipynb", CELLS)
     ui = NotebookUI(page, app)
     ui.open(stack.jupyter.page_url(nb))
@@ -110,10 +109,7 @@ def test_snapshot_restore_delete_clear(
 Shot = Callable[[Any, str], Path]
 
 
-def test_auto_snapshot_toggle(
-    app: str, make_stack: Callable[..., Stack], page: Page, shot: Shot
-) -> None:
-    stack = make_stack(app)
+def test_auto_snapshot_toggle(app: str, stack: Stack, page: Page, shot: Shot) -> None:
     nb = stack.jupyter.write_notebook("auto.ipynb", ["a = 1", "b = 2", "c = 3", "d = 4"])
     ui = NotebookUI(page, app)
     ui.open(stack.jupyter.page_url(nb))
@@ -190,9 +186,7 @@ def test_api_error_shows_notification(
     expect(ui.items).to_have_count(1)
 
 
-def test_failed_automatic_snapshot_is_shown(
-    app: str, make_stack: Callable[..., Stack], page: Page, shot: Shot
-) -> None:
+def test_failed_automatic_snapshot_is_shown(app: str, stack: Stack, page: Page, shot: Shot) -> None:
     """An automatic snapshot runs after the cell's request was answered; when it fails the
     panel says so (the newest state is not saved), and once one works the alert goes."""
     big_unlinked_file = (
@@ -201,7 +195,6 @@ def test_failed_automatic_snapshot_is_shown(
         "f.write(os.urandom(80 * 1024 * 1024)); f.flush()\n"
         "print('held')"
     )
-    stack = make_stack(app)
     nb = stack.jupyter.write_notebook(
         "failing.ipynb", [big_unlinked_file, "print('next')", "f.close(); print('closed')"]
     )

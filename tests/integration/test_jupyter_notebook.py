@@ -11,8 +11,6 @@ import json
 import threading
 import time
 
-import pytest
-
 from tests.helpers import wait_until
 from tests.integration.conftest import JusnapStack
 from tests.jupyter import KernelWebsocket
@@ -144,9 +142,13 @@ def test_snapshots_follow_the_notebook_across_a_jupyter_restart(stack: JusnapSta
     ws2.close()
 
 
-@pytest.fixture
-def auto_stack(make_stack) -> JusnapStack:
-    return make_stack(auto_snapshot=True, cooldown="4s")
+def _auto_on(stack: JusnapStack, kid: str) -> None:
+    """Automatic snapshots on for this kernel, with a 4 s cooldown, through the API (as the
+    frontend's toggle does): the module's stack has them off by default."""
+    auto = stack.jupyter.jusnap(
+        "PATCH", f"kernels/{kid}/auto", {"enabled": True, "cooldown": 4}, expect=200
+    )
+    assert (auto["enabled"], auto["cooldown"]) == (True, 4.0)
 
 
 def _autos(stack: JusnapStack, kid: str) -> list[dict]:
@@ -157,9 +159,10 @@ def _autos(stack: JusnapStack, kid: str) -> list[dict]:
     ]
 
 
-def test_auto_snapshots_after_cells_with_cooldown_and_off_switch(auto_stack: JusnapStack) -> None:
-    stack, j = auto_stack, auto_stack.jupyter
+def test_auto_snapshots_after_cells_with_cooldown_and_off_switch(stack: JusnapStack) -> None:
+    j = stack.jupyter
     kid, ws = _kernel_of(stack, "auto.ipynb")
+    _auto_on(stack, kid)
     assert (
         j.jusnap("GET", f"kernels/{kid}/auto", expect=200).items()
         >= {"enabled": True, "cooldown": 4.0}.items()
@@ -205,9 +208,9 @@ def test_auto_snapshots_after_cells_with_cooldown_and_off_switch(auto_stack: Jus
     ws.close()
 
 
-def test_auto_snapshot_failure_prints_one_line(auto_stack: JusnapStack) -> None:
-    stack = auto_stack
-    _, ws = _kernel_of(stack, "fail.ipynb")
+def test_auto_snapshot_failure_prints_one_line(stack: JusnapStack) -> None:
+    kid, ws = _kernel_of(stack, "fail.ipynb")
+    _auto_on(stack, kid)
     ws.run("import os")
     # Point the extension at a socket that does not exist: every cell's request fails.
     out, err, reply = ws.execute("os.environ['JUSNAP_SOCKET'] = '/nonexistent/jusnap.sock'")
@@ -225,17 +228,19 @@ def test_auto_snapshot_failure_prints_one_line(auto_stack: JusnapStack) -> None:
 
 
 def test_auto_snapshots_go_on_after_restoring_an_older_kernels_snapshot(
-    auto_stack: JusnapStack,
+    stack: JusnapStack,
 ) -> None:
     """The restored process remembers its old kernel id; the extension finds its new one."""
-    stack, j = auto_stack, auto_stack.jupyter
+    j = stack.jupyter
     kid, ws = _kernel_of(stack, "follow.ipynb")
+    _auto_on(stack, kid)
     ws.run("z = 'from the first kernel'")
     first = wait_until(lambda: _autos(stack, kid), 30, what="an automatic snapshot")[0]
     j.api("DELETE", f"api/kernels/{kid}", expect=204)
     ws.close()
 
     kid2, ws2 = _kernel_of(stack, "follow.ipynb")
+    _auto_on(stack, kid2)
     j.jusnap("POST", f"snapshots/{first['id']}/restore", {"kernel_id": kid2}, expect=200)
     assert ws2.run("print(z)").strip() == "from the first kernel"
     time.sleep(4.2)  # the cooldown after the restore

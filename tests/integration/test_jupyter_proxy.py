@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -143,9 +144,11 @@ def test_no_cors_through_jupyter(stack: JusnapStack, api: str) -> None:
         assert not cors, (method, path, cors)
 
 
-def test_no_cors_even_when_jupyter_allows_origins(stack: JusnapStack, api: str) -> None:
+def test_no_cors_even_when_jupyter_allows_origins(make_stack: Callable[..., JusnapStack]) -> None:
     """An admin may open Jupyter's own API to other origins; the snapshot API stays closed."""
-    j = stack.jupyter
+    # A stack of its own: Jupyter is restarted with another configuration.
+    j = make_stack().jupyter
+    api = j.url + "jusnap/api/v1/"
     j.stop()
     j.start(
         extra_args=[
