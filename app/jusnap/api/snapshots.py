@@ -23,7 +23,7 @@ def list_all() -> list[dict[str, Any]]:
     only here once their kernel is gone. ``kernel_alive`` says which kernels still exist."""
     e = engine()
     owner = identity().owner
-    alive = {k.id for k in e.kernels(owner)}
+    alive = {k.id for k in e.kernels.list(owner)}
     return [
         {**s.public(), "kernel_alive": s.kernel_id in alive}
         for s in e.registry.snapshots_owned(owner)
