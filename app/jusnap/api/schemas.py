@@ -171,7 +171,7 @@ class KernelCreatedOut(KernelOut):
 LOG_MAX_BYTES = 1024 * 1024
 
 
-class LogsIn(Schema):
+class LogsIn(Strict):
     bytes = Integer(
         load_default=64 * 1024,
         validate=Range(1, LOG_MAX_BYTES),
