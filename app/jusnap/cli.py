@@ -222,6 +222,17 @@ def cmd_stop(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace, c: Client) -> int:
+    data = c.logs(resolve_kernel(c, args.kernel), args.bytes)
+
+    def show(d: dict[str, Any]) -> str:
+        head = "(older output not shown)\n" if d["truncated"] else ""
+        return head + (d["text"].rstrip("\n") or "(no output)")
+
+    _out(args, data, show)
+    return 0
+
+
 def cmd_restart(args: argparse.Namespace, c: Client) -> int:
     _out(
         args,
@@ -489,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, fn, help_ in per_kernel:
         add(name, fn, help_).add_argument("kernel", help="kernel id or unique prefix")
+    sp = add("logs", cmd_logs, "show what a kernel wrote to its stdout and stderr (e.g. a crash)")
+    sp.add_argument("kernel", help="kernel id or unique prefix")
+    sp.add_argument(
+        "--bytes", type=int, default=64 * 1024, help="newest bytes to show (default: %(default)s)"
+    )
     sp = add(
         "snapshots",
         cmd_snapshots,

@@ -140,6 +140,10 @@ class Client:
     def signal(self, kernel_id: str, sig: str) -> Any:
         return self.request("POST", f"/kernels/{_q(kernel_id)}/signal", {"signal": sig})
 
+    def logs(self, kernel_id: str, nbytes: int | None = None) -> Any:
+        query = f"?bytes={int(nbytes)}" if nbytes is not None else ""
+        return self.request("GET", f"/kernels/{_q(kernel_id)}/logs{query}")
+
     def all_snapshots(self) -> Any:
         return self.request("GET", "/snapshots")
 

@@ -103,6 +103,8 @@ class IpythonSettings:
     auto_snapshot: bool = True
     # New: how long a restored kernel may take to answer on its channels.
     handshake_timeout: Duration = Duration(20)
+    # New: MB of a kernel's stdout/stderr kept for `jusnap logs` (plus one rotated copy).
+    log_limit: int = 1
 
 
 @dataclass
@@ -231,6 +233,10 @@ class Settings:
     def jupyter_uid(self) -> int:
         user = self.jusnap.jupyter.user
         return resolve_uid(user) if user else self.kernel_uid
+
+    @property
+    def log_limit_bytes(self) -> int:
+        return self.jusnap.ipython.log_limit * 1024 * 1024
 
     @property
     def ghost_limit_bytes(self) -> int:
@@ -380,6 +386,8 @@ def _validate(s: Settings) -> None:
     for key in ("keep_auto", "max_user_mb", "lazy_threshold_mb"):
         if getattr(st, key) < 0:
             raise ConfigError(f"jusnap.store.{key}: must not be negative")
+    if j.ipython.log_limit < 1:
+        raise ConfigError("jusnap.ipython.log_limit: must be at least 1 (MB)")
     if j.criu.ghost_limit < 0:
         raise ConfigError("jusnap.criu.ghost_limit: must not be negative (MB)")
     try:

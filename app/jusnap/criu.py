@@ -148,13 +148,20 @@ class Criu:
         return CriuResult(elapsed)
 
     def restore(
-        self, images_dir: Path, work_dir: Path, creds: Creds, lazy: bool = False
+        self,
+        images_dir: Path,
+        work_dir: Path,
+        creds: Creds,
+        lazy: bool = False,
+        inherit: Sequence[tuple[int, str]] = (),
     ) -> CriuResult:
         """Restore detached. Raises RestoreFailed.
 
         The restored tree keeps its dumped PIDs; CRIU's pid file is not read back, since the
         kernel's user could have rewritten it (the engine checks the process itself).
         ``lazy``: pages come from a ``lazy_pages`` server already started on ``images_dir``.
+        ``inherit``: (descriptor, file name as CRIU records it) pairs: the restored process
+        gets the daemon's descriptor instead of CRIU opening (and size-checking) that file.
         """
         argv = [
             self.binary, "restore", "-D", str(images_dir), "-W", str(work_dir),
@@ -163,8 +170,11 @@ class Criu:
         ]  # fmt: skip
         if lazy:
             argv.append("--lazy-pages")
+        for fd, key in inherit:
+            argv += ["--inherit-fd", f"fd[{fd}]:{key}"]
+        fds = tuple(fd for fd, _ in inherit)
         t0 = time.monotonic()
-        rc, err = self._run(argv, creds, RESTORE_CAPS, self.restore_timeout)
+        rc, err = self._run(argv, creds, RESTORE_CAPS, self.restore_timeout, pass_fds=fds)
         elapsed = time.monotonic() - t0
         if rc != 0:
             if rc == -9:

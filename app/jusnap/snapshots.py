@@ -32,7 +32,7 @@ from . import autosnap, failpoints
 from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
-from .criu import Criu
+from .criu import Criu, CriuResult
 from .criu_images import Identity, ImageCheck, needs_bytes
 from .errors import (
     Busy,
@@ -656,7 +656,7 @@ class Engine:
             # The lazy-pages server listens in its work directory (its images'), and the
             # restore must look there: only privileged CRIU restores lazily (root's files).
             work = images if lazy else scratch / "criu"
-            result = self.criu.restore(images, work, creds, lazy=lazy)
+            result = self._criu_restore(k, snap, images, work, lazy)
             why = check_restored(snap.pid, k.run_uid, not_before)
             if why is not None:
                 log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
@@ -671,8 +671,23 @@ class Engine:
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
             self.kernels.watch(k)
-            if not wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0):
-                log.warning("kernel %s: not every client reconnected after the restore", k.id)
+            back = wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0)
+            if back.connected < back.expected:
+                log.error(
+                    "kernel %s: %d of %d IOPub clients did not reconnect within 3 s of the"
+                    " restore; they will see no output until they do",
+                    k.id, back.expected - back.connected, back.expected,
+                )  # fmt: skip
+            if back.unsubscribed:
+                # Expected for a client that nudges after a restore (it reads its socket only
+                # then); for one that does not, its next cell's first messages are lost.
+                log.warning(
+                    "kernel %s: IOPub client(s) %s reconnected after the restore but had not"
+                    " subscribed again %.1f s later; the first messages of their next cell"
+                    " (busy, execute_input, output) are lost unless they send a request first"
+                    " (kernel_info, as Jupyter's nudge does)",
+                    k.id, ", ".join(back.unsubscribed), back.seconds,
+                )  # fmt: skip
         except Exception as exc:
             if restored_pid is not None:
                 started = start_time(restored_pid)
@@ -686,6 +701,29 @@ class Engine:
         k.execution_count = snap.execution_count
         self.registry.put_kernel(k)
         return result.seconds, hs
+
+    def _criu_restore(
+        self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool
+    ) -> CriuResult:
+        """Run CRIU's restore with the kernel's log handed over as an inherited descriptor.
+
+        The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
+        size"). The snapshot names the log of the kernel it was taken from, which is this one's
+        unless the snapshot is restored into another kernel: either name gets this kernel's log.
+        """
+        logs = self.supervisor.logs
+        keys = list(dict.fromkeys((logs.criu_key(snap.kernel_id), logs.criu_key(k.id))))
+        fd = logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
+        # One descriptor per name: CRIU closes each after taking it into its fd store.
+        fds = [fd] + [os.dup(fd) for _ in keys[1:]]
+        try:
+            inherit = list(zip(fds, keys, strict=True))
+            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit)
+        finally:
+            for f in fds:
+                os.close(f)
+        logs.note(k.id, f"restored snapshot {snap.id}")
+        return result
 
 
 class _Untouched(Exception):

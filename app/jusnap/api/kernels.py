@@ -19,6 +19,8 @@ from .schemas import (
     KernelCreatedOut,
     KernelIn,
     KernelOut,
+    LogsIn,
+    LogsOut,
     SignalIn,
     SnapshotCreatedOut,
     SnapshotIn,
@@ -101,6 +103,18 @@ def interrupt_kernel(kernel_id: str) -> tuple[str, int]:
 def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
     engine().kernels.signal(kernel_id, body["signal"], identity().owner)
     return "", 204
+
+
+@bp.get("/<kernel_id>/logs")
+@bp.input(LogsIn, location="query", arg_name="query")
+@bp.output(LogsOut)
+@bp.doc(summary="The kernel's stdout and stderr", responses=errors(*BY_ID, *BODY))
+def kernel_logs(kernel_id: str, query: dict[str, Any]) -> dict[str, Any]:
+    """The newest output the kernel wrote outside its notebook (kept bounded, across
+    snapshots, restores and daemon restarts), e.g. why it crashed. Owner only."""
+    k = engine().kernels.get(kernel_id, identity().owner)
+    data, truncated = engine().kernels.logs(k.id, identity().owner, query["bytes"])
+    return {"kernel_id": k.id, "text": data.decode(errors="replace"), "truncated": truncated}
 
 
 @bp.get("/<kernel_id>/auto")

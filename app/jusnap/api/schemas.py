@@ -168,6 +168,33 @@ class KernelCreatedOut(KernelOut):
     connection = Dict(required=True)
 
 
+LOG_MAX_BYTES = 1024 * 1024
+
+
+class LogsIn(Strict):
+    bytes = Integer(
+        load_default=64 * 1024,
+        validate=Range(1, LOG_MAX_BYTES),
+        metadata={"description": "how many of the newest bytes to return (at most 1 MiB)"},
+    )
+
+
+class LogsOut(Schema):
+    kernel_id = String(required=True)
+    text = String(
+        required=True,
+        metadata={
+            "description": "the newest output the kernel wrote to its stdout and stderr (its"
+            " cells' output, ipykernel's own messages, the traceback of a fatal signal),"
+            " decoded as UTF-8 with replacement characters; lines starting with '--- jusnap'"
+            " are the daemon's (start, restore)"
+        },
+    )
+    truncated = Boolean(
+        required=True, metadata={"description": "older output exists beyond ``bytes``"}
+    )
+
+
 class SnapshotIn(Strict):
     label = String(validate=[Length(0, 200), Regexp(LABEL), encodable], allow_none=True)
     trigger = String(validate=OneOf(["manual", "auto"]))

@@ -11,9 +11,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -169,21 +174,98 @@ def established_peers(port: int) -> int:
     return count
 
 
-def wait_for_peers(port: int, expected: int, timeout: float) -> bool:
-    """Wait until the clients connected before a restore have reconnected to ``port``.
+# What a ZeroMQ SUB peer has sent once it is connected but has not subscribed yet: the ZMTP
+# greeting (64 bytes) and its READY command (27 bytes for a SUB without a routing id). Its
+# subscription (a SUBSCRIBE command, 12 bytes for "" in ZMTP 3.1; 3 bytes in ZMTP 3.0) comes
+# on top, so more than this many bytes received means the peer has subscribed again.
+SUB_HANDSHAKE_BYTES = 64 + 27
 
-    ZeroMQ clients reconnect by themselves (every 100 ms by default) and resend their IOPub
-    subscription on connect; a cell run before that would publish its output to nobody.
+
+def peer_bytes(port: int) -> dict[str, int] | None:
+    """Bytes each accepted TCP connection on ``port`` has received, by peer address (from
+    the kernel's socket statistics, ``ss -ti``); None when ``ss`` is not available."""
+    # The daemon's PATH under supervisord may lack /usr/sbin-style dirs: look in the usual places.
+    ss = shutil.which("ss") or next(
+        (p for p in ("/usr/bin/ss", "/bin/ss") if Path(p).exists()), None
+    )
+    if ss is None:
+        return None
+    try:
+        out = subprocess.run(
+            [ss, "-tinH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    peers: dict[str, int] = {}
+    current: str | None = None
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            fields = line.split()
+            current = fields[-1] if len(fields) >= 4 else None
+            if current is not None:
+                peers[current] = 0
+        elif current is not None:
+            m = re.search(r"\bbytes_received:(\d+)", line)
+            if m:
+                peers[current] = int(m.group(1))
+    return peers
+
+
+@dataclass
+class Reconnection:
+    """How the IOPub clients of a kernel came back after a restore."""
+
+    expected: int
+    connected: int
+    # Clients connected again but without a subscription: their next cell's output is
+    # published to nobody unless they send a request first (a "nudge").
+    unsubscribed: list[str]
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.connected >= self.expected and not self.unsubscribed
+
+
+def wait_for_peers(
+    port: int, expected: int, timeout: float, subscribe_timeout: float = 1.0
+) -> Reconnection:
+    """Wait until the IOPub clients connected before a restore are back *and subscribed*.
+
+    ZeroMQ clients reconnect by themselves (every 100 ms by default), but a SUB socket sends
+    its subscription again only when its own thread next touches the socket: a client that
+    polls all the time (Jupyter's server, through its event loop) does that within
+    milliseconds, one that only reads when it expects something (a script's blocking
+    client) does it when it runs its next cell, whose first messages (busy, execute_input,
+    the first output) the kernel then publishes before the subscription arrives: lost,
+    although the reply comes. Counting TCP connections alone (as before) therefore said
+    "back" too early; the kernel's own socket statistics say which peers subscribed.
+
+    Waits ``timeout`` seconds for the connections and then at most ``subscribe_timeout``
+    for their subscriptions; the caller logs what is still missing.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if established_peers(port) >= expected:
-            # The subscription frame follows the ZMTP handshake, and the kernel's IOPub thread
-            # must process it: allow for a loaded machine.
-            time.sleep(0.1)
-            return True
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while time.monotonic() < deadline and established_peers(port) < expected:
         time.sleep(0.01)
-    return False
+    connected = established_peers(port)
+    sub_deadline = min(deadline, time.monotonic()) + subscribe_timeout
+    unsubscribed: list[str] = []
+    while True:
+        peers = peer_bytes(port)
+        if peers is None:
+            # No socket statistics here: the old rule (connected, plus a moment for the
+            # subscription to follow the handshake).
+            time.sleep(0.1)
+            unsubscribed = []
+            break
+        connected = len(peers)
+        unsubscribed = sorted(a for a, n in peers.items() if n <= SUB_HANDSHAKE_BYTES)
+        if (not unsubscribed and connected >= expected) or time.monotonic() >= sub_deadline:
+            break
+        time.sleep(0.02)
+    return Reconnection(expected, connected, unsubscribed, time.monotonic() - t0)
 
 
 def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:

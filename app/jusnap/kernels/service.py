@@ -21,6 +21,7 @@ from ..proc import Reaper
 from ..registry import Kernel, Registry
 from .channels import IopubMonitor
 from .locks import USER_WAIT, OperationLocks
+from .logs import LogKeeper
 from .supervisor import PORT_KEYS, LaunchRequest, Supervisor, ports_free
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class KernelService:
         self.supervisor = Supervisor(settings, registry, reaper)
         self._monitors: dict[str, IopubMonitor] = {}
         self._live: dict[str, dict[str, Any]] = {}
+        self._log_keeper = LogKeeper(self.supervisor.logs, lambda: list(self._monitors))
 
     # ---- life of the service ---------------------------------------------------------------
     def adopt_all(self) -> None:
@@ -51,8 +53,10 @@ class KernelService:
         for k in self.supervisor.adopt_all():
             if k.status == "running":
                 self.watch(k)
+        self._log_keeper.start()
 
     def close(self) -> None:
+        self._log_keeper.stop()
         for m in self._monitors.values():
             m.stop()
 
@@ -181,6 +185,14 @@ class KernelService:
             self.supervisor.terminate(k, grace=self.settings.graceful.shutdown_timeout)
             if forget:
                 self.supervisor.remove(k)
+
+    def logs(
+        self, kernel_id: str, owner_uid: int | None = ADMIN, limit: int = 64 * 1024
+    ) -> tuple[bytes, bool]:
+        """The newest ``limit`` bytes of the kernel's stdout and stderr (and whether older
+        output exists): what it printed before a crash, which no notebook shows."""
+        k = self.get(kernel_id, owner_uid)
+        return self.supervisor.logs.read(k.id, limit)
 
     # ---- automatic snapshots ------------------------------------------------------------------
     def set_auto(

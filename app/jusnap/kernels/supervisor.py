@@ -1,8 +1,10 @@
 """Kernel supervisor: launch kernels as the unprivileged user, re-adopt, signal, reap.
 
 Kernels are started so that CRIU can always dump and restore them: a new session (no
-controlling terminal), stdio on /dev/null (a growing log file would fail the restore with
-"bad size"), and a history database of their own that the engine saves with each snapshot.
+controlling terminal), stdin on /dev/null, stdout and stderr on the kernel's own bounded log
+(``logs.py``: an append-only file each restore hands back to CRIU, so its growth never fails
+a restore with "bad size"), and a history database of their own that the engine saves with
+each snapshot.
 
 Each kernel runs as its owner's uid when the owner is a local user other than root, else as
 the configured kernel user; its files live in a directory only that uid can read. Whatever
@@ -34,11 +36,23 @@ from ..ids import new_kernel_id
 from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
 from ..registry import Kernel, Registry
 from ..signames import SIGNALS
+from .logs import KernelLogs
 
 log = logging.getLogger(__name__)
 
 PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _SAFE_ENV = ("LANG", "LC_ALL", "TZ")
+
+# ipykernel sends a cell's output to IOPub only; these make it also reach the kernel's log:
+# ``quiet=False`` echoes sys.stdout/sys.stderr there (flushed with each IOPub flush), and
+# faulthandler, enabled on ipykernel's copy of the original stderr (fd 2 itself is a pipe
+# that dies with the process), writes the traceback of a fatal signal (abort, segfault)
+# straight into the file. Nothing is left in the user's namespace.
+IPYKERNEL_LOG_ARGS = (
+    "--IPKernelApp.quiet=False",
+    "--IPKernelApp.exec_lines=__import__('faulthandler').enable(file=getattr(__import__('sys')"
+    ".stderr, '_original_stdstream_copy', 2), all_threads=True)",
+)
 
 
 def free_ports(n: int = 5) -> list[int]:
@@ -146,6 +160,7 @@ class Supervisor:
         self.registry = registry
         self.reaper = reaper
         self.kernels_dir = settings.state_dir / "kernels"
+        self.logs = KernelLogs(settings.state_dir, settings.log_limit_bytes)
 
     # ---- paths -------------------------------------------------------------------------
     def kernel_dir(self, kernel_id: str) -> Path:
@@ -255,6 +270,7 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.registry.delete_kernel(k.id)
             shutil.rmtree(kdir, ignore_errors=True)
+            self.logs.remove(k.id)
             raise
         return k
 
@@ -280,6 +296,7 @@ class Supervisor:
             else:
                 # In memory: the history is then part of the dumped process itself.
                 argv.append("--HistoryManager.enabled=False")
+            argv.extend(IPYKERNEL_LOG_ARGS)
         home = self._home(k.run_uid)
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -299,13 +316,15 @@ class Supervisor:
         )
         if shutil.which(argv[0], path=env["PATH"]) is None:
             raise InvalidRequest(f"cannot start kernel {argv[0]!r}: no such program")
+        out = self.logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
         try:
+            self.logs.note(k.id, f"kernel {k.id} starting")
             p = self.reaper.spawn(
                 ["env", f"--chdir={cwd}", "--", *argv],
                 creds,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
                 start_new_session=True,
                 close_fds=True,
                 cwd="/",
@@ -313,6 +332,8 @@ class Supervisor:
             )
         except OSError as exc:
             raise InvalidRequest(f"cannot start kernel {argv[0]!r}: {exc.strerror}") from None
+        finally:
+            os.close(out)
         self.reaper.release(p)  # the reaper owns it from now on
         k.pid = p.pid
         k.started = start_time(p.pid)
@@ -372,3 +393,4 @@ class Supervisor:
         self.stop(k)
         self.registry.delete_kernel(k.id)
         shutil.rmtree(self.kernel_dir(k.id), ignore_errors=True)
+        self.logs.remove(k.id)
