@@ -282,7 +282,8 @@ class Engine:
             if trigger == "auto":
                 # Nobody waits for an automatic snapshot: keep the failure where the notebook
                 # (the kernel's view, the next automatic request) will show it.
-                self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": exc.message}
+                why = exc.message.removeprefix("snapshot failed: ")
+                self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": why}
             raise
         if trigger == "auto":
             self.kernels.live(k.id).pop("auto_error", None)
