@@ -33,49 +33,34 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
 def decode(buf: bytes) -> list[Field]:
     out: list[Field] = []
     i = 0
     while i < len(buf):
-        key = 0
-        shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        key, i = _read_varint(buf, i)
         num, wire = key >> 3, key & 7
         if wire == 0:
-            v = 0
-            shift = 0
-            while True:
-                b = buf[i]
-                i += 1
-                v |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            out.append((num, 0, v))
+            value, i = _read_varint(buf, i)
+            out.append((num, 0, value))
         elif wire == 2:
-            size = 0
-            shift = 0
-            while True:
-                b = buf[i]
-                i += 1
-                size |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
+            size, i = _read_varint(buf, i)
             out.append((num, 2, buf[i : i + size]))
             i += size
-        elif wire == 1:
-            out.append((num, 1, buf[i : i + 8]))
-            i += 8
-        elif wire == 5:
-            out.append((num, 5, buf[i : i + 4]))
-            i += 4
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            out.append((num, wire, buf[i : i + width]))
+            i += width
         else:
             raise ValueError(wire)
     return out

@@ -6,6 +6,8 @@ import struct
 
 from jusnap.criu import explain, frozen_seconds
 
+from tests.criu_craft import varint as _varint
+
 
 def _log(tmp_path, text: str):
     p = tmp_path / "restore.log"
@@ -30,16 +32,6 @@ def test_first_error_line_otherwise(tmp_path) -> None:
 
 def test_missing_log_falls_back(tmp_path) -> None:
     assert explain(tmp_path / "nope.log", "criu exited 1") == "criu exited 1"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def test_frozen_time_from_stats_image(tmp_path) -> None:

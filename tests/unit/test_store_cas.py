@@ -20,6 +20,8 @@ from jusnap.store.migrate import migrate
 from jusnap.store.service import StoreService
 from jusnap.store.usage import references, usage
 
+from tests.criu_craft import varint as _varint
+
 IDS = iter(f"01M8AQ{i:020d}" for i in range(10**6))
 
 
@@ -248,16 +250,6 @@ def test_newer_store_is_refused(store: LocalStore) -> None:
     (store.path(sid) / MANIFEST).write_text(json.dumps({"version": 3, "files": []}))
     with pytest.raises(ConfigError, match="newer jusnap"):
         migrate(store, {sid: 1})
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _msg(fields: dict[int, int]) -> bytes:
