@@ -86,9 +86,10 @@ def write_conf(
 
 
 class Daemon:
-    def __init__(self, state_dir: Path, conf: Path) -> None:
+    def __init__(self, state_dir: Path, conf: Path, flags: tuple[str, ...] = ()) -> None:
         self.state_dir = state_dir
         self.conf = conf
+        self.flags = flags  # ``--dotted.key=value`` settings over conf.yml
         self.socket = str(state_dir / "jusnap.sock")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir / "daemon.log"
@@ -98,7 +99,7 @@ class Daemon:
             Path(self.socket).unlink()
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jusnap.cli", "serve", "--config", str(self.conf)],
+            [sys.executable, "-m", "jusnap.cli", "serve", "--config", str(self.conf), *self.flags],
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -218,10 +219,12 @@ class StackFactory:
         *,
         tcp: bool = True,
         jupyter: Callable[..., JupyterServer] | None = None,
+        flags: tuple[str, ...] = (),
     ) -> Stack:
         """A started stack. ``tcp``: the daemon also serves loopback TCP and is told Jupyter's
         port; ``jupyter(base, user, socket, port)`` makes the (not yet started) server, a
-        plain Notebook 7 ``JupyterServer`` by default."""
+        plain Notebook 7 ``JupyterServer`` by default; ``flags``: the daemon's
+        ``--dotted.key=value`` settings beyond conf.yml."""
         from tests.jupyter import JupyterServer, free_port
 
         state_dir = make_state_dir()
@@ -236,7 +239,7 @@ class StackFactory:
             auto_snapshot=auto_snapshot,
             cooldown=cooldown,
         )
-        daemon = Daemon(state_dir, conf)
+        daemon = Daemon(state_dir, conf, flags)
         daemon.start()
         server = (jupyter or JupyterServer)(
             make_state_dir("jusnap-jupyter-"), self.kernel_user, daemon.socket, jupyter_port

@@ -127,10 +127,15 @@ class Criu:
         action_script: str | None = None,
         env: dict[str, str] | None = None,
     ) -> CriuResult:
-        """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed."""
+        """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed.
+
+        ``--skip-in-flight``: a client connecting at the instant of the freeze (Jupyter, the
+        daemon's own watchers) has a connection the kernel has not accepted yet; the running
+        kernel accepts it as usual, and a restored copy's clients reconnect anyway.
+        """
         argv = [
             self.binary, "dump", "-t", str(pid), "-D", str(images_dir), "-W", str(work_dir),
-            "--leave-running", "--tcp-established", "--network-lock", "skip",
+            "--leave-running", "--tcp-established", "--skip-in-flight", "--network-lock", "skip",
             "--ghost-limit", str(self.ghost_limit_bytes), "-o", DUMP_LOG,
             *self._mode_flags(creds), *self._common(),
         ]  # fmt: skip

@@ -18,6 +18,7 @@ from gunicorn.app.base import BaseApplication
 from .api import create_app
 from .api.auth import ensure_token
 from .config import Settings
+from .heap import tame_allocator
 from .hooks import HookSet
 from .proc import set_child_subreaper
 from .snapshots import Engine
@@ -91,4 +92,5 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def serve(settings: Settings) -> None:
     if os.geteuid() != 0:
         log.warning("not running as root: kernels will run as this user")
+    tame_allocator()  # inherited by the worker gunicorn forks
     _Gunicorn(settings).run()

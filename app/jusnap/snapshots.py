@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import autosnap, failpoints
+from . import autosnap, failpoints, heap
 from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
@@ -243,6 +243,7 @@ class Engine:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            heap.give_back()  # what the images' bytes took while they passed through
 
     @staticmethod
     def _user_dir(path: Path, uid: int, gid: int) -> Path:
@@ -278,6 +279,8 @@ class Engine:
             if trigger == "auto":
                 return self._pend(Skipped(k.id, "another operation is running", 0.0))
             raise
+        except _CellRan:
+            return self._pend(Skipped(k.id, "a cell ran during the snapshot", 0.0))
         except JusnapError as exc:
             if trigger == "auto":
                 # Nobody waits for an automatic snapshot: keep the failure where the notebook
@@ -313,7 +316,7 @@ class Engine:
         """A skipped automatic request leaves one trailing snapshot due (``trailing.py``)."""
         if skipped.reason == "cooldown":
             self.trailing.schedule(skipped.kernel_id, skipped.retry_in)
-        elif skipped.reason == "another operation is running":
+        elif skipped.reason in ("another operation is running", "a cell ran during the snapshot"):
             self.trailing.schedule(skipped.kernel_id, BUSY_RETRY)
         return skipped
 
@@ -416,8 +419,13 @@ class Engine:
                 raise SnapshotFailed(f"snapshot failed: {exc}") from exc
             # The count the frozen process had, not the one the request carried: the kernel
             # may have started further cells since.
-            observed = self.kernels.count_at(k.id, t_request)
-            execution_count = observed if observed is not None else execution_count
+            seen = self.kernels.window(k.id, t_request, time.time())
+            if trigger == "auto" and not seen.quiet:
+                # A cell ran at some moment of the freeze: the images may hold it half run,
+                # and no cell number would be true. Its end asks again (or the trailing
+                # snapshot follows it); this one is dropped before anything is stored.
+                raise _CellRan()
+            execution_count = seen.count if seen.count is not None else execution_count
             frozen = criu_mod.frozen_seconds(images) or result.seconds
             if active:
                 # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
@@ -725,6 +733,10 @@ class Engine:
                 os.close(f)
         logs.note(k.id, f"restored snapshot {snap.id}")
         return result
+
+
+class _CellRan(Exception):
+    """An automatic snapshot caught a cell running: dropped, a trailing one follows."""
 
 
 class _Untouched(Exception):

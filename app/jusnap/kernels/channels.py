@@ -39,18 +39,29 @@ def _url(conn: dict[str, Any], port_key: str) -> str:
     return f"{conn.get('transport', 'tcp')}://{conn['ip']}:{conn[port_key]}"
 
 
+@dataclass(frozen=True)
+class Window:
+    """What the kernel did between two moments (a dump's start and end), as IOPub told it."""
+
+    count: int | None  # the last cell that had started by the window's start (None: none seen)
+    quiet: bool  # no cell ran at any moment of the window: the state is exactly after ``count``
+
+
 class IopubMonitor:
     """One background thread watching the IOPub channel of one kernel.
 
-    Besides the live state it keeps when each recent cell started (the kernel's own
-    timestamp on ``execute_input``), so that a snapshot can record the execution count the
-    frozen process really had, even when the kernel ran on while the request was on its way.
+    Besides the live state it keeps when each recent cell started and ended (the kernel's own
+    timestamps on ``execute_input`` and on the idle status that closes the request), so that a
+    snapshot can record the execution count the frozen process really had, and tell whether a
+    cell was running at any moment of the freeze.
     """
 
     def __init__(self, conn: dict[str, Any], on_update: Callable[[dict[str, Any]], None]) -> None:
         self.conn = conn
         self.on_update = on_update
-        self.inputs: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
+        # (kernel time it started, its count, the request's msg_id)
+        self.inputs: collections.deque[tuple[float, int, str]] = collections.deque(maxlen=256)
+        self.ends: dict[str, float] = {}  # request msg_id -> kernel time it ended
         self.newest = 0.0  # kernel timestamp of the newest message seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jusnap-iopub", daemon=True)
@@ -92,21 +103,43 @@ class IopubMonitor:
         when = date.timestamp() if hasattr(date, "timestamp") else None
         if when is None:
             return
-        self.newest = max(self.newest, when)
         content = msg.get("content") or {}
+        parent = msg.get("parent_header") or {}
+        kind = msg["header"].get("msg_type")
         count = content.get("execution_count")
-        if msg["header"].get("msg_type") == "execute_input" and isinstance(count, int):
-            self.inputs.append((when, count))
+        if kind == "execute_input" and isinstance(count, int):
+            self.inputs.append((when, count, str(parent.get("msg_id"))))
+        elif (
+            kind == "status"
+            and content.get("execution_state") == "idle"
+            and parent.get("msg_type") == "execute_request"
+        ):
+            self.ends[str(parent.get("msg_id"))] = when
+            if len(self.ends) > 512:  # only recent cells matter
+                for key in list(self.ends)[:256]:
+                    del self.ends[key]
+        # Last: a reader that sees ``newest`` past a moment sees every message before it.
+        self.newest = max(self.newest, when)
 
-    def count_at(self, when: float, settle: float) -> int | None:
-        """The execution count of the last cell that started before ``when`` (None: no cell
-        seen). Waits up to ``settle`` seconds for messages published before ``when`` that
-        may still be on their way (until one from after ``when`` arrives)."""
+    def caught_up(self, when: float, settle: float) -> bool:
+        """Wait up to ``settle`` s until a message published after ``when`` has arrived."""
         deadline = time.monotonic() + settle
         while self.newest < when and time.monotonic() < deadline:
             time.sleep(0.005)
-        before = [count for t, count in list(self.inputs) if t <= when]
-        return before[-1] if before else None
+        return self.newest >= when
+
+    def window(self, start: float, end: float, settle: float) -> Window:
+        """What happened between ``start`` and ``end`` (kernel clock = this machine's)."""
+        caught_up = self.caught_up(end, settle)
+        inputs = list(self.inputs)
+        before = [(t, count, mid) for t, count, mid in inputs if t <= start]
+        during = [count for t, count, _ in inputs if start < t <= end]
+        last = before[-1] if before else None
+        ended = last is None or self.ends.get(last[2], float("inf")) <= start
+        return Window(
+            count=last[1] if last else None,
+            quiet=caught_up and ended and not during,
+        )
 
 
 def _interpret(msg: dict[str, Any]) -> dict[str, Any] | None:
@@ -266,6 +299,21 @@ def wait_for_peers(
             break
         time.sleep(0.02)
     return Reconnection(expected, connected, unsubscribed, time.monotonic() - t0)
+
+
+def ping_control(conn: dict[str, Any], timeout: float = 1.0) -> bool:
+    """A ``kernel_info_request`` on the control channel, answered even while a cell runs: the
+    busy and idle statuses it publishes on IOPub carry the kernel's clock of now, so an IOPub
+    watcher that sees them has seen everything the kernel published before."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(_url(conn, "control_port"))
+    try:
+        _session(conn).send(sock, "kernel_info_request", {})
+        return bool(sock.poll(int(timeout * 1000)))
+    finally:
+        sock.close(0)
 
 
 def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:

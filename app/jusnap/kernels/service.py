@@ -19,7 +19,7 @@ from ..errors import InvalidRequest, KernelNotFound, SnapshotNotFound
 from ..ids import check_kernel_id
 from ..proc import Reaper
 from ..registry import Kernel, Registry
-from .channels import IopubMonitor
+from .channels import IopubMonitor, Window, ping_control
 from .locks import USER_WAIT, OperationLocks
 from .logs import LogKeeper
 from .supervisor import PORT_KEYS, LaunchRequest, Supervisor, ports_free
@@ -98,14 +98,15 @@ class KernelService:
         self._monitors[k.id] = m
         m.start()
 
-    def count_at(self, kernel_id: str, when: float) -> int | None:
-        """The execution count the kernel had at ``when`` (see IopubMonitor.count_at); an idle
-        kernel publishes nothing more, so it is waited for only briefly."""
+    def window(self, kernel_id: str, start: float, end: float) -> Window:
+        """What the kernel did between ``start`` and ``end`` (see IopubMonitor.window). An idle
+        kernel publishes nothing: its control channel is asked for a status to catch up on."""
         m = self._monitors.get(kernel_id)
         if m is None:
-            return None
-        idle = self.live(kernel_id).get("execution_state") == "idle"
-        return m.count_at(when, settle=0.05 if idle else 0.5)
+            return Window(count=None, quiet=False)
+        if not m.caught_up(end, settle=0.02):
+            ping_control(m.conn)
+        return m.window(start, end, settle=1.0)
 
     def unwatch(self, k: Kernel) -> None:
         old = self._monitors.pop(k.id, None)

@@ -74,6 +74,11 @@ INDEX_FILES = ("index.db", "index.db-wal", "index.db-shm")
 LOCK_TRIES = 100  # a store removed this often while being locked is not a race but a fault
 
 
+def _close_quietly(db: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        db.close()
+
+
 class _Connection(sqlite3.Connection):
     """A connection that can be weakly referenced (``_OPEN``), unlike sqlite3's own."""
 
@@ -220,6 +225,10 @@ class ChunkStore:
                 _OPEN[key].add(db)
                 self._local.generation = _GENERATION[key]
             self._local.db = db
+            # Closed with its thread: a connection lives in a reference cycle, which only the
+            # garbage collector's rare full pass would break, so every short-lived thread
+            # (a trailing snapshot's timer) left an open index behind until then.
+            weakref.finalize(threading.current_thread(), _close_quietly, db)
         return db
 
     # ---- locking -------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 Loaded into Jusnap kernels by their kernelspec (``--ext=jusnap_jupyter.autosnap``). Three rules:
 
-* Never block the cell: the request is made from a background thread; if the previous one is
-  still under way, this cell's is dropped (the cooldown would skip it anyway).
+* Never block the cell, never drop the last one: the request is made from a background thread;
+  cells that end while a request is under way are folded into one more request, for the newest
+  of them, sent when it returns. (Dropping them lost the end of a Run All whenever the daemon
+  answered slower than the cells ran: the daemon never heard of the last cell, so no trailing
+  snapshot followed it.)
 * Never hold a connection to the daemon while being dumped: CRIU cannot dump a Unix socket
   connected outside the kernel. The request says ``"wait": false``; the daemon answers at once
   and starts the dump only after this side has closed the connection.
@@ -22,25 +25,39 @@ from jusnap.client import Client
 from jusnap.errors import JusnapError, KernelNotFound
 
 REQUEST_TIMEOUT = 10.0
+_NOTHING = object()  # no cell waiting for a request
 
 
 class AutoSnapshot:
     def __init__(self, kernel_id: str | None) -> None:
         self.kernel_id = kernel_id
-        self._busy = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: object = _NOTHING  # the newest cell not yet asked for
+        self._sending = False
         self._last_error: str | None = None
 
     def post_run_cell(self, result: Any) -> None:
-        count = getattr(result, "execution_count", None)
-        if not self._busy.acquire(blocking=False):
-            return
+        with self._lock:
+            self._waiting = getattr(result, "execution_count", None)
+            if self._sending:
+                return  # the sender asks for it when its request returns
+            self._sending = True
         try:
-            threading.Thread(
-                target=self._request, args=(count,), name="jusnap-autosnap", daemon=True
-            ).start()
+            threading.Thread(target=self._send, name="jusnap-autosnap", daemon=True).start()
         except BaseException:
-            self._busy.release()
+            with self._lock:
+                self._sending = False
             raise
+
+    def _send(self) -> None:
+        """Ask for the newest waiting cell until none is left."""
+        while True:
+            with self._lock:
+                count, self._waiting = self._waiting, _NOTHING
+                if count is _NOTHING:
+                    self._sending = False
+                    return
+            self._request(count if isinstance(count, int) else None)
 
     def _request(self, execution_count: int | None) -> None:
         try:
@@ -54,8 +71,6 @@ class AutoSnapshot:
             self._report(exc.message)
         except Exception as exc:
             self._report(str(exc))
-        finally:
-            self._busy.release()
 
     def _ask(self, execution_count: int | None) -> str | None:
         """Ask for the snapshot; return why the previous automatic one failed, if it did."""
