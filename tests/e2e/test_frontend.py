@@ -211,3 +211,33 @@ def test_failed_automatic_snapshot_is_shown(app: str, stack: Stack, page: Page, 
     ui.run_cell(1, "next")
     ui.run_cell(2, "closed")
     expect(alert).to_have_count(0, timeout=30_000)
+
+
+def test_run_all_ends_with_its_last_cell_saved(
+    app: str, stack: Stack, page: Page, shot: Shot
+) -> None:
+    """Run All with automatic snapshots on: cells end faster than snapshots are taken; the
+    newest automatic snapshot still holds the last cell, and the panel lists it as such."""
+    n = 15
+    nb = stack.jupyter.write_notebook(
+        "run-all.ipynb", [f"v = {i}\nprint('cell', v)" for i in range(1, n + 1)]
+    )
+    ui = NotebookUI(page, app)
+    ui.open(stack.jupyter.page_url(nb))
+    ui.open_panel()
+    ui.toolbar_auto.click()
+    expect(ui.toolbar_auto).to_have_text("auto: on")
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).first.click()
+    expect(ui.cell(n - 1).locator(".jp-OutputArea")).to_contain_text(f"cell {n}", timeout=60_000)
+    expect(ui.cell(n - 1).locator(".jp-InputPrompt")).to_have_text(f"[{n}]:")
+    newest = ui.item_of("auto").first
+    expect(newest.locator(".jp-JusnapPanel-exec")).to_have_text(f"[{n}]", timeout=30_000)
+    shot(ui.panel, f"{app}-panel-run-all")
+    kid = kernel_of(stack, nb)
+    autos = [
+        s
+        for s in stack.jupyter.jusnap("GET", f"kernels/{kid}/snapshots", expect=200)
+        if s["trigger"] == "auto"
+    ]
+    assert autos[0]["execution_count"] == n
