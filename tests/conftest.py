@@ -12,6 +12,7 @@ development:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -39,6 +40,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def _group(item: pytest.Item) -> str:
+    """The unit the suite's workers share out (``pytest -n 2 --dist loadgroup``, as
+    scripts/test runs it): a module, so that its module-scoped stack is made once; a browser
+    module once per application; every appliance test in one, since they provision and
+    restart this host's services one after another."""
+    path = Path(str(item.fspath)).relative_to(REPO).as_posix()
+    if path.startswith("tests/appliance/"):
+        return "appliance"
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if path.startswith("tests/e2e/") and "app" in params:
+        return f"{path}[{params['app']}]"
+    return path
+
+
+def _local_user(name: str) -> pwd.struct_passwd:
+    """The local user ``name``, made if missing; under a lock, as the suite's workers may ask
+    at the same moment (two ``useradd`` at once: one fails on /etc/passwd's lock)."""
+    with open("/run/lock/jusnap-tests-users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+            return pwd.getpwnam(name)
 
 
 @pytest.fixture(scope="session")
@@ -47,25 +75,13 @@ def kernel_user() -> pwd.struct_passwd:
     assert os.geteuid() == 0, (
         "integration tests run as root (CI does): they launch kernels as another user"
     )
-    try:
-        user = pwd.getpwnam(KERNEL_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/bash", KERNEL_USER], check=True
-        )
-        user = pwd.getpwnam(KERNEL_USER)
-    return user
+    return _local_user(KERNEL_USER)
 
 
 @pytest.fixture(scope="session")
 def second_user(kernel_user: pwd.struct_passwd) -> pwd.struct_passwd:
     """Another local user: kernels of different owners run as different uids."""
-    name = f"{KERNEL_USER}2"
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-        return pwd.getpwnam(name)
+    return _local_user(f"{KERNEL_USER}2")
 
 
 @pytest.fixture(scope="session")

@@ -59,13 +59,15 @@ def as_user(user: pwd.struct_passwd, *argv: str, **kw: object) -> subprocess.Com
 
 def capable_processes(uid: int) -> list[str]:
     """Processes of ``uid`` holding any capability: none may, ever, except CRIU itself while
-    the daemon lends it its capabilities for a dump or restore (another test's, say)."""
+    the daemon lends it its capabilities for a dump or restore (another test's, say), and
+    the daemon's ``setpriv`` in the instant between taking the uid and executing CRIU (a
+    program without file capabilities: the kernel's user running it gains nothing)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if os.readlink(entry / "exe") == CRIU:
+            if os.readlink(entry / "exe") in (CRIU, "/usr/bin/setpriv"):
                 continue
             status = (entry / "status").read_text()
             fields = dict(ln.split(":", 1) for ln in status.splitlines() if ":" in ln)
