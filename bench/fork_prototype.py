@@ -351,8 +351,13 @@ def criu_restore(
     if any(a.startswith("--root") for a in extra):
         # CRIU makes and bind-mounts /tmp/cr-tmpfs.XXXXXX (criu/mount.c:2354), in a /tmp the
         # kernel user can write, holding CAP_SYS_ADMIN: give it a private /tmp of its own.
+        # The fork's root is a *non-recursive* bind of /, so that its mount tree is the same
+        # minimal one as the original's (with --root=/ it inherited /sys, /dev/shm, ... and
+        # could not be dumped and restored again: "Unable to mount sysfs ... busy").
         cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-               'mount -t tmpfs -o mode=1777 fork-criu-tmp /tmp && exec "$@"', "criu", *cmd]  # fmt: skip
+               "mount -t tmpfs -o mode=1777 fork-criu-tmp /tmp && mkdir /tmp/fork-root && "
+               'mount --bind / /tmp/fork-root && exec "$@"', "criu",
+               *[("--root=/tmp/fork-root" if a.startswith("--root") else a) for a in cmd]]  # fmt: skip
     t0 = time.monotonic()
     p = run(cmd, timeout=float(os.environ.get("FORK_RESTORE_TIMEOUT", "60")))
     dt = time.monotonic() - t0
@@ -416,6 +421,37 @@ def fork_into_original(a: Kernel, b: Kernel) -> list[str]:
     return [f"{e[2]} -> {e[3]}" for e in est if int(e[3].rsplit(":", 1)[1]) in old_listen]
 
 
+def fork_again(b: Kernel, state: Path, pw, args, kernels: list, clients: list) -> bool:
+    """Dump the fork itself and restore a fork of it, with ports of its own again."""
+    images = state / "img2"
+    images.mkdir()
+    os.chown(images, pw.pw_uid, pw.pw_gid)
+    caps = tuple(c for c in args.dump_caps.split(",") if c)
+    rc_d, dt = criu_dump(b, images, caps, tuple(args.dump_arg))
+    log(f"fork of fork: dump rc={rc_d} {dt:.2f}s", *criu_errors(images / "dump.log"))
+    if rc_d:
+        return False
+    listening = sorted({s["src_port"] for s in inet_sockets(images / "files.img")
+                        if s["state"] == 10})  # fmt: skip
+    fresh = dict(zip(listening, free_ports(len(listening)), strict=True))
+    rewrite_ports(images / "files.img", fresh)
+    old = json.loads(b.conn.read_text())
+    conn_c = state / "kernel-c.json"
+    write_conn(conn_c, old["key"], [fresh.get(old[k], old[k]) for k in PORT_KEYS])
+    caps = tuple(c for c in args.restore_caps.split(",") if c)
+    rc_r, dt, pid_c = criu_restore(images, caps, tuple(args.restore_arg))
+    log(f"fork of fork: restore rc={rc_r} {dt:.2f}s pid={pid_c}",
+        *criu_errors(images / "restore.log"))  # fmt: skip
+    if rc_r or pid_c is None:
+        return False
+    kernels.append(Kernel(pid_c, conn_c))
+    kc = client(conn_c)
+    clients.append(kc)
+    xc = execute(kc, "", "x")
+    log(f"fork of fork: x = {xc} (the fork's 2), NSpid {inner_pid(pid_c)}")
+    return xc == "2"
+
+
 def set_subreaper() -> None:
     import ctypes
 
@@ -453,6 +489,7 @@ def main() -> int:
         action="store_true",
         help="stop the original before the restore (a restore onto new ports)",
     )
+    ap.add_argument("--fork-of-fork", action="store_true", help="then fork the fork")
     ap.add_argument("--mb", type=int, default=0, help="MiB of data the kernel holds")
     ap.add_argument("--as-root", action="store_true", help="kernel and CRIU as root")
     args = ap.parse_args()
@@ -578,6 +615,18 @@ def main() -> int:
                 if f"pid={a.root}," in ln or f"pid={b.root}," in ln]  # fmt: skip
         log("listening:\n  " + "\n  ".join(ours))
         ok = xa == "3" and xb == "2" and not cross
+        mounts = "[ln.split()[4] for ln in open('/proc/self/mountinfo')]"
+        log("mounts: original", execute(ka, "", mounts), "fork", execute(kb, "", mounts))
+        if ok and args.fork_of_fork:
+            ok = fork_again(b, state, pw, args, kernels, clients)  # type: ignore[arg-type]
+        if ok:  # the original goes away; the fork does not notice
+            ka.stop_channels()
+            clients.remove(ka)
+            a.kill()
+            reap()
+            xb = execute(kb, "x += 1", "x")
+            log("original killed; fork x =", xb)
+            ok = xb == "3"
         log("RESULT:", "fork works, states diverge" if ok else "FAILED")
         rc = 0 if ok else 1
     finally:
