@@ -275,10 +275,12 @@ def launch(state: Path, mode: str) -> Kernel:
     elif mode == "pidns-min":  # ... and a minimal mount tree: /, /dev, the namespace's /proc
         trim = (
             "for m in $(awk '{print $5}' /proc/self/mountinfo | sort -r); do case $m in "
-            '/|/dev|/proc) ;; *) umount -l $m 2>/dev/null;; esac; done; exec "$@"'
+            "/|/dev|/proc) ;; *) umount -l $m 2>/dev/null;; esac; done; "
+            # setuid binaries are inert in the kernel's namespace, whatever a mount shows
+            'mount -o remount,bind,nosuid / && exec "$@"'
         )
         argv = ["unshare", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", trim, "trim",
-                *as_user(["setsid", *kernel])]  # fmt: skip
+                *as_user(["setpriv", "--no-new-privs", "setsid", *kernel])]  # fmt: skip
     elif mode == "pidns-proc":  # root makes PID + mount namespaces, /proc of its own
         argv = ["unshare", "--pid", "--fork", "--mount-proc", "--",
                 *as_user(["setsid", *kernel])]  # fmt: skip
@@ -615,7 +617,9 @@ def main() -> int:
                 if f"pid={a.root}," in ln or f"pid={b.root}," in ln]  # fmt: skip
         log("listening:\n  " + "\n  ".join(ours))
         ok = xa == "3" and xb == "2" and not cross
-        mounts = "[ln.split()[4] for ln in open('/proc/self/mountinfo')]"
+        mounts = "[ln.split()[4] + ':' + ln.split()[5] for ln in open('/proc/self/mountinfo')]"
+        nnp = "[ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('NoNewPrivs')]"
+        log("no_new_privs: original", execute(ka, "", nnp), "fork", execute(kb, "", nnp))
         log("mounts: original", execute(ka, "", mounts), "fork", execute(kb, "", mounts))
         if ok and args.fork_of_fork:
             ok = fork_again(b, state, pw, args, kernels, clients)  # type: ignore[arg-type]
