@@ -2,21 +2,31 @@
 """Fork prototype: run one Jupyter kernel's snapshot as a second live kernel beside it.
 
 Standalone (stdlib + jupyter_client from the test venv), run as root; it cleans up what it
-starts. It follows Jusnap's privilege model (docs/security.md, app/jusnap/criu.py): CRIU has
-no file capabilities and runs as the kernel's uid, ``--unprivileged``, with ambient
-capabilities a root parent gives it through ``setpriv``.
+starts (kernels, CRIU temp dirs, its /var/tmp/fork-study-* state unless --keep). It follows
+Jusnap's privilege model (docs/security.md, app/jusnap/criu.py): CRIU has no file
+capabilities and runs as the kernel's uid, ``--unprivileged``, with ambient capabilities a
+root parent gives it through ``setpriv``. The throwaway kernel user is ``forktest``.
 
-What it shows (docs/fork-design.md has the measurements):
-  * the kernel is launched in its own user + PID namespace (``unshare --user --map-root-user
-    --pid --fork`` run *as the kernel user*, no privilege), so a restored copy gets PID 1 of a
-    fresh namespace and never collides with the running original;
-  * the listening TCP ports are rewritten in the dump's ``files.img`` (inet_sk_entry.src_port)
-    so the copy listens on new free ports, described by a connection file of its own;
+The recipe that works (``--mode pidns-min``, the default; docs/fork-design.md has the
+measurements and the variants that fail):
+  * root launches the kernel in its own PID + mount namespace with a minimal mount tree
+    (``/``, ``/dev``, a ``/proc`` of the namespace; ``/`` nosuid), then drops to the kernel
+    user with no_new_privs: the kernel is PID 1 of its namespace, and so is every copy;
+  * CRIU dumps it with Jusnap's capabilities + sys_admin, and restores a copy with
+    + sys_admin, sys_chroot, in a private mount namespace with its own /tmp;
+  * before the restore, every listening TCP port is rewritten in the dump's ``files.img``
+    (inet_sk_entry.src_port/dst_port) to a fresh free port, described by a connection file
+    of the fork's own;
+  * a fixup cell gives the fork a new Jupyter session id, reseeds its RNGs and repoints
+    ipykernel's debugger socket (which reconnects to the *original* kernel otherwise);
   * a jupyter_client on each connection file executes code in its own kernel, and the two
-    states diverge.
+    states diverge; ``--fork-of-fork`` then forks the fork.
 
-Usage: python3 bench/fork_prototype.py [--mode userns|pidns] [--keep]
-       (run with the venv's python: /opt/jusnap-test/venv/bin/python)
+Usage (as root): /opt/jusnap-test/venv/bin/python bench/fork_prototype.py [--fork-of-fork]
+  [--mb N] [--mode plain|pidns|pidns-proc|userns|userns-proc] [--replace] [--keep]
+  [--dump-caps a,b] [--restore-caps a,b] [--dump-arg=X] [--restore-arg=X] [--as-root]
+  FORK_VERBOSE=1: CRIU -v4; FORK_ROOT_CAPS=1 with --as-root: CRIU as uid 0 holding only the
+  listed capabilities; FORK_RESTORE_TIMEOUT: seconds (default 60).
 """
 
 from __future__ import annotations
@@ -527,7 +537,12 @@ def main() -> int:
         execute(ka, "import os, random, threading, itertools\n"
                     "x = 1; gen = itertools.count(10); next(gen)\n"
                     "f = open('/etc/services'); f.readline()\n"
-                    "saved = random.getstate()\n")  # fmt: skip
+                    "saved = random.getstate()\n"
+                    "import time\nticks = [0]\n"
+                    "def _tick():\n"
+                    "    while True:\n"
+                    "        ticks[0] += 1; time.sleep(0.01)\n"
+                    "threading.Thread(target=_tick, daemon=True).start()\n")  # fmt: skip
         log("original x =", execute(ka, "", "x"), "pid inside", execute(ka, "", "os.getpid()"),
             "uid inside", execute(ka, "", "os.getuid()"))  # fmt: skip
         if args.mb:
@@ -578,6 +593,9 @@ def main() -> int:
         b = Kernel(pid_b, conn_b)
         kernels.append(b)
         log(f"fork: outer pid {pid_b}, NSpid {inner_pid(pid_b)}, ns {ns_ids(pid_b)}")
+        status = Path(f"/proc/{pid_b}/status").read_text().splitlines()
+        log("fork creds:", *[ln.replace("\t", " ") for ln in status
+                             if ln.startswith(("Uid:", "CapEff:", "CapPrm:", "CapAmb:"))])  # fmt: skip
         t0 = time.monotonic()
         kb = client(conn_b)
         clients.append(kb)
@@ -593,6 +611,9 @@ def main() -> int:
         log(f"after diverging: original x={xa}, fork x={xb}")
         log("fork continues generator:", execute(kb, "", "next(gen)"),
             "original:", execute(ka, "", "next(gen)"))  # fmt: skip
+        t1 = execute(kb, "", "ticks[0]")
+        time.sleep(0.3)
+        log("fork's thread keeps ticking:", t1, "->", execute(kb, "", "ticks[0]"))
         log("fork open file continues:", execute(kb, "", "f.readline()"), "original:",
             execute(ka, "", "f.readline()"),
             "pid inside fork", execute(kb, "", "os.getpid()"))  # fmt: skip
