@@ -160,6 +160,57 @@ def rewrite_ports(files_img: Path, port_map: dict[int, int]) -> list[tuple[int, 
     return changed
 
 
+MS_NOSUID = 0x2
+# The launcher's tree as CRIU records it (mnt_entry: fstype 1, flags 5, mountpoint 7, source
+# 8, ext_key 18; images/mnt.proto): what a fork may restore, and nothing else.
+EXPECTED_TREE = sorted([
+    ("/", 0, 0x200002, "/dev/vda", None),   # bound from --root; nosuid
+    ("/proc", 1, 0x200000, "proc", None),   # the host's proc, under the namespace's
+    ("/proc", 1, 0x20000E, "proc", None),   # the namespace's proc: nosuid,nodev,noexec
+    ("/dev", 3, 0x200000, "devtmpfs", "dev"),  # external: bound back from the host
+])  # fmt: skip
+
+
+def mount_tree(img: Path) -> list[tuple]:
+    data = img.read_bytes()
+    i, out = 8, []
+    while i < len(data):
+        (size,) = struct.unpack_from("<I", data, i)
+        d = {n: v for n, _, v in pb_decode(data[i + 4 : i + 4 + size])}
+        i += 4 + size
+        ext = d.get(18)
+        out.append((d[7].decode(), d[1], d[5], d[8].decode(), ext.decode() if ext else None))
+    return sorted(out)
+
+
+def check_mountpoints(img: Path) -> str | None:
+    """None when the dump's mount tree is exactly the launcher's; else why not.
+
+    The source of ``/`` is the host's root device, whatever its name: compared by position.
+    """
+    tree = mount_tree(img)
+    want = [(m, t, f, (tree[0][3] if m == "/" else s), e) for m, t, f, s, e in EXPECTED_TREE]
+    if tree != sorted(want):
+        extra = [x for x in tree if x not in want]
+        return f"mount tree differs from the launcher's: {extra}"
+    return None
+
+
+def set_mount_flags(img: Path, mountpoint: str, flags: int) -> None:
+    """Tamper with a mount's flags, as a hostile kernel user could while a dump is written."""
+    data = img.read_bytes()
+    head, i, entries = data[:8], 8, []
+    while i < len(data):
+        (size,) = struct.unpack_from("<I", data, i)
+        fields = pb_decode(data[i + 4 : i + 4 + size])
+        i += 4 + size
+        if any(n == 7 and v == mountpoint.encode() for n, _, v in fields):
+            fields = [(n, w, flags if n == 5 else v) for n, w, v in fields]
+        entry = pb_encode(fields)
+        entries.append(struct.pack("<I", len(entry)) + entry)
+    img.write_bytes(head + b"".join(entries))
+
+
 def inet_sockets(files_img: Path) -> list[dict[str, int]]:
     data = files_img.read_bytes()
     i, out = 8, []
@@ -502,6 +553,11 @@ def main() -> int:
         help="stop the original before the restore (a restore onto new ports)",
     )
     ap.add_argument("--fork-of-fork", action="store_true", help="then fork the fork")
+    ap.add_argument(
+        "--tamper-nosuid",
+        action="store_true",
+        help="drop nosuid from / in the image, show the check and what CRIU does",
+    )
     ap.add_argument("--mb", type=int, default=0, help="MiB of data the kernel holds")
     ap.add_argument("--as-root", action="store_true", help="kernel and CRIU as root")
     args = ap.parse_args()
@@ -578,6 +634,15 @@ def main() -> int:
                 changed,
             )
         execute(ka, "x = 100")  # the original moves on while the fork is made
+        mnt_imgs = sorted(images.glob("mountpoints-*.img"))
+        if mnt_imgs:
+            if args.tamper_nosuid:
+                set_mount_flags(mnt_imgs[0], "/", 0x200000)
+                log("TAMPERED: / without nosuid in", mnt_imgs[0].name)
+            why = check_mountpoints(mnt_imgs[0])
+            log("mountpoints check:", why or "ok, exactly the launcher's tree")
+            if why and not args.tamper_nosuid:
+                return 4
         if args.replace:
             ka.stop_channels()
             clients.remove(ka)
