@@ -12,8 +12,8 @@ measurements and the variants that fail):
   * root launches the kernel in its own PID + mount namespace with a minimal mount tree
     (``/``, ``/dev``, a ``/proc`` of the namespace; ``/`` nosuid), then drops to the kernel
     user with no_new_privs: the kernel is PID 1 of its namespace, and so is every copy;
-  * CRIU dumps it with Jusnap's capabilities + sys_admin, and restores a copy with
-    + sys_admin, sys_chroot, in a private mount namespace with its own /tmp;
+  * CRIU dumps it with Jusnap's capabilities, and restores a copy with + sys_admin,
+    sys_chroot, in a private mount namespace with its own /tmp;
   * before the restore, every listening TCP port is rewritten in the dump's ``files.img``
     (inet_sk_entry.src_port/dst_port) to a fresh free port, described by a connection file
     of the fork's own;
@@ -51,9 +51,9 @@ USER = "forktest"
 # Jusnap's capabilities today (app/jusnap/criu.py) ...
 DUMP_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap", "net_admin")
 RESTORE_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap")
-# ... and what a kernel in its own PID + mount namespace adds (measured, docs/fork-design.md):
-# sys_admin + sys_chroot to setns() into the kernel's mount namespace on dump, and to clone
-# the new PID + mount namespaces and mount its tree on restore.
+# ... and what a *restore* of a kernel in its own PID + mount namespace adds (measured,
+# docs/fork-design.md): sys_admin + sys_chroot to clone the new PID + mount namespaces and
+# mount its tree. A dump of the minimal tree needs nothing more than today's DUMP_CAPS.
 NS_CAPS = ("sys_admin", "sys_chroot")
 # /dev is the host's devtmpfs: CRIU cannot mount a second one (EBUSY), so it is external.
 NS_DUMP_ARGS = ("--external=mnt[/dev]:dev",)
@@ -565,7 +565,7 @@ def main() -> int:
     AS_ROOT = args.as_root
     ns = args.mode == "pidns-min"
     if args.dump_caps is None:
-        args.dump_caps = ",".join(DUMP_CAPS + (NS_CAPS if ns else ()))
+        args.dump_caps = ",".join(DUMP_CAPS)
     if args.restore_caps is None:
         args.restore_caps = ",".join(RESTORE_CAPS + (NS_CAPS if ns else ()))
     if args.dump_arg is None:
