@@ -633,6 +633,7 @@ def main() -> int:
                 f"rewrote {len(changed)} sockets in {1e3 * (time.monotonic() - t0):.1f} ms:",
                 changed,
             )
+        draw_a = execute(ka, "", "random.random()")  # first draw after the dump
         execute(ka, "x = 100")  # the original moves on while the fork is made
         mnt_imgs = sorted(images.glob("mountpoints-*.img"))
         if mnt_imgs:
@@ -665,6 +666,8 @@ def main() -> int:
         kb = client(conn_b)
         clients.append(kb)
         log(f"fork answered kernel_info in {time.monotonic() - t0:.2f}s after restore")
+        draw_b = execute(kb, "", "random.random()")  # the fork's first draw
+        log(f"first random.random() after the dump: original {draw_a}, fork {draw_b}")
         if args.replace:
             xb = execute(kb, "", "x")
             log("restored onto new ports: x =", xb, "RESULT:", "ok" if xb == "1" else "FAILED")
@@ -684,8 +687,6 @@ def main() -> int:
             "pid inside fork", execute(kb, "", "os.getpid()"))  # fmt: skip
         sess = "get_ipython().kernel.session.session"
         log(f"session id: original {execute(ka, '', sess)} fork {execute(kb, '', sess)}")
-        log("random.random(): original", execute(ka, "random.setstate(saved)", "random.random()"),
-            "fork", execute(kb, "random.setstate(saved)", "random.random()"))  # fmt: skip
         t0 = time.monotonic()
         cross = fork_into_original(a, b)
         log("before fixup, fork's connections into the ORIGINAL's ports:", cross or "none")
