@@ -558,6 +558,7 @@ def main() -> int:
         action="store_true",
         help="drop nosuid from / in the image, show the check and what CRIU does",
     )
+    ap.add_argument("--child", action="store_true", help="the kernel runs a `sleep` child")
     ap.add_argument("--mb", type=int, default=0, help="MiB of data the kernel holds")
     ap.add_argument("--as-root", action="store_true", help="kernel and CRIU as root")
     args = ap.parse_args()
@@ -601,6 +602,8 @@ def main() -> int:
                     "threading.Thread(target=_tick, daemon=True).start()\n")  # fmt: skip
         log("original x =", execute(ka, "", "x"), "pid inside", execute(ka, "", "os.getpid()"),
             "uid inside", execute(ka, "", "os.getuid()"))  # fmt: skip
+        if args.child:
+            execute(ka, "import subprocess; child = subprocess.Popen(['sleep', '1000'])")
         if args.mb:
             execute(ka, f"ballast = bytearray(os.urandom(1 << 20)) * {args.mb}")
             log(
@@ -682,6 +685,9 @@ def main() -> int:
         t1 = execute(kb, "", "ticks[0]")
         time.sleep(0.3)
         log("fork's thread keeps ticking:", t1, "->", execute(kb, "", "ticks[0]"))
+        if args.child:
+            alive = "(child.pid, child.poll() is None)"
+            log("child process: original", execute(ka, "", alive), "fork", execute(kb, "", alive))
         log("fork open file continues:", execute(kb, "", "f.readline()"), "original:",
             execute(ka, "", "f.readline()"),
             "pid inside fork", execute(kb, "", "os.getpid()"))  # fmt: skip
