@@ -41,6 +41,7 @@ from .errors import (
     JusnapError,
     KernelNotFound,
     KernelNotRunning,
+    QuotaExceeded,
     Refused,
     RestoreFailed,
     SnapshotFailed,
@@ -288,9 +289,14 @@ class Engine:
                 why = exc.message.removeprefix("snapshot failed: ")
                 self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": why}
             raise
+        try:
+            self._retain(snap)
+        except QuotaExceeded as exc:
+            if trigger == "auto":
+                self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": exc.message}
+            raise
         if trigger == "auto":
             self.kernels.live(k.id).pop("auto_error", None)
-        self._retain(snap)
         return snap
 
     def _snapshot_retrying(
@@ -347,11 +353,14 @@ class Engine:
         }
 
     def _retain(self, snap: Snapshot) -> None:
-        """Retention (and gc) after a snapshot, outside the kernel's lock; never fails it."""
+        """Retention (and gc) after a snapshot, outside the kernel's lock; fails it only when
+        it does not fit the owner's quota (QuotaExceeded: the snapshot is gone again)."""
         try:
             self.storage.after_snapshot(
                 self.registry, snap, lambda kid: self.locks.current(kid) is not None
             )
+        except QuotaExceeded:
+            raise
         except Exception:
             log.exception("retention after snapshot %s failed", snap.id)
 
