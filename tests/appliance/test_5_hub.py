@@ -203,9 +203,10 @@ def manual_snapshot(user: HubUser, kid: str) -> str:
     return r.json()["snapshot"]["id"]
 
 
-def restore(user: HubUser, sid: str) -> None:
+def restore(user: HubUser, sid: str, into: str | None = None) -> None:
+    body = {"kernel_id": into} if into else {}
     for _ in range(120):
-        r = user.request("POST", f"{user.server}jusnap/api/v1/snapshots/{sid}/restore", json={})
+        r = user.request("POST", f"{user.server}jusnap/api/v1/snapshots/{sid}/restore", json=body)
         if r.status_code != 409:
             break
         time.sleep(0.5)
@@ -451,3 +452,36 @@ def test_b_cannot_read_a_files(hub: dict[str, HubUser], a_snapshot: tuple[str, s
         check=False,
     )  # fmt: skip
     assert r.stdout.strip() == f"/home/{a.name}/{NOTEBOOK}"
+
+
+def test_a_stopped_server_resumes_from_its_final_snapshot(hub: dict[str, HubUser]) -> None:
+    """Culling's path (the hub stops the server): the kernel is snapshotted on the way down,
+    and the notebook's next kernel, after the user comes back, lists and restores that state."""
+    b = hub[USERS[1]]
+    kid = open_notebook(b, "resume.ipynb")
+    # A long cooldown: the second cell's automatic snapshot is skipped, so only the snapshot
+    # taken while the server stops can hold `resume_me`.
+    b.jusnap("PATCH", f"kernels/{kid}/auto", {"enabled": True, "cooldown": 3600}, expect=200)
+    ws = b.websocket(kid)
+    try:
+        ws.run("x = 1")
+        wait_for("the first cell's snapshot", lambda: b.jusnap("GET", f"kernels/{kid}/snapshots"))
+        ws.run("resume_me = 'left-off-here'")
+    finally:
+        ws.close()
+    before = {s["id"] for s in b.jusnap("GET", f"kernels/{kid}/snapshots", expect=200)}
+    stop_server(b)
+    assert kid not in {k["id"] for k in root_kernels()}, "the stopped server's kernel is gone"
+    start_server(b)
+    new = open_notebook(b, "resume.ipynb")
+    assert new != kid
+    offered = b.jusnap("GET", f"kernels/{new}/snapshots", expect=200)
+    final = [s for s in offered if s["kernel_id"] == kid and s["id"] not in before]
+    assert len(final) == 1, f"no snapshot taken while the server stopped: {offered}"
+    assert final[0]["trigger"] == "auto" and final[0]["restorable"], final[0]
+    restore(b, final[0]["id"], into=new)
+    ws = b.websocket(new)
+    try:
+        assert ws.run("print(resume_me, x)").strip() == "left-off-here 1"
+    finally:
+        ws.close()
