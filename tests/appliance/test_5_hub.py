@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import secrets
 import signal
 import stat
@@ -452,6 +453,55 @@ def test_b_cannot_read_a_files(hub: dict[str, HubUser], a_snapshot: tuple[str, s
         check=False,
     )  # fmt: skip
     assert r.stdout.strip() == f"/home/{a.name}/{NOTEBOOK}"
+
+
+def _browser_login(browser: Any, user: HubUser) -> Any:
+    """A person at the hub's login form in Chromium, through nginx."""
+    from playwright.sync_api import expect
+
+    # The TLS tests check the certificate; here the self-signed one is simply accepted.
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(HTTPS + "hub/login", timeout=60_000)
+    page.fill("#username_input", user.name)
+    page.fill("#password_input", user.password)
+    page.click("#login_submit")
+    expect(page).to_have_url(re.compile(f"/user/{user.name}/"), timeout=90_000)
+    return page
+
+
+def test_b_cannot_see_a_snapshots_in_the_browser(
+    hub: dict[str, HubUser], a_snapshot: tuple[str, str]
+) -> None:
+    """The real UI: A's panel lists A's labelled snapshot; B's panel (B's own notebook open)
+    does not, and B's browser cannot open A's server."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.e2e.ui import NotebookUI
+
+    a, b = hub[USERS[0]], hub[USERS[1]]
+    manual_snapshot(b, open_notebook(b))  # B has a notebook, with a snapshot of its own
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            ui_a = NotebookUI(_browser_login(browser, a), "notebook")
+            ui_a.open(f"{a.server}notebooks/private.ipynb")
+            ui_a.open_panel()
+            playwright.expect(ui_a.item("a-private")).to_have_count(1, timeout=30_000)
+
+            page_b = _browser_login(browser, b)
+            ui_b = NotebookUI(page_b, "notebook")
+            ui_b.open(f"{b.server}notebooks/{NOTEBOOK}")
+            ui_b.open_panel()
+            playwright.expect(ui_b.items.first).to_be_visible(timeout=30_000)  # B's own
+            playwright.expect(ui_b.item("a-private")).to_have_count(0)
+            assert "a-private" not in ui_b.panel.inner_text()
+            r = page_b.goto(f"{a.server}notebooks/private.ipynb", timeout=60_000)
+            assert r is not None and r.status in (403, 404), r and r.status
+            assert "only-for-a" not in page_b.content()
+        finally:
+            browser.close()
 
 
 def test_a_stopped_server_resumes_from_its_final_snapshot(hub: dict[str, HubUser]) -> None:
