@@ -300,7 +300,9 @@ def test_cli_du_and_gc(daemon: Daemon) -> None:
         assert r.returncode == 0, r.stderr
         # The administrator's kernels run as (and belong to) the kernel user.
         owner = pwd.getpwnam(KERNEL_USER).pw_uid
-        assert "shared pages" in r.stdout and f"uid {owner}: 2 snapshot(s)" in r.stdout
+        assert (
+            "shared pages" in r.stdout and f"uid {owner} ({KERNEL_USER}): 2 snapshot(s)" in r.stdout
+        )
         data = json.loads(daemon.cli("--json", "du").stdout)
         assert data["retention"]["keep_auto"] == 50
         (u,) = data["usage"]
