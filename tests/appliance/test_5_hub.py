@@ -143,10 +143,20 @@ def stop_server(user: HubUser) -> None:
     wait_for(f"{user.name}'s server to stop", stopped, timeout=90)
 
 
-def open_notebook(user: HubUser, name: str = NOTEBOOK) -> str:
+def open_notebook(user: HubUser, name: str = NOTEBOOK, cells: tuple[str, ...] = ()) -> str:
     """Create the notebook (if missing) and a session for it, as the UI does; the kernel id."""
     nb = {
-        "cells": [],
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"c{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": src,
+            }
+            for i, src in enumerate(cells)
+        ],
         "metadata": {
             "kernelspec": {
                 "name": "jusnap-python3",
@@ -508,7 +518,7 @@ def test_a_stopped_server_resumes_from_its_final_snapshot(hub: dict[str, HubUser
     """Culling's path (the hub stops the server): the kernel is snapshotted on the way down,
     and the notebook's next kernel, after the user comes back, lists and restores that state."""
     b = hub[USERS[1]]
-    kid = open_notebook(b, "resume.ipynb")
+    kid = open_notebook(b, "resume.ipynb", ("print(resume_me, x)",))
     # A long cooldown: the second cell's automatic snapshot is skipped, so only the snapshot
     # taken while the server stops can hold `resume_me`.
     b.jusnap("PATCH", f"kernels/{kid}/auto", {"enabled": True, "cooldown": 3600}, expect=200)
@@ -529,9 +539,26 @@ def test_a_stopped_server_resumes_from_its_final_snapshot(hub: dict[str, HubUser
     final = [s for s in offered if s["kernel_id"] == kid and s["id"] not in before]
     assert len(final) == 1, f"no snapshot taken while the server stopped: {offered}"
     assert final[0]["trigger"] == "auto" and final[0]["restorable"], final[0]
-    restore(b, final[0]["id"], into=new)
-    ws = b.websocket(new)
-    try:
-        assert ws.run("print(resume_me, x)").strip() == "left-off-here 1"
-    finally:
-        ws.close()
+
+    # The user comes back in the browser: the panel offers that state; one click restores it.
+    playwright = pytest.importorskip("playwright.sync_api")
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.e2e.ui import NotebookUI
+
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            ui = NotebookUI(_browser_login(browser, b), "notebook")
+            ui.open(f"{b.server}notebooks/resume.ipynb")
+            ui.open_panel()
+            item = ui.panel.locator(f"[data-snapshot-id='{final[0]['id']}']")
+            playwright.expect(item).to_have_count(1, timeout=30_000)
+            playwright.expect(ui.items.first).to_have_attribute(
+                "data-snapshot-id", final[0]["id"]
+            )  # the newest of the notebook's snapshots
+            item.locator(".jp-JusnapPanel-restore").click()
+            ui.dialog_button("Restore")
+            ui.toast(re.compile(r"Kernel restored"), "success")
+            ui.run_cell(0, "left-off-here 1")
+        finally:
+            browser.close()

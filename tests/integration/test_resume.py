@@ -5,18 +5,31 @@ that state. The same path through a real hub and nginx: tests/appliance/test_5_h
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable
 
 from tests.helpers import wait_until
 from tests.integration.conftest import JusnapStack
-from tests.jupyter import KernelWebsocket
+from tests.jupyter import JupyterServer, KernelWebsocket
 
 
 def _daemon_kernels(stack: JusnapStack) -> set[str]:
     r = stack.daemon.cli("--json", "kernels")
     assert r.returncode == 0, r.stderr
     return {k["id"] for k in json.loads(r.stdout)}
+
+
+def _kernels_run_this_tree(j: JupyterServer) -> None:
+    """The kernels' own code (the auto-snapshot extension) from the tree under test when the
+    run points PYTHONPATH at it, as the Jupyter server's already is (tests/jupyter.py)."""
+    path = os.environ.get("PYTHONPATH")
+    if not path:
+        return
+    spec = j.base / "prefix" / "share" / "jupyter" / "kernels" / "jusnap-python3" / "kernel.json"
+    data = json.loads(spec.read_text())
+    data["env"] = {**data.get("env", {}), "PYTHONPATH": path}
+    spec.write_text(json.dumps(data))
 
 
 def test_a_stopping_server_snapshots_its_kernels_for_the_next_one(
@@ -26,6 +39,7 @@ def test_a_stopping_server_snapshots_its_kernels_for_the_next_one(
     # taken while the server stops can hold `resume_me`.
     stack = make_stack(auto_snapshot=True, cooldown="1h")
     j = stack.jupyter
+    _kernels_run_this_tree(j)
     kid = j.new_session("resume.ipynb")["kernel"]["id"]
     ws = KernelWebsocket(j, kid)
     try:
@@ -61,4 +75,7 @@ def test_a_stopping_server_snapshots_its_kernels_for_the_next_one(
     j.stop()
     j.start()
     newer = j.new_session("resume.ipynb")["kernel"]["id"]
-    assert len(j.jusnap("GET", f"kernels/{newer}/snapshots", expect=200)) == count
+    listed = j.jusnap("GET", f"kernels/{newer}/snapshots", expect=200)
+    assert len(listed) == count, [
+        (s["kernel_id"][:8], s["trigger"], s["execution_count"], s["created_at"]) for s in listed
+    ] + [kid[:8], new[:8], fresh[:8], newer[:8]]
