@@ -38,6 +38,9 @@ USERS = ("jusnaphuba", "jusnaphubb")
 HUB_PROGRAM_FILE = Path("/etc/supervisor/conf.d/jupyterhub.conf")
 STATE = Path("/var/lib/jusnap")
 NOTEBOOK = "work.ipynb"
+# Each user's quota while the hub runs (the single-user appliance has none): room for the
+# tests' snapshots, not for test_quota's 300 MB of random bytes.
+QUOTA_MB = 200
 
 
 @dataclass
@@ -248,7 +251,10 @@ def hub(appliance: None) -> Iterator[dict[str, HubUser]]:
     users = {name: HubUser(name, secrets.token_urlsafe(16)) for name in USERS}
     try:
         result = provision(
-            "-e", "jusnap_multiuser=true", "-e", json.dumps({"jupyterhub_users": list(USERS)})
+            "-e",
+            "jusnap_multiuser=true",
+            "-e",
+            json.dumps({"jupyterhub_users": list(USERS), "jusnap_store_max_user_mb": QUOTA_MB}),
         )
         assert result.rc == 0, f"site.yml (multi-user) failed:\n{result.output[-4000:]}"
         assert "Jusnap is running: https://localhost/hub/login" in result.output
@@ -512,6 +518,48 @@ def test_b_cannot_see_a_snapshots_in_the_browser(
             assert "only-for-a" not in page_b.content()
         finally:
             browser.close()
+
+
+def test_the_notebook_shows_a_full_quota(hub: dict[str, HubUser]) -> None:
+    """store.max_user_mb per user: the snapshot that does not fit is not kept, the notebook
+    says why (panel alert for the automatic one, notification for the button), the kernel
+    keeps running, and the administrator's `jusnap du` shows who uses what."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.e2e.ui import NotebookUI
+
+    a = hub[USERS[0]]
+    big = "blob = __import__('os').urandom(300 * 2**20); print('allocated')"
+    kid = open_notebook(
+        a, "quota.ipynb", (big, "print(len(blob) // 2**20)", "del blob; print('freed')")
+    )
+
+    def auto_error() -> str:
+        return a.jusnap("GET", f"kernels/{kid}", expect=200)["auto"]["last_error"] or ""
+
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            ui = NotebookUI(_browser_login(browser, a), "notebook")
+            ui.open(f"{a.server}notebooks/quota.ipynb")
+            playwright.expect(ui.toolbar_auto).to_have_text("auto: on")
+            ui.run_cell(0, "allocated")
+            # The cell's automatic snapshot is refused; the kernel's view says why.
+            wait_for("the refused automatic snapshot", lambda: "quota" in auto_error(), 60)
+            assert f"over your quota of {QUOTA_MB} MB" in auto_error()
+            # The toolbar's button: the notification says why.
+            ui.toolbar_snapshot.click()
+            ui.toast(re.compile(f"over your quota of {QUOTA_MB} MB"), "error")
+            ui.run_cell(1, "300")  # the kernel is untouched
+            ui.run_cell(2, "freed")  # room again: the next automatic snapshot is kept
+            wait_for("a kept automatic snapshot", lambda: not auto_error(), 60)
+        finally:
+            browser.close()
+    du = run(JUSNAP_CLI, "du").stdout
+    assert f"uid {a.uid} ({a.name}):" in du and f"of {QUOTA_MB} MB" in du, du
+    mine = [s for s in a.jusnap("GET", "snapshots", expect=200) if s["notebook_path"]]
+    assert not any(s["notebook_path"].endswith("quota.ipynb") and s["size_bytes"] > 2**28
+                   for s in mine), "a snapshot over the quota was kept"  # fmt: skip
 
 
 def test_a_stopped_server_resumes_from_its_final_snapshot(hub: dict[str, HubUser]) -> None:

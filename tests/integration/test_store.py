@@ -206,6 +206,10 @@ def test_quota_refuses_a_snapshot_that_cannot_fit(make_settings) -> None:
         ks.run("del b")
         second = _snap(e, ks)  # room again
         assert {s.id for s in e.list_snapshots(ks.id)} == {first.id, second.id}
+        # What was kept is whole: the refused snapshot's removal freed only its own pages.
+        e.restore(first.id)
+        ks.after_restore()
+        assert ks.value("('b' in globals(), 'rng' in globals())") == "(False, True)"
     finally:
         ks.close()
         shutdown_all(e)
