@@ -233,14 +233,24 @@ class CellFailed(AssertionError):
 class KernelWebsocket:
     """One websocket to a kernel through Jupyter, kept open for the whole test."""
 
-    def __init__(self, server: JupyterServer, kernel_id: str) -> None:
+    def __init__(
+        self,
+        server: JupyterServer,
+        kernel_id: str,
+        base: str | None = None,
+        sslopt: dict[str, Any] | None = None,
+    ) -> None:
+        """``base``: the server's websocket URL where it is not ``ws://127.0.0.1:{port}/``
+        (e.g. ``wss://localhost/user/NAME/`` behind nginx and JupyterHub)."""
         self.session = uuid.uuid4().hex
-        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={self.session}"
+        base = base or f"ws://127.0.0.1:{server.port}/"
+        url = f"{base}api/kernels/{kernel_id}/channels?session_id={self.session}"
         self.ws = websocket.create_connection(
             url,
             header=[f"Authorization: token {server.token}"],
             subprotocols=[WS_PROTOCOL],
             timeout=60,
+            sslopt=sslopt,
         )
         assert self.ws.subprotocol == WS_PROTOCOL
         self.stray: list[dict[str, Any]] = []  # messages of no cell we are waiting for

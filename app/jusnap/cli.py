@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import sys
 import threading
 import time
@@ -359,6 +360,15 @@ def cmd_health(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def user_name(uid: int) -> str:
+    """`` (alice)`` for a uid with a local account (the administrator's ``du`` lists every
+    user's store), else nothing."""
+    try:
+        return f" ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return ""
+
+
 def usage_text(data: dict[str, Any]) -> str:
     """``jusnap du``: one block per owner, then its snapshots' unique bytes."""
     r = data["retention"]
@@ -370,7 +380,7 @@ def usage_text(data: dict[str, Any]) -> str:
     for u in data["usage"]:
         ratio = lambda v: f"{v:.1f}x" if v else "-"  # noqa: E731
         lines += [
-            f"uid {u['owner_uid']}: {u['snapshots']} snapshot(s)",
+            f"uid {u['owner_uid']}{user_name(u['owner_uid'])}: {u['snapshots']} snapshot(s)",
             f"  images (logical)   {human_size(u['logical_bytes'])}",
             f"  stored             {human_size(u['stored_bytes'])}"
             f"  (dedup + compression {ratio(u['dedup_ratio'])},"
@@ -381,6 +391,12 @@ def usage_text(data: dict[str, Any]) -> str:
             f"  on disk            {human_size(u['disk_bytes'])}"
             f"  (garbage {human_size(u['garbage_bytes'])}: jusnap gc)",
         ]
+        if r["max_user_mb"]:
+            cap = r["max_user_mb"] * 1024 * 1024
+            lines.append(
+                f"  quota              {human_size(u['stored_bytes'])} of {r['max_user_mb']} MB"
+                f" ({100 * u['stored_bytes'] / cap:.0f}%)"
+            )
         if u["per_snapshot"]:
             rows = [[s["id"], human_size(s["logical_bytes"]), human_size(s["unique_bytes"])]
                     for s in u["per_snapshot"]]  # fmt: skip

@@ -144,8 +144,9 @@ class StoreSettings:
     # Per notebook (or kernel without one): automatic snapshots kept, newest first; manual and
     # labelled snapshots are never removed by retention. 0 keeps all.
     keep_auto: int = 50
-    # Space one user's snapshots may take on disk, in MB (oldest automatic ones go first;
-    # manual and labelled ones never). 0: no cap.
+    # Space one user's snapshots may take on disk, in MB: the user's quota (oldest automatic
+    # ones go first; manual and labelled ones never; a snapshot that still does not fit is
+    # not kept and fails with "quota_exceeded"). 0: no cap.
     max_user_mb: int = 0
     # How long the safety copies taken before each restore are kept.
     pre_restore_ttl: Duration = Duration(24 * 3600)

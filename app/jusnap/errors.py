@@ -123,6 +123,12 @@ class StoreFull(SnapshotFailed):
     http_status = 507
 
 
+class QuotaExceeded(StoreFull):
+    """The snapshot was taken but would put its owner over ``store.max_user_mb``: not kept."""
+
+    code = "quota_exceeded"
+
+
 class RestoreFailed(JusnapError):
     """The restore failed; ``details['rolled_back']`` tells whether the previous state is back."""
 

@@ -41,6 +41,7 @@ from .errors import (
     JusnapError,
     KernelNotFound,
     KernelNotRunning,
+    QuotaExceeded,
     Refused,
     RestoreFailed,
     SnapshotFailed,
@@ -288,10 +289,56 @@ class Engine:
                 why = exc.message.removeprefix("snapshot failed: ")
                 self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": why}
             raise
-        if trigger == "auto":
+        return self._kept(k, snap)
+
+    def _kept(self, k: Kernel, snap: Snapshot) -> Snapshot:
+        """Retention and the owner's quota after a snapshot; the automatic ones' error state."""
+        auto = snap.trigger == "auto"
+        try:
+            self._retain(snap)
+        except QuotaExceeded as exc:
+            if auto:
+                self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": exc.message}
+            raise
+        if auto:
             self.kernels.live(k.id).pop("auto_error", None)
-        self._retain(snap)
         return snap
+
+    def final_snapshot(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Snapshot | Skipped:
+        """The last automatic snapshot of a kernel whose server is stopping (culled by
+        JupyterHub, stopped by its user): what the user resumes from when they come back.
+
+        Unlike a cell's automatic snapshot it waits for a running operation (the last cell's
+        snapshot) and ignores the cooldown; it is skipped when automatic snapshots are off for
+        the kernel, nothing ran in it, or nothing ran since its newest snapshot (that one
+        already has the state).
+        """
+        k = self.kernels.get(kernel_id, owner_uid)
+        with self.locks.exclusive(k.id, "snapshot", wait=USER_WAIT):
+            skipped = self._final_skipped(k)
+            if skipped is not None:
+                return skipped
+            try:
+                snap = self._snapshot_locked(k, "auto", None)
+            except JusnapError as exc:
+                why = exc.message.removeprefix("snapshot failed: ")
+                self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": why}
+                raise
+        return self._kept(k, snap)
+
+    def _final_skipped(self, k: Kernel) -> Skipped | None:
+        skipped = self._auto_skipped(k, cooldown=False)
+        if skipped is not None:
+            return skipped
+        if not self.supervisor.alive(k):
+            return Skipped(k.id, "the kernel is not running", 0.0)
+        count = self.kernels.live(k.id).get("execution_count", k.execution_count)
+        if not count:  # a fresh kernel: its snapshot would only bury the notebook's last state
+            return Skipped(k.id, "nothing ran in this kernel", 0.0)
+        newest = self.registry.snapshots_of(k.id, k.owner_uid, None)
+        if newest and newest[0].execution_count == count:
+            return Skipped(k.id, "nothing ran since the newest snapshot", 0.0)
+        return None
 
     def _snapshot_retrying(
         self, k: Kernel, trigger: str, label: str | None, execution_count: int | None
@@ -347,11 +394,14 @@ class Engine:
         }
 
     def _retain(self, snap: Snapshot) -> None:
-        """Retention (and gc) after a snapshot, outside the kernel's lock; never fails it."""
+        """Retention (and gc) after a snapshot, outside the kernel's lock; fails it only when
+        it does not fit the owner's quota (QuotaExceeded: the snapshot is gone again)."""
         try:
             self.storage.after_snapshot(
                 self.registry, snap, lambda kid: self.locks.current(kid) is not None
             )
+        except QuotaExceeded:
+            raise
         except Exception:
             log.exception("retention after snapshot %s failed", snap.id)
 
@@ -364,7 +414,7 @@ class Engine:
             skipped = Skipped(k.id, "another operation is running", 0.0)
         return self._pend(skipped) if skipped is not None else None
 
-    def _auto_skipped(self, k: Kernel) -> Skipped | None:
+    def _auto_skipped(self, k: Kernel, cooldown: bool = True) -> Skipped | None:
         gpu = None
         if k.pid is not None:
             gpu = self.hooks.auto_policy(self.hooks.for_pid(k.pid), k.pid)
@@ -373,7 +423,7 @@ class Engine:
             self.kernels.auto_settings(k),
             None if gpu is None else gpu.enabled,
             0.0 if gpu is None else gpu.min_cooldown,
-            self._last_snapshot_time(k),
+            self._last_snapshot_time(k) if cooldown else None,
             time.time(),
         )
 

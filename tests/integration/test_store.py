@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
-from jusnap.errors import RestoreFailed
+from jusnap.errors import QuotaExceeded, RestoreFailed
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 from jusnap.store.local import MANIFEST, is_page_image
@@ -179,6 +179,42 @@ def test_size_cap_removes_oldest_automatic_snapshots(make_settings) -> None:
         shutdown_all(e)
 
 
+def test_quota_refuses_a_snapshot_that_cannot_fit(make_settings) -> None:
+    """store.max_user_mb as a quota: when even retention cannot make room (manual snapshots
+    stay), the new snapshot is not kept, the caller gets a readable 507, automatic ones leave
+    the message where the notebook shows it, and the kernel runs on untouched."""
+    e = Engine(
+        make_settings(**{"jusnap.store.max_user_mb": "30", "jusnap.ipython.cooldown": "0s"})
+    ).start()
+    ks = KernelSession(e)
+    try:
+        ks.run("import numpy as np; rng = np.random.default_rng(0)")
+        first = _snap(e, ks)
+        ks.run("b = rng.random(4_000_000)")  # 32 MB of incompressible pages
+        with pytest.raises(QuotaExceeded) as err:
+            e.snapshot(ks.id)
+        assert err.value.http_status == 507 and err.value.code == "quota_exceeded"
+        assert "over your quota of 30 MB" in err.value.message, err.value.message
+        assert [s.id for s in e.list_snapshots(ks.id)] == [first.id]
+        (u,) = e.storage.usage(first.owner_uid)
+        assert u["stored_bytes"] <= 30 * MiB and u["garbage_bytes"] == 0, u
+        with pytest.raises(QuotaExceeded):
+            e.snapshot(ks.id, trigger="auto")
+        k = e.kernels.get(ks.id)
+        assert "quota" in (e.auto_status(k)["last_error"] or "")
+        assert ks.value("round(float(b.sum()) / len(b), 1)") == "0.5"  # the kernel is fine
+        ks.run("del b")
+        second = _snap(e, ks)  # room again
+        assert {s.id for s in e.list_snapshots(ks.id)} == {first.id, second.id}
+        # What was kept is whole: the refused snapshot's removal freed only its own pages.
+        e.restore(first.id)
+        ks.after_restore()
+        assert ks.value("('b' in globals(), 'rng' in globals())") == "(False, True)"
+    finally:
+        ks.close()
+        shutdown_all(e)
+
+
 def test_lazy_restore_end_to_end(make_settings) -> None:
     """Lazy pages need CRIU running privileged (CRIU 4.2.1 has no uffd in --unprivileged)."""
     e = Engine(
@@ -268,7 +304,9 @@ def test_cli_du_and_gc(daemon: Daemon) -> None:
         assert r.returncode == 0, r.stderr
         # The administrator's kernels run as (and belong to) the kernel user.
         owner = pwd.getpwnam(KERNEL_USER).pw_uid
-        assert "shared pages" in r.stdout and f"uid {owner}: 2 snapshot(s)" in r.stdout
+        assert (
+            "shared pages" in r.stdout and f"uid {owner} ({KERNEL_USER}): 2 snapshot(s)" in r.stdout
+        )
         data = json.loads(daemon.cli("--json", "du").stdout)
         assert data["retention"]["keep_auto"] == 50
         (u,) = data["usage"]

@@ -80,6 +80,20 @@ UNKNOWN_SNAPSHOT = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
             "too_large",
         ),
         ("DELETE", "kernels", {}, 405, "method_not_allowed"),
+        (
+            "POST",
+            f"kernels/{UNKNOWN_KERNEL}/snapshots",
+            {"json": {"final": True, "trigger": "manual"}},
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            f"kernels/{UNKNOWN_KERNEL}/snapshots",
+            {"json": {"final": True, "trigger": "auto"}},
+            404,
+            "kernel_not_found",
+        ),
     ],
 )
 def test_errors_are_json_with_stable_codes(

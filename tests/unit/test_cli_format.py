@@ -72,3 +72,20 @@ def test_help_lists_exit_codes(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "exit codes" in capsys.readouterr().out
+
+
+def test_du_names_users_and_shows_their_quota() -> None:
+    from jusnap.cli import usage_text
+
+    usage = {"owner_uid": 0, "snapshots": 1, "logical_bytes": 4 << 20,
+             "stored_bytes": 25 << 20, "dedup_ratio": 1.0, "compression_ratio": 1.0,
+             "shared_bytes": 0, "unique_bytes": 1 << 20, "index_bytes": 1 << 10,
+             "disk_bytes": 2 << 20, "garbage_bytes": 0, "per_snapshot": []}  # fmt: skip
+    data = {
+        "retention": {"keep_auto": 50, "max_user_mb": 100, "pre_restore_ttl": 86400.0},
+        "usage": [usage, {**usage, "owner_uid": 2**31 - 2}],
+    }
+    text = usage_text(data)
+    assert "uid 0 (root): 1 snapshot(s)" in text
+    assert f"uid {2**31 - 2}: 1 snapshot(s)" in text  # no such account: no name
+    assert "quota              25.0 MiB of 100 MB (25%)" in text, text

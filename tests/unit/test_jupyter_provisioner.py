@@ -79,3 +79,19 @@ def test_headless_launch_runs_in_the_callers_cwd_and_names_the_notebook(
     assert kw["cwd"] == str(tmp_path)
     assert p._notebook == str(tmp_path / "run.ipynb")
     assert NOTEBOOK_ENV not in kw["env"], "not passed on to the kernel"
+
+
+def test_only_the_users_cells_ask_for_automatic_snapshots() -> None:
+    """Start-up lines (store_history=False) and silent requests take no snapshot: a fresh
+    kernel's would come first in the notebook's list, above the state to resume from."""
+    from types import SimpleNamespace
+
+    from jusnap_jupyter.autosnap import user_cell
+
+    def result(**info: bool) -> SimpleNamespace:
+        return SimpleNamespace(execution_count=1, info=SimpleNamespace(**info))
+
+    assert user_cell(result(store_history=True, silent=False))
+    assert not user_cell(result(store_history=False, silent=False))
+    assert not user_cell(result(store_history=True, silent=True))
+    assert user_cell(SimpleNamespace(execution_count=3))  # an IPython without ``info``

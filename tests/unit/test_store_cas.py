@@ -225,6 +225,26 @@ def test_size_cap_removes_oldest_auto_first(store: LocalStore, tmp_path: Path) -
     assert doomed == [ids[1], ids[2]]  # the manual one and the newest stay
 
 
+def test_size_plan_reports_what_cannot_fit(store: LocalStore, tmp_path: Path) -> None:
+    """Only manual snapshots over the cap: nothing to remove, and the total says it is over
+    (the store service then refuses the new snapshot: the user's quota)."""
+    ids = []
+    for _ in range(3):
+        sid = new_id()
+        store.commit(sid, dump(tmp_path, os.urandom(40 * PAGE)), owner=5)
+        ids.append(sid)
+    snaps = [snap(sid, "manual", i, owner=5) for i, sid in enumerate(ids)]
+    cs = store.chunks(5)
+    refs = references(store, cs, 5)
+    sizes = {h: c for h, _p, c, _u in cs.all_rows()}
+    doomed, total = retention.plan_size(
+        snaps, refs, sizes, retention.Policy(max_user_bytes=200 * 1024), {ids[-1]}
+    )
+    assert doomed == [] and total > 3 * 40 * PAGE
+    # Without a cap nothing goes either, and the total is the same.
+    assert retention.plan_size(snaps, refs, sizes, retention.Policy(), set()) == ([], total)
+
+
 def test_migration_of_version_1_snapshots(store: LocalStore, tmp_path: Path) -> None:
     import xxhash
 

@@ -29,7 +29,8 @@ _WHY = {
     500: "the snapshot or restore failed (`snapshot_failed`, `restore_failed`; see details)",
     502: "the Jupyter server that vouches for browser credentials did not answer"
     " (`jupyter_unavailable`)",
-    507: "no space left for the snapshot (`store_full`)",
+    507: "no space left for the snapshot (`store_full`), or it would put its owner over"
+    " `store.max_user_mb` (`quota_exceeded`; the snapshot is not kept)",
 }
 AUTH = (401, 403, 502)
 BODY = (400, 413, 422)

@@ -7,6 +7,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import request
 
+from ..errors import InvalidRequest
 from ..snapshots import Skipped
 from .auth import identity
 from .deps import engine, kernel_view
@@ -160,6 +161,13 @@ def create_snapshot(kernel_id: str, body: dict[str, Any]) -> tuple[dict[str, Any
     e = engine()
     owner = identity().owner
     trigger = body.get("trigger", "manual")
+    if body.get("final"):
+        if trigger != "auto" or body.get("label") or body.get("wait") is False:
+            raise InvalidRequest('"final" is an automatic snapshot: trigger "auto", no label, wait')
+        final = e.final_snapshot(kernel_id, owner)
+        if isinstance(final, Skipped):
+            return final.public(), 200
+        return {"status": "created", "snapshot": final.public()}, 201
     if body.get("wait") is False:
         # Asked from inside the kernel: answer first, dump once the kernel has hung up.
         k = e.kernels.get(kernel_id, owner)

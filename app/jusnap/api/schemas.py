@@ -198,6 +198,13 @@ class LogsOut(Schema):
 class SnapshotIn(Strict):
     label = String(validate=[Length(0, 200), Regexp(LABEL), encodable], allow_none=True)
     trigger = String(validate=OneOf(["manual", "auto"]))
+    final = JsonBoolean(
+        metadata={
+            "description": "true: the kernel's server is stopping (culled, stopped): an"
+            " automatic snapshot that waits for a running one and ignores the cooldown, skipped"
+            " when nothing ran since the newest snapshot (the Jupyter server extension sends it)"
+        }
+    )
     execution_count = Integer(validate=Range(0, 2**31), allow_none=True)
     wait = JsonBoolean(
         metadata={

@@ -7,7 +7,8 @@ The promises, in order:
   ``keep_auto`` automatic snapshots stay;
 * pre-restore safety copies go once older than ``pre_restore_ttl``;
 * if a user's snapshots take more than ``max_user_bytes``, that user's oldest automatic
-  snapshots go first until they fit (or only protected ones are left);
+  snapshots go first until they fit (or only protected ones are left); a new snapshot that
+  cannot fit even then is not kept (the user's quota, ``plan_size``);
 * ``protect`` (e.g. the snapshot just taken, or one a restore is using) always stays.
 """
 
@@ -63,19 +64,32 @@ def by_size(
     policy: Policy,
     protect: set[str],
 ) -> list[str]:
-    """Oldest automatic snapshots to remove until the owner's stored bytes fit the cap.
+    """Oldest automatic snapshots to remove until the owner's stored bytes fit the cap."""
+    return plan_size(snaps, refs, chunk_bytes, policy, protect)[0]
+
+
+def plan_size(
+    snaps: Iterable[Snapshot],
+    refs: Refs,
+    chunk_bytes: dict[bytes, int],
+    policy: Policy,
+    protect: set[str],
+) -> tuple[list[str], int]:
+    """``by_size``'s ids, and the owner's stored bytes once they are gone.
 
     Exact, not estimated: a page shared by two snapshots is freed only when both are gone,
-    which the reference counts below follow as snapshots are taken off.
+    which the reference counts below follow as snapshots are taken off. Bytes still over the
+    cap afterwards belong to snapshots retention must keep (manual, labelled, protected): the
+    caller decides what that means for the snapshot just taken (``StoreService``: a quota).
     """
-    if policy.max_user_bytes <= 0:
-        return []
     count: Counter[bytes] = Counter()
     per_pages = {sid: refs.pages(sid) for sid in refs.leaves}
     for pages in per_pages.values():
         count.update(pages)
     total = sum(chunk_bytes.get(h, 0) for h in count) + sum(refs.whole.values())
     total += sum(chunk_bytes.get(h, 0) for h in refs.lists)
+    if policy.max_user_bytes <= 0:
+        return [], total
     candidates = sorted(
         (s for s in snaps if removable(s) and s.id not in protect and s.id in per_pages),
         key=lambda s: (s.created_at, s.id),
@@ -90,4 +104,4 @@ def by_size(
                 total -= chunk_bytes.get(h, 0)
         total -= refs.whole.get(s.id, 0)
         out.append(s.id)
-    return out
+    return out, total

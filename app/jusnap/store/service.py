@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import StoreSettings
+from ..errors import QuotaExceeded
 from ..registry import Registry, Snapshot
 from . import gc as gc_mod
 from . import retention
@@ -22,6 +23,16 @@ from .migrate import migrate
 from .usage import references, usage
 
 log = logging.getLogger(__name__)
+
+
+def quota_message(total: int, cap: int) -> str:
+    """What the notebook shows when a snapshot does not fit the user's quota."""
+    mb = 1024 * 1024
+    return (
+        f"snapshot not kept: your snapshots would take {total / mb:.0f} MB, over your quota of"
+        f" {cap / mb:.0f} MB (store.max_user_mb). Delete snapshots you no longer need, or remove"
+        " their labels so that older automatic ones can go."
+    )
 
 
 class StoreService:
@@ -54,6 +65,9 @@ class StoreService:
     ) -> list[str]:
         """Apply retention to the snapshot owner's snapshots; return the ids removed.
 
+        Raises QuotaExceeded, having removed ``snap``, when the owner's snapshots would not fit
+        ``max_user_mb`` even after retention (manual and labelled ones are never removed).
+
         ``busy(kernel_id)``: that kernel has an operation running (e.g. a restore that might be
         reading one of its snapshots); its snapshots are left for the next pass.
         """
@@ -74,7 +88,13 @@ class StoreService:
                 with cs.lock():
                     refs = references(self.store, cs, owner)
                     sizes = {h: clen for h, _p, clen, _u in cs.all_rows()}
-                more = retention.by_size(left, refs, sizes, self.policy, protect)
+                more, total = retention.plan_size(left, refs, sizes, self.policy, protect)
+                if total > self.policy.max_user_bytes:
+                    # Even without every automatic snapshot retention may remove, the owner's
+                    # snapshots would not fit: the new one is not kept, and no older one goes.
+                    self._remove(registry, [snap.id])
+                    gc_mod.collect(self.store, owner)
+                    raise QuotaExceeded(quota_message(total, self.policy.max_user_bytes))
                 self._remove(registry, more)
                 doomed += more
             if doomed and self.settings.gc_after_retention:

@@ -5,6 +5,7 @@
                       (``python -m jusnap_jupyter install-kernelspec``)
 * ``autosnap``     -- IPython extension: an automatic snapshot after every executed cell
 * ``handlers``     -- Jupyter server extension: the Jusnap API under Jupyter's base URL
+* ``resume``       -- Jupyter server extension: a stopping server snapshots its kernels first
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ _KERNEL_MANAGER_CLASSES = (
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     from .handlers import handlers
     from .kernelspec import NAME
+    from .resume import snapshot_before_stopping
 
     web_app = serverapp.web_app
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     serverapp.log.info("jusnap: API proxied at %sjusnap/api/v1/", web_app.settings["base_url"])
     _make_default_kernel(serverapp, NAME)
     _name_notebook_files(serverapp)
+    snapshot_before_stopping(serverapp)
 
 
 def _name_notebook_files(serverapp: Any) -> None:

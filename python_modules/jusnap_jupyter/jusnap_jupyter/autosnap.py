@@ -28,6 +28,17 @@ REQUEST_TIMEOUT = 10.0
 _NOTHING = object()  # no cell waiting for a request
 
 
+def user_cell(result: Any) -> bool:
+    """Whether IPython ran a cell of the user's: not the kernel's start-up lines
+    (``exec_lines``) nor a frontend's silent request (e.g. a variable inspector). A fresh
+    kernel's start-up would otherwise take a snapshot of nothing, which then comes first in
+    the notebook's list, above the state its last kernel left (docs/multiuser.md)."""
+    info = getattr(result, "info", None)
+    if info is None:
+        return True
+    return bool(getattr(info, "store_history", True)) and not getattr(info, "silent", False)
+
+
 class AutoSnapshot:
     def __init__(self, kernel_id: str | None) -> None:
         self.kernel_id = kernel_id
@@ -37,6 +48,8 @@ class AutoSnapshot:
         self._last_error: str | None = None
 
     def post_run_cell(self, result: Any) -> None:
+        if not user_cell(result):
+            return
         with self._lock:
             self._waiting = getattr(result, "execution_count", None)
             if self._sending:
