@@ -221,7 +221,8 @@ def test_soak_bursts_and_restores_stay_true_bounded_and_flat(make_stack) -> None
         kid = j.new_session(f"soak-{i}.ipynb")["kernel"]["id"]
         ws = KernelWebsocket(j, kid)
         # 8 MB of state per notebook, so that snapshots and restores carry some weight.
-        ws.run("import numpy as np; a = np.zeros(1_000_000)")
+        # (Its own mark too: its automatic snapshot may still land after the clean-up below.)
+        ws.run(f"import numpy as np; a = np.zeros(1_000_000); {MARK}")
         kernels.append((kid, ws))
     kids = [kid for kid, _ in kernels]
     _quiet(stack, kids)
