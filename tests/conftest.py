@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -40,21 +41,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
-def _group(item: pytest.Item) -> str:
-    """The unit the suite's workers share out (``pytest -n 2 --dist loadgroup``, as
-    scripts/test runs it): a module, so that its module-scoped stack is made once; a browser
-    module once per application; every appliance test in one, since they provision and
-    restart this host's services one after another."""
-    path = Path(str(item.fspath)).relative_to(REPO).as_posix()
+def work_unit(nodeid: str) -> str:
+    """What one of the suite's workers runs as a whole (``pytest -n 2``, as scripts/test runs
+    it): a module, so that its module-scoped stack is made once; a browser module once per
+    application; all appliance tests, since they provision and restart this host's services
+    one after another."""
+    path = nodeid.split("::", 1)[0]
     if path.startswith("tests/appliance/"):
-        return "appliance"
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    if path.startswith("tests/e2e/") and "app" in params:
-        return f"{path}[{params['app']}]"
+        return "tests/appliance"
+    if path.startswith("tests/e2e/"):
+        app = re.search(r"\[(notebook|lab)\b", nodeid)
+        return f"{path}[{app.group(1)}]" if app else path
     return path
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; absent without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
 
 
 def _local_user(name: str) -> pwd.struct_passwd:
