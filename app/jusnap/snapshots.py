@@ -280,8 +280,6 @@ class Engine:
             if trigger == "auto":
                 return self._pend(Skipped(k.id, "another operation is running", 0.0))
             raise
-        except _CellRan:
-            return self._pend(Skipped(k.id, "a cell ran during the snapshot", 0.0))
         except JusnapError as exc:
             if trigger == "auto":
                 # Nobody waits for an automatic snapshot: keep the failure where the notebook
@@ -326,6 +324,20 @@ class Engine:
                 raise
         return self._kept(k, snap)
 
+    def shutdown(self, kernel_id: str, owner_uid: int | None = ADMIN) -> None:
+        """Stop a kernel. With automatic snapshots on, its last state is saved first when no
+        snapshot has it yet: a headless run (papermill) shuts its kernel down right after
+        its last cell, before that cell's own snapshot could run, and a notebook may be
+        closed the same instant."""
+        self.trailing.cancel(kernel_id)
+        try:
+            self.final_snapshot(kernel_id, owner_uid)
+        except (KernelNotFound, Forbidden):
+            raise
+        except JusnapError as exc:  # recorded on the kernel; the shutdown goes on
+            log.warning("kernel %s: no final snapshot before its shutdown: %s", kernel_id, exc)
+        self.kernels.shutdown(kernel_id, owner_uid)
+
     def _final_skipped(self, k: Kernel) -> Skipped | None:
         skipped = self._auto_skipped(k, cooldown=False)
         if skipped is not None:
@@ -350,7 +362,9 @@ class Engine:
         for attempt in (1, 2):
             try:
                 with self.locks.exclusive(k.id, "snapshot", wait=wait):
-                    return self._snapshot_locked(k, trigger, label, execution_count)
+                    return self._snapshot_locked(
+                        k, trigger, label, execution_count, exact=trigger == "auto"
+                    )
             except SnapshotFailed as exc:
                 transient = any(m in exc.message for m in _TRANSIENT_DUMP_FAILURES)
                 if trigger != "auto" or attempt == 2 or not transient:
@@ -363,7 +377,7 @@ class Engine:
         """A skipped automatic request leaves one trailing snapshot due (``trailing.py``)."""
         if skipped.reason == "cooldown":
             self.trailing.schedule(skipped.kernel_id, skipped.retry_in)
-        elif skipped.reason in ("another operation is running", "a cell ran during the snapshot"):
+        elif skipped.reason == "another operation is running":
             self.trailing.schedule(skipped.kernel_id, BUSY_RETRY)
         return skipped
 
@@ -435,8 +449,16 @@ class Engine:
         return snaps[0].created_at if snaps else None
 
     def _snapshot_locked(
-        self, k: Kernel, trigger: str, label: str | None, execution_count: int | None = None
+        self,
+        k: Kernel,
+        trigger: str,
+        label: str | None,
+        execution_count: int | None = None,
+        exact: bool = False,
     ) -> Snapshot:
+        """Dump, check, commit, record. ``exact`` (a cell's automatic snapshot): a dump that
+        caught a cell running is kept without a cell number rather than listed under one it
+        may not hold, and a trailing snapshot is made due for the state after the cell."""
         if not self.supervisor.alive(k):
             raise KernelNotRunning(
                 f"kernel {k.id} is not running; restart it or restore a snapshot"
@@ -469,13 +491,17 @@ class Engine:
                 raise SnapshotFailed(f"snapshot failed: {exc}") from exc
             # The count the frozen process had, not the one the request carried: the kernel
             # may have started further cells since.
-            seen = self.kernels.window(k.id, t_request, time.time())
-            if trigger == "auto" and not seen.quiet:
-                # A cell ran at some moment of the freeze: the images may hold it half run,
-                # and no cell number would be true. Its end asks again (or the trailing
-                # snapshot follows it); this one is dropped before anything is stored.
-                raise _CellRan()
+            # (A little past the dump's end: a request queued in the frozen kernel starts
+            # right after the thaw, and must count as having run during the window.)
+            seen = self.kernels.window(k.id, t_request, time.time() + 0.05)
             execution_count = seen.count if seen.count is not None else execution_count
+            if exact and not seen.quiet:
+                # A cell ran at some moment of the freeze: the images may hold it half run (or
+                # a request queued in the frozen kernel), so no cell number is sure to be true.
+                # Kept all the same (a headless run may shut its kernel down before any later
+                # snapshot), listed without a number; the exact one follows it.
+                execution_count = None
+                self.trailing.schedule(k.id, BUSY_RETRY)
             frozen = criu_mod.frozen_seconds(images) or result.seconds
             if active:
                 # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
@@ -783,10 +809,6 @@ class Engine:
                 os.close(f)
         logs.note(k.id, f"restored snapshot {snap.id}")
         return result
-
-
-class _CellRan(Exception):
-    """An automatic snapshot caught a cell running: dropped, a trailing one follows."""
 
 
 class _Untouched(Exception):

@@ -89,7 +89,10 @@ def test_papermill_runs_keep_their_snapshots(make_stack: Callable[..., JusnapSta
         return _daemon_json(stack, "snapshots", "--all")
 
     _papermill(stack, src, {"JUSNAP_NOTEBOOK_PATH": str(src)})
-    wait_until(lambda: len(snaps()) >= 1, timeout=30)
+    try:
+        wait_until(lambda: len(snaps()) >= 1, timeout=30, what="the tied run's snapshots")
+    except AssertionError:
+        raise AssertionError(stack.daemon.log.read_text()[-4000:]) from None
     tied = snaps()
     assert {s["notebook_path"] for s in tied} == {str(src)}
     assert not any(s["kernel_alive"] for s in tied), "papermill shut its kernel down"

@@ -9,8 +9,8 @@ notebooks, three rounds, under a minute) and holds, in every round:
 * no silent failure: no cell printed a failed automatic snapshot, no kernel reports one, the
   daemon logged no error;
 * retention within its limit at all times (a new snapshot is listed an instant before the
-  oldest over the limit goes, so one more at most while a snapshot commits), at the limit once
-  quiet;
+  oldest over the limit goes, and a pass leaves a busy kernel's snapshots for the next one:
+  one more at most);
 * no operation waits behind housekeeping: every list, usage and restore call answered within
   seconds;
 * the daemon's worker flat across rounds (memory, open files, threads), and the store back to
@@ -146,7 +146,8 @@ def _notebook(stack: JusnapStack, kid: str, ws: KernelWebsocket, seed: int, watc
             raise AssertionError(
                 f"no snapshot of cell {last}: {counts}; kernel {view}\n" + "\n".join(logged[-40:])
             ) from None
-        pick = rnd.choice(_autos(stack, kid, watch))
+        # (One that caught a cell running is listed without a number: not a claim to check.)
+        pick = rnd.choice([s for s in _autos(stack, kid, watch) if s["execution_count"]])
         watch.timed(
             "restore",
             lambda: stack.jupyter.jusnap(
@@ -240,7 +241,9 @@ def test_soak_bursts_and_restores_stay_true_bounded_and_flat(make_stack) -> None
             view = j.jusnap("GET", f"kernels/{kid}", expect=200)
             assert view["auto"]["last_error"] is None, view["auto"]
             assert watch.most_autos[kid] <= KEEP_AUTO + 1, (kid, watch.most_autos[kid])
-            assert len(_autos(stack, kid, Watch())) <= KEEP_AUTO
+            # (Retention leaves a snapshot whose kernel is busy for its next pass: one over
+            # can remain when a pass ran during the notebook's restore.)
+            assert len(_autos(stack, kid, Watch())) <= KEEP_AUTO + 1
         _clean_up(stack, kids)
         # The index shrinks with the data: back to where it started (`jusnap du` counts it).
         assert _store_bytes(stack) <= store_before + STORE_SLACK, (

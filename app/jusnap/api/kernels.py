@@ -78,7 +78,7 @@ def get_connection(kernel_id: str) -> dict[str, Any]:
 @bp.output({}, status_code=204)
 @bp.doc(responses=errors(*BY_ID, 409))
 def shutdown_kernel(kernel_id: str) -> tuple[str, int]:
-    engine().kernels.shutdown(kernel_id, identity().owner)
+    engine().shutdown(kernel_id, identity().owner)
     return "", 204
 
 

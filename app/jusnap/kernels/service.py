@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 from ..autosnap import AutoSettings, check_cooldown, effective
@@ -104,6 +105,7 @@ class KernelService:
         m = self._monitors.get(kernel_id)
         if m is None:
             return Window(count=None, quiet=False)
+        time.sleep(max(0.0, end - time.time()))  # the ping's status must come after ``end``
         if not m.caught_up(end, settle=0.02):
             ping_control(m.conn)
         return m.window(start, end, settle=1.0)
