@@ -14,6 +14,15 @@ array with random bytes (incompressible, every page touched), then, alternating:
 * raw CRIU: ``criu dump --leave-running`` with the same flags, and kill + ``criu restore`` +
   first answered ``execute`` (no safety net, no store).
 
+Every call the engine makes into CRIU, the store, the image check and the Jupyter handshake
+is timed as a *phase* (wrappers installed by :class:`Phases`), so the JSON says where each
+restore and snapshot spent its time: ``pre_dump`` / ``pre_commit`` (the safety snapshot),
+``stage`` (rebuilding the target's images from the store), ``check`` (image verification),
+``criu_restore``, ``handshake``, ``peers`` (waiting for the client to reconnect), and for a
+snapshot ``dump`` against ``commit``. Phases may overlap (background commits, concurrent
+staging): each is reported with its own wall time, and ``kernel_down`` is the time from the
+kernel's stop to its first answered execute.
+
 Prints a Markdown table and writes JSON next to it (``--out``).
 """
 
@@ -29,12 +38,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import jusnap.snapshots as snapshots_mod
 from jusnap.config import load_settings
 from jusnap.criu import frozen_seconds
 from jusnap.proc import kill_tree, start_time
@@ -43,6 +55,72 @@ from jusnap.snapshots import Engine
 from tests.helpers import connect, run_cell
 
 UNITS = {"M": 1024**2, "G": 1024**3}
+
+
+DATA = {
+    # incompressible, every page touched
+    "random": "import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)",
+    # what notebooks hold more often: numbers with structure (zstd shrinks these ~7x)
+    "typical": "import numpy as np; data = np.arange({size} // 8, dtype=np.float64) * 0.5",
+}
+
+
+class Phases:
+    """Wall time of each call the engine makes into its parts, as (name, start, end) spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, float, float]] = []
+        self.lock = threading.Lock()
+        self.restoring = False
+
+    def wrap(self, owner: Any, attr: str, name: str | Callable[[], str]) -> None:
+        inner = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            label = name() if callable(name) else name
+            t0 = time.monotonic()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.spans.append((label, t0, time.monotonic()))
+
+        setattr(owner, attr, timed)
+
+    def install(self, engine: Engine) -> None:
+        during = lambda what: lambda: f"pre_{what}" if self.restoring else what  # noqa: E731
+        self.wrap(engine.criu, "dump", during("dump"))
+        self.wrap(engine.store, "commit", during("commit"))
+        self.wrap(engine.store, "stage_out", "stage")
+        self.wrap(engine, "_check_staged", "check")
+        self.wrap(engine.supervisor, "stop", "stop")
+        self.wrap(engine.criu, "restore", "criu_restore")
+        self.wrap(snapshots_mod, "handshake", "handshake")
+        self.wrap(snapshots_mod, "wait_for_peers", "peers")
+        for attr, label in (("_hot_put", "hot_put"), ("_hot_take", "hot_take")):
+            if hasattr(engine, attr):
+                self.wrap(engine, attr, label)
+
+    def take(self, t0: float, settle: float = 0.0) -> dict[str, float]:
+        """Seconds per phase since ``t0`` (summed when a phase ran more than once); waits
+        up to ``settle`` s for background work (a commit after the restore) to end."""
+        deadline = time.monotonic() + settle
+        while settle and time.monotonic() < deadline:
+            with self.lock:
+                names = {n for n, a, _ in self.spans if a >= t0}
+            if "pre_commit" in names or "pre_dump" not in names:
+                break
+            time.sleep(0.05)
+        with self.lock:
+            spans = [s for s in self.spans if s[1] >= t0]
+            self.spans = []
+        out: dict[str, float] = {}
+        for name, a, b in spans:
+            out[name] = out.get(name, 0.0) + (b - a)
+        stops = [a for n, a, _ in spans if n == "stop"]
+        if stops:
+            out["stop_at"] = min(stops) - t0
+        return out
 
 
 def parse_size(text: str) -> int:
@@ -81,16 +159,14 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
     return time.monotonic() - t0
 
 
-def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, Any]:
+def bench_size(
+    engine: Engine, size: int, repeat: int, work: Path, phases: Phases, data: str
+) -> dict[str, Any]:
     # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
     k = engine.kernels.launch(owner_uid=0, env=env)
     kc = connect(k.connection)
-    run_cell(
-        kc,
-        f"import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)",
-        timeout=600,
-    )
+    run_cell(kc, DATA[data].format(size=size), timeout=600)
     creds = engine.supervisor.creds(k)
     rows: dict[str, list[float]] = {key: [] for key in (
         "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_restore_to_execute",
@@ -101,6 +177,7 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
         t0 = time.monotonic()
         snap2 = engine.snapshot(k.id)  # timed separately from the first (page cache warm-up)
         rows["jusnap_snapshot_wall"].append(time.monotonic() - t0)
+        _add(rows, "snapshot", phases.take(t0))
         rows["image_bytes"].append(snap2.size_bytes)
         engine.delete_snapshot(snap2.id)
 
@@ -109,12 +186,20 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
         rows["criu_freeze"].append(freeze)
         rows["criu_dump_wall"].append(wall)
 
+        phases.take(0.0)  # drop the spans of the raw run's helpers
+        phases.restoring = True
         t0 = time.monotonic()
         result = engine.restore(snap.id)
         first_execute(kc)
-        rows["jusnap_restore_to_execute"].append(time.monotonic() - t0)
+        done = time.monotonic()
+        phases.restoring = False
+        rows["jusnap_restore_to_execute"].append(done - t0)
+        spent = phases.take(t0, settle=120.0)
+        if "stop_at" in spent:
+            spent["kernel_down"] = done - t0 - spent.pop("stop_at")
+        _add(rows, "restore", spent)
         if result.pre_restore:
-            engine.delete_snapshot(result.pre_restore.id)
+            _wait_deletable(engine, result.pre_restore.id)
         engine.delete_snapshot(snap.id)
 
         rows["criu_restore_to_execute"].append(
@@ -131,6 +216,24 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
     return {key: statistics.median(v) for key, v in rows.items()}
 
 
+def _add(rows: dict[str, list[float]], prefix: str, spent: dict[str, float]) -> None:
+    for name, seconds in spent.items():
+        rows.setdefault(f"{prefix}_{name}", []).append(seconds)
+
+
+def _wait_deletable(engine: Engine, snapshot_id: str, timeout: float = 120.0) -> None:
+    """Delete a pre-restore snapshot, which may still be committing in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            engine.delete_snapshot(snapshot_id)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,6 +242,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--user", default=os.environ.get("JUSNAP_TEST_USER", "jusnap-test"))
     ap.add_argument("--criu", default="/usr/local/lib/jusnap/criu")
+    ap.add_argument("--data", choices=sorted(DATA), default="random")
     ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
@@ -148,11 +252,16 @@ def main() -> int:
         "jusnap.ipython.python_interpreter": sys.executable, "jusnap.http.socket": str(state / "s.sock"),
     })  # fmt: skip
     engine = Engine(settings).start()
+    phases = Phases()
+    phases.install(engine)
     results = {}
+    load = os.getloadavg()
     try:
         for text in args.sizes.split(","):
             print(f"== {text}", flush=True)
-            results[text] = bench_size(engine, parse_size(text), args.repeat, state / "work")
+            results[text] = bench_size(
+                engine, parse_size(text), args.repeat, state / "work", phases, args.data
+            )
     finally:
         engine.close()
         subprocess.run(["pkill", "-KILL", "-f", f"{state}/kernels/"], check=False)
@@ -160,11 +269,15 @@ def main() -> int:
     machine = {
         "cpu": _cpu(), "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3),
         "kernel": platform.release(), "criu": subprocess.run([args.criu, "--version"], capture_output=True, text=True).stdout.split()[1],
-        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "data": args.data, "loadavg_before": [round(x, 2) for x in load],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(table(results, machine))
+    print()
+    print(phase_table(results))
     return 0
 
 
@@ -189,6 +302,22 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
             f"| {r['jusnap_snapshot_wall']:.2f} s / {r['criu_dump_wall']:.2f} s "
             f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
         )
+    return "\n".join(lines)
+
+
+RESTORE_PHASES = ("pre_dump", "pre_commit", "hot_take", "stage", "check", "stop", "criu_restore",
+                  "handshake", "peers", "kernel_down")  # fmt: skip
+SNAPSHOT_PHASES = ("dump", "commit", "hot_put")
+
+
+def phase_table(results: dict[str, dict[str, float]]) -> str:
+    """Where the time went: median seconds per phase (phases may overlap)."""
+    cols = [f"restore_{p}" for p in RESTORE_PHASES] + [f"snapshot_{p}" for p in SNAPSHOT_PHASES]
+    cols = [c for c in cols if any(c in r for r in results.values())]
+    lines = ["| kernel data | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for size, r in results.items():
+        cells = [f"{r[c]:.2f}" if c in r else "–" for c in cols]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

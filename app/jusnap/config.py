@@ -156,6 +156,10 @@ class StoreSettings:
     lazy_pages: str = "auto"
     # Image size from which "auto" restores lazily, in MB.
     lazy_threshold_mb: int = 1024
+    # Snapshots per kernel also kept as plain images (the hot tier), the ones taken or restored
+    # last: restoring one skips rebuilding it from the store, at the cost of its full size on
+    # disk. 0 keeps none (a restore's safety copy still stays until it is stored).
+    hot_snapshots: int = 2
 
 
 @dataclass
