@@ -767,6 +767,7 @@ class Engine:
             history: Path | None = None
             if entry is not None:
                 images = entry.images
+                self.hot.verify(entry)
                 self._check_staged(k, images)
                 if want_history and entry.history:
                     history = entry.history / HISTORY_NAME

@@ -165,5 +165,13 @@ def test_daemon_killed_mid_restore_brings_the_state_back(daemon: Daemon, phase: 
         value = run_cell(kc, "print(x)").strip()
         expected = "current" if phase == "kernel-stopped" else "old"
         assert value == expected, (phase, value, k["notice"])
+        # The pre-restore copy was not in the store yet when the daemon died (it is stored in
+        # the background after the restore): the new daemon stored it.
+        snaps = json.loads(daemon.cli("--json", "snapshots", info["id"]).stdout)
+        pre = [s for s in snaps if s["trigger"] == "pre-restore"]
+        assert pre, snaps
+        assert all(
+            (daemon.state_dir / "snapshots" / s["id"] / "manifest.json").is_file() for s in pre
+        )
     finally:
         kc.stop_channels()

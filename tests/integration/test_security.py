@@ -28,6 +28,7 @@ from tests.conftest import PYTHON, REPO, Daemon, KernelSession, shutdown_all
 from tests.criu_craft import (
     drop_creds,
     edit_creds,
+    rewrite_hot,
     rewrite_stored,
     second_creds_with_caps,
     set_field,
@@ -110,15 +111,24 @@ CRAFTS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+@pytest.mark.parametrize("tier", ["store", "hot"])
 @pytest.mark.parametrize("craft", list(CRAFTS))
 def test_crafted_image_is_refused_by_restore_and_kernel_untouched(
-    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd, craft: str
+    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd, craft: str, tier: str
 ) -> None:
+    """Whether the restore reads the store or the hot tier's plain images, the images are
+    checked for the kernel's identity before it is stopped."""
     kernel.run("x = 'snapshot'")
     snap = _snap(engine, kernel)
     kernel.run("x = 'current'")
     pid_before = engine.kernels.get(kernel.id).pid
-    rewrite_stored(engine.store.path(snap.id), _core_name(engine, snap), CRAFTS[craft])
+    if tier == "store":
+        engine.hot.drop(snap.id)  # restored from the store
+        rewrite_stored(engine.store.path(snap.id), _core_name(engine, snap), CRAFTS[craft])
+    else:
+        entry = engine.hot.get(snap.id)
+        assert entry is not None
+        rewrite_hot(entry.path, _core_name(engine, snap), CRAFTS[craft])
     with pytest.raises(RestoreFailed, match="snapshot image refused") as info:
         engine.restore(snap.id)
     assert info.value.details["rolled_back"] is True
@@ -141,6 +151,7 @@ def test_crafted_image_through_the_api_and_cli(daemon: Daemon, kernel_user) -> N
         run_cell(kc, "x = 'current'")
         snap = snap["snapshot"]
         store = daemon.state_dir / "snapshots" / snap["id"]
+        shutil.rmtree(daemon.state_dir / "hot" / snap["id"])  # restore from the store
         core = next(store.glob("core-*.img")).name
         rewrite_stored(store, core, CRAFTS["exploit-caps"])
         r = daemon.cli("restore", snap["id"])
@@ -213,11 +224,15 @@ def test_planted_files_in_the_dump_are_refused(
         assert isinstance(info.value, ImageRefused)
 
 
+@pytest.mark.parametrize("tier", ["store", "hot"])
 def test_staged_images_are_out_of_the_kernel_users_reach(
-    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd
+    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd, tier: str
 ) -> None:
-    """Between the check and CRIU's read, the user can change nothing CRIU will read."""
+    """Between the check and CRIU's read, the user can change nothing CRIU will read: neither
+    images staged from the store nor a hot-tier entry (the target's, the pre-restore copy's)."""
     snap = _snap(engine, kernel)
+    if tier == "store":
+        engine.hot.drop(snap.id)
     attempts: list[subprocess.CompletedProcess[str]] = []
     real_check = engine._check_staged
 
@@ -233,8 +248,11 @@ def test_staged_images_are_out_of_the_kernel_users_reach(
     engine._check_staged = attack_then_check  # type: ignore[method-assign]
     engine.restore(snap.id)
     kernel.after_restore()
-    assert len(attempts) == 5
+    assert len(attempts) == 10  # the pre-restore copy's images, then the target's
     assert all(a.returncode != 0 for a in attempts), [a.stderr for a in attempts]
+    hot = engine.state_dir / "hot"
+    listing = as_user(kernel_user, "ls", str(hot))
+    assert listing.returncode != 0, "the user cannot list the hot tier"
 
 
 # ---- 2. CRIU itself in the kernel user's hands ------------------------------------------------

@@ -43,7 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SnapshotFailed, StoreFull
+import xxhash
+
+from ..errors import RestoreFailed, SnapshotFailed, StoreFull
 from ..fsutil import fsync_dir, open_nofollow
 from ..ids import SNAPSHOT_ID_RE
 from ..untrusted import open_untrusted, open_untrusted_path
@@ -156,7 +158,12 @@ class HotTier:
                         _copy(src, _root_dir(partial / HISTORY, gid) / history.name, gid, durable)
                     finally:
                         os.close(src)
-            meta = {"pending": True, "boot": self._boot, "durable": durable, "snapshot": None}
+            # A cached entry records each file's hash (read back from the page cache, after the
+            # kernel resumed), checked before it is restored, as the store checks its pages.
+            # A durable one is needed right away (rollback) or goes to the store: no hashes.
+            digests = {} if durable else {p.name: _digest(p) for p in img.iterdir()}
+            meta = {"pending": True, "boot": self._boot, "durable": durable, "snapshot": None,
+                    "xxh3": digests}  # fmt: skip
             _write_json(partial / META, meta, durable)
             if durable:
                 for d in (img, partial):
@@ -216,6 +223,16 @@ class HotTier:
                 e = self.get(p.name)
                 if e is not None:
                     yield e
+
+    def verify(self, entry: HotEntry) -> None:
+        """Raise RestoreFailed unless every image of a cached entry has the recorded hash."""
+        digests = entry.meta.get("xxh3") or {}
+        names = sorted(p.name for p in entry.images.iterdir())
+        if digests and sorted(digests) != names:
+            raise RestoreFailed(f"snapshot {entry.id} is damaged: its hot images changed")
+        for name in names:
+            if name in digests and _digest(entry.images / name) != digests[name]:
+                raise RestoreFailed(f"snapshot {entry.id} is damaged: {name} fails its checksum")
 
     def size(self, snapshot_id: str) -> int:
         """Bytes of an entry's images and history (what the store calls its logical size)."""
@@ -302,8 +319,19 @@ def _copy(src: int, dst_path: Path, gid: int, durable: bool) -> None:
         os.close(dst)
 
 
+def _digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    fd = open_nofollow(path)
+    try:
+        while data := os.read(fd, 8 << 20):
+            h.update(data)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
 def _write_json(path: Path, data: dict[str, Any], durable: bool) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
