@@ -485,3 +485,36 @@ def test_root_never_writes_through_a_planted_link(
     assert secret_file.read_bytes() == before
     assert os.stat(cfile).st_ino != os.stat(secret_file).st_ino
     assert kernel.value("1 + 1") == "2"
+
+
+def test_a_dump_file_still_open_for_writing_is_copied_not_taken(
+    engine: Engine, kernel_user: pwd.struct_passwd
+) -> None:
+    """The hot tier takes a dump's files over (root's, read-only) instead of copying them,
+    unless a descriptor could still write one (one the kernel's user opened during the dump):
+    that file is copied, so writes through the descriptor never reach the kept images."""
+    from jusnap.ids import new_snapshot_id
+
+    dump = engine.work_dir / new_snapshot_id()
+    dump.mkdir(mode=0o700)
+    uid, gid = kernel_user.pw_uid, kernel_user.pw_gid
+    os.chown(dump, uid, gid)
+    for name in ("pages-1.img", "core-1.img"):
+        (dump / name).write_bytes(b"dumped " + name.encode())
+        os.chown(dump / name, uid, gid)
+    taken_ino = (dump / "core-1.img").stat().st_ino
+    held = os.open(dump / "pages-1.img", os.O_WRONLY)  # the user's descriptor, kept open
+    try:
+        entry = engine.hot.put(new_snapshot_id(), dump, None, gid, uid, durable=False)
+        os.pwrite(held, b"CHANGED", 0)
+    finally:
+        os.close(held)
+    pages, core = entry.images / "pages-1.img", entry.images / "core-1.img"
+    assert pages.read_bytes() == b"dumped pages-1.img"
+    assert core.read_bytes() == b"dumped core-1.img"
+    assert core.stat().st_ino == taken_ino  # no writer: taken over, not copied
+    for f in (pages, core, entry.images):
+        st = f.stat()
+        assert (st.st_uid, st.st_gid) == (0, gid)
+        assert st.st_mode & 0o777 == (0o750 if f == entry.images else 0o440)
+    engine.hot.drop(entry.id)
