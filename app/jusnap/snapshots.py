@@ -416,16 +416,18 @@ class Engine:
                 snap.id, entry.images, self._hot_extra(entry), owner=k.owner_uid,
                 check=ImageCheck(self._identity(k)), file_owner=os.geteuid(),
             )  # fmt: skip
-            self.hot.describe(snap.id, asdict(snap), self._identity_json(k), pending=False)
             try:
                 self.registry.add_snapshot(snap)
             except Exception:
                 self.store.delete(snap.id)
                 raise
+            # Described only once recorded: trimming (another thread) drops entries of
+            # snapshots it does not find in the registry.
+            self.hot.describe(snap.id, asdict(snap), self._identity_json(k), pending=False)
         except BaseException:
             self.hot.drop(snap.id)
             raise
-        self._keep_hot(k.id)
+        self._keep_hot(k.id, locked=True)
         self._recorded(k, snap)
         return snap
 
@@ -517,11 +519,17 @@ class Engine:
         i = self._identity(k)
         return {"uid": i.uid, "gid": i.gid, "groups": sorted(i.groups)}
 
-    def _keep_hot(self, kernel_id: str) -> None:
-        """Trim the kernel's hot entries to the configured number (never fails the caller)."""
+    def _keep_hot(self, kernel_id: str, locked: bool = False) -> None:
+        """Trim the kernel's hot entries to the configured number (never fails the caller).
+
+        Only under the kernel's lock (``locked``: the caller holds it), since a restore may be
+        reading an entry; a kernel busy now is trimmed after its operation."""
         try:
-            known = set(self.registry.all_snapshot_ids())
-            self.hot.keep(kernel_id, self.settings.jusnap.store.hot_snapshots, known)
+            with contextlib.nullcontext() if locked else self.locks.exclusive(kernel_id, "trim"):
+                known = set(self.registry.all_snapshot_ids())
+                self.hot.keep(kernel_id, self.settings.jusnap.store.hot_snapshots, known)
+        except Busy:
+            return
         except OSError:
             log.exception("trimming the hot tier of kernel %s failed", kernel_id)
 
@@ -674,6 +682,7 @@ class Engine:
                     self.registry.end_restore(k.id)
                     if pre is not None:
                         self._commit_later(pre.id)  # the safety copy goes to the store now
+                    self._keep_hot(k.id, locked=True)
         k = self.kernels.get(k.id)
         if k.notice:
             k.notice = None  # the user has moved on from whatever recovery said
