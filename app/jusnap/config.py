@@ -160,6 +160,10 @@ class StoreSettings:
     # last: restoring one skips rebuilding it from the store, at the cost of its full size on
     # disk. 0 keeps none (a restore's safety copy still stays until it is stored).
     hot_snapshots: int = 2
+    # A snapshot is recorded (listed, restorable) as soon as its images are durable and checked
+    # in the hot tier, and stored in the content-addressed store in the background; false: the
+    # snapshot call returns once it is stored.
+    background_commit: bool = True
 
 
 @dataclass

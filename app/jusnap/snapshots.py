@@ -44,6 +44,7 @@ from .criu_images import Identity, ImageCheck, needs_bytes
 from .errors import (
     Busy,
     Forbidden,
+    ImageRefused,
     InvalidRequest,
     JusnapError,
     KernelNotFound,
@@ -146,8 +147,8 @@ class Engine:
         self.work_dir = self.state_dir / "work"
         self.action_script = self.state_dir / "bin" / "criu-action"
         self.hot = HotTier(self.state_dir / "hot")
-        # Pre-restore copies being committed in the background, by snapshot id.
-        self._commits: dict[str, threading.Thread] = {}
+        # Snapshots being committed in the background: id -> (thread, kernel id, owner uid).
+        self._commits: dict[str, tuple[threading.Thread, str, int]] = {}
         self._commits_lock = threading.Lock()
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -221,7 +222,7 @@ class Engine:
 
     def close(self) -> None:
         with self._commits_lock:
-            commits = list(self._commits.values())
+            commits = [t for t, _k, _o in self._commits.values()]
         for t in commits:  # an unfinished one is committed at the next start
             t.join(timeout=60)
         self.trailing.close()
@@ -310,7 +311,8 @@ class Engine:
             raise
         if trigger == "auto":
             self.kernels.live(k.id).pop("auto_error", None)
-        self._retain(snap)
+        if snap.id not in self._pending_ids():
+            self._retain(snap)  # else after it is stored (retention by size reads the store)
         return snap
 
     def _snapshot_retrying(
@@ -408,6 +410,13 @@ class Engine:
     def _snapshot_locked(
         self, k: Kernel, trigger: str, label: str | None, execution_count: int | None = None
     ) -> Snapshot:
+        # One commit per kernel at a time: a snapshot waits for the previous one's (deltas
+        # against it, and no pile of commits behind a kernel that snapshots faster).
+        self._await_commits(k.id)
+        if self.settings.jusnap.store.background_commit:
+            snap = self._save_pending(k, trigger, label, execution_count)
+            self._commit_later(snap.id)
+            return snap
         snap, entry = self._dump(k, trigger, label, execution_count, durable=False)
         try:
             # The store reads the hot entry (root's copy), so the check sees exactly the
@@ -546,11 +555,19 @@ class Engine:
                     snap.id, entry.images, self._hot_extra(entry), owner=snap.owner_uid,
                     check=ImageCheck(identity), file_owner=os.geteuid(),
                 )  # fmt: skip
-        except (JusnapError, KeyError, TypeError, ValueError) as exc:
+        except (ImageRefused, KeyError, TypeError, ValueError) as exc:
             why = exc.message if isinstance(exc, JusnapError) else f"bad record ({exc})"
-            log.error("pre-restore snapshot %s could not be stored: %s", snap.id, why)
+            log.error("snapshot %s refused by the store, forgotten: %s", snap.id, why)
             self.registry.delete_snapshot(snap.id)
             self.hot.drop(snap.id)
+            return
+        except JusnapError as exc:
+            # The store is full or failing: the snapshot stays restorable from its durable hot
+            # entry, and storing it is tried again at the daemon's next start.
+            log.error("snapshot %s could not be stored yet: %s", snap.id, exc.message)
+            self.kernels.live(snap.kernel_id)["auto_error"] = {
+                "at": time.time(), "message": f"snapshot {snap.id} not stored: {exc.message}"
+            }  # fmt: skip
             return
         if self.registry.get_snapshot(snap.id) is None:
             if not register:
@@ -558,7 +575,7 @@ class Engine:
                 self.hot.drop(snap.id)
                 return
             self.registry.add_snapshot(snap)
-        self.hot.committed(snap.id)
+        self.hot.committed(snap.id, with_digests=True)
 
     def _commit_later(self, snapshot_id: str) -> None:
         entry = self.hot.get(snapshot_id)
@@ -569,12 +586,17 @@ class Engine:
             daemon=True,
         )  # fmt: skip
         with self._commits_lock:
-            self._commits[snapshot_id] = t
+            self._commits[snapshot_id] = (
+                t, str(entry.snapshot.get("kernel_id")), int(entry.snapshot.get("owner_uid", -1))
+            )  # fmt: skip
         t.start()
 
     def _commit_background(self, entry: HotEntry) -> None:
         try:
             self._commit_hot(entry, register=False)
+            snap = self.registry.get_snapshot(entry.id)
+            if snap is not None and snap.trigger != "pre-restore":
+                self._retain(snap)
             self._keep_hot(str(entry.snapshot.get("kernel_id")))
         except Exception:
             log.exception("storing the pre-restore snapshot %s failed", entry.id)
@@ -585,8 +607,29 @@ class Engine:
     def _await_commit(self, snapshot_id: str) -> None:
         """Wait until a background commit of the snapshot (if any) has ended."""
         with self._commits_lock:
-            t = self._commits.get(snapshot_id)
-        if t is not None:
+            c = self._commits.get(snapshot_id)
+        if c is not None:
+            c[0].join()
+
+    def _pending_ids(self) -> set[str]:
+        with self._commits_lock:
+            return set(self._commits)
+
+    def _committing(self, kernel_id: str) -> list[threading.Thread]:
+        with self._commits_lock:
+            return [t for t, kid, _o in self._commits.values() if kid == kernel_id]
+
+    def _await_commits(self, kernel_id: str) -> None:
+        """Wait until the kernel's snapshots committing in the background are stored."""
+        for t in self._committing(kernel_id):
+            t.join()
+
+    def wait_stored(self, owner_uid: int | None = ADMIN) -> None:
+        """Wait until the owner's (everyone's: ``ADMIN``) snapshots committing in the
+        background are in the store: for readers of the store (usage, gc) and tests."""
+        with self._commits_lock:
+            threads = [t for t, _k, o in self._commits.values() if owner_uid in (ADMIN, o)]
+        for t in threads:
             t.join()
 
     def _prepare(self, k: Kernel, active: list[Any]) -> None:
@@ -690,10 +733,17 @@ class Engine:
         return RestoreResult(snap, k, pre, time.monotonic() - t0, criu_s, hs_s)
 
     def _pre_restore(self, k: Kernel) -> Snapshot:
-        """Save the running kernel's state before a restore stops it: dumped, copied into a
+        """Save the running kernel's state before a restore stops it: dumped, taken into a
         durable hot entry (fsynced), its images checked and recorded, all before the kernel is
         touched. Storing it in the content-addressed store waits until after the restore."""
-        snap, entry = self._dump(k, "pre-restore", None, None, durable=True)
+        return self._save_pending(k, "pre-restore", None, None)
+
+    def _save_pending(
+        self, k: Kernel, trigger: str, label: str | None, execution_count: int | None
+    ) -> Snapshot:
+        """A snapshot recorded as soon as its images are durable and checked in the hot tier;
+        the caller has it committed into the store in the background (``_commit_later``)."""
+        snap, entry = self._dump(k, trigger, label, execution_count, durable=True)
         try:
             self._check_staged(k, entry.images)
             self.hot.describe(snap.id, asdict(snap), self._identity_json(k), pending=True)

@@ -23,6 +23,7 @@ from tests.helpers import connect, run_cell, wait_until
 def _snap(engine: Engine, kernel: KernelSession) -> Snapshot:
     s = engine.snapshot(kernel.id)
     assert isinstance(s, Snapshot)
+    engine.wait_stored()  # these tests read (or damage) what the store holds
     return s
 
 

@@ -81,6 +81,7 @@ def capable_processes(uid: int) -> list[str]:
 def _snap(engine: Engine, kernel: KernelSession) -> Snapshot:
     s = engine.snapshot(kernel.id)
     assert isinstance(s, Snapshot)
+    engine.wait_stored()  # these tests read (or damage) what the store holds
     return s
 
 
@@ -141,7 +142,7 @@ def test_crafted_image_is_refused_by_restore_and_kernel_untouched(
 def test_crafted_image_through_the_api_and_cli(daemon: Daemon, kernel_user) -> None:
     import json
 
-    from tests.helpers import connect, run_cell
+    from tests.helpers import connect, run_cell, wait_until
 
     info = json.loads(daemon.cli("--json", "start").stdout)
     kc = connect(info["connection"])
@@ -151,6 +152,7 @@ def test_crafted_image_through_the_api_and_cli(daemon: Daemon, kernel_user) -> N
         run_cell(kc, "x = 'current'")
         snap = snap["snapshot"]
         store = daemon.state_dir / "snapshots" / snap["id"]
+        wait_until((store / "manifest.json").is_file, 60, what="snapshot stored")
         shutil.rmtree(daemon.state_dir / "hot" / snap["id"])  # restore from the store
         core = next(store.glob("core-*.img")).name
         rewrite_stored(store, core, CRAFTS["exploit-caps"])

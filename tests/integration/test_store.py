@@ -25,6 +25,7 @@ MiB = 1024 * 1024
 def _snap(engine: Engine, kernel: KernelSession, **kw: object) -> Snapshot:
     s = engine.snapshot(kernel.id, **kw)
     assert isinstance(s, Snapshot), s
+    engine.wait_stored()  # these tests read (or damage) what the store holds
     return s
 
 
@@ -317,7 +318,7 @@ def test_restore_from_the_hot_tier_and_from_the_store_give_the_same_state(
         assert (snap.id in staged_out) == (tier == "store"), (tier, staged_out)
         pre = result.pre_restore
         assert pre is not None
-        engine._await_commit(pre.id)
+        engine.wait_stored()
         assert engine.store.exists(pre.id)
         entry = engine.hot.get(pre.id)
         assert entry is None or not entry.pending

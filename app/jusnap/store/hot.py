@@ -193,11 +193,19 @@ class HotTier:
                     "used_at": time.time()}  # fmt: skip
             _write_json(e.path / META, meta, bool(e.meta.get("durable")))
 
-    def committed(self, snapshot_id: str) -> None:
+    def committed(self, snapshot_id: str, with_digests: bool = False) -> None:
+        """The store holds the entry's snapshot now; ``with_digests``: record the images'
+        hashes (a durable entry was written without, to keep them off the critical path)."""
+        e = self.get(snapshot_id)
+        if e is None or not e.pending:
+            return
+        digests = e.meta.get("xxh3") or {}
+        if with_digests and not digests:
+            digests = {p.name: _digest(p) for p in e.images.iterdir()}
         with self._meta_lock:
             e = self.get(snapshot_id)
             if e is not None and e.pending:
-                _write_json(e.path / META, {**e.meta, "pending": False}, False)
+                _write_json(e.path / META, {**e.meta, "pending": False, "xxh3": digests}, False)
 
     def touch(self, snapshot_id: str) -> None:
         """The entry was just restored: it is among the last to be dropped."""
