@@ -192,7 +192,7 @@ def bench_size(
     reader = IOPubReader(kc)
     creds = engine.supervisor.creds(k)
     rows: dict[str, list[float]] = {key: [] for key in (
-        "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_restore_to_execute",
+        "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_snapshot_stored", "jusnap_restore_to_execute",
         "criu_freeze", "criu_dump_wall", "criu_restore_to_execute", "image_bytes")}  # fmt: skip
     for i in range(repeat):
         snap = engine.snapshot(k.id)
@@ -200,6 +200,8 @@ def bench_size(
         t0 = time.monotonic()
         snap2 = engine.snapshot(k.id)  # timed separately from the first (page cache warm-up)
         rows["jusnap_snapshot_wall"].append(time.monotonic() - t0)
+        engine.wait_stored()  # a snapshot is recorded before the store has it
+        rows["jusnap_snapshot_stored"].append(time.monotonic() - t0)
         _add(rows, "snapshot", phases.take(t0))
         rows["image_bytes"].append(snap2.size_bytes)
         engine.delete_snapshot(snap2.id)
@@ -322,14 +324,14 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']}, CRIU {machine['criu']}, {machine['date']}. Median of runs.",
         "",
-        "| kernel data | image | freeze: Jusnap / raw criu | snapshot wall: Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
+        "| kernel data | image | freeze: Jusnap / raw criu | snapshot recorded (stored): Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
         "|---|---|---|---|---|",
     ]
     for size, r in results.items():
         lines.append(
             f"| {size} | {r['image_bytes'] / 1024**2:.0f} MiB "
             f"| {r['jusnap_freeze']:.3f} s / {r['criu_freeze']:.3f} s ({_pct(r['jusnap_freeze'], r['criu_freeze'])}) "
-            f"| {r['jusnap_snapshot_wall']:.2f} s / {r['criu_dump_wall']:.2f} s "
+            f"| {r['jusnap_snapshot_wall']:.2f} s ({r.get('jusnap_snapshot_stored', r['jusnap_snapshot_wall']):.2f} s) / {r['criu_dump_wall']:.2f} s "
             f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
         )
     return "\n".join(lines)
