@@ -593,6 +593,7 @@ class Engine:
 
     def _commit_background(self, entry: HotEntry) -> None:
         try:
+            failpoints.reached("snapshot:recorded")  # durable and listed, not yet stored
             self._commit_hot(entry, register=False)
             snap = self.registry.get_snapshot(entry.id)
             if snap is not None and snap.trigger != "pre-restore":
