@@ -250,6 +250,9 @@ class Engine:
             self._commit_hot(entry, register=True)
         known = self.registry.all_snapshot_ids()
         for sid in known:
+            entry = self.hot.get(sid)
+            if entry is not None and entry.pending:
+                continue  # restorable from its hot entry; stored at a later start
             if not self.store.exists(sid):
                 log.warning("snapshot %s has no images on disk; forgetting it", sid)
                 self.registry.delete_snapshot(sid)
