@@ -152,8 +152,16 @@ def test_crafted_image_through_the_api_and_cli(daemon: Daemon, kernel_user) -> N
         run_cell(kc, "x = 'current'")
         snap = snap["snapshot"]
         store = daemon.state_dir / "snapshots" / snap["id"]
-        wait_until((store / "manifest.json").is_file, 60, what="snapshot stored")
-        shutil.rmtree(daemon.state_dir / "hot" / snap["id"])  # restore from the store
+        hot = daemon.state_dir / "hot" / snap["id"]
+
+        def stored() -> bool:
+            try:
+                return json.loads((hot / "meta.json").read_text())["pending"] is False
+            except (OSError, ValueError):
+                return False
+
+        wait_until(stored, 60, what="snapshot stored")  # the background commit is over
+        shutil.rmtree(hot)  # restore from the store
         core = next(store.glob("core-*.img")).name
         rewrite_stored(store, core, CRAFTS["exploit-caps"])
         r = daemon.cli("restore", snap["id"])
