@@ -14,12 +14,22 @@ array with random bytes (incompressible, every page touched), then, alternating:
 * raw CRIU: ``criu dump --leave-running`` with the same flags, and kill + ``criu restore`` +
   first answered ``execute`` (no safety net, no store).
 
+Every call the engine makes into CRIU, the store, the image check and the Jupyter handshake
+is timed as a *phase* (wrappers installed by :class:`Phases`), so the JSON says where each
+restore and snapshot spent its time: ``pre_dump`` / ``pre_commit`` (the safety snapshot),
+``stage`` (rebuilding the target's images from the store), ``check`` (image verification),
+``criu_restore``, ``handshake``, ``peers`` (waiting for the client to reconnect), and for a
+snapshot ``dump`` against ``commit``. Phases may overlap (background commits, concurrent
+staging): each is reported with its own wall time, and ``kernel_down`` is the time from the
+kernel's stop to its first answered execute.
+
 Prints a Markdown table and writes JSON next to it (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,12 +39,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import jusnap.snapshots as snapshots_mod
 from jusnap.config import load_settings
 from jusnap.criu import frozen_seconds
 from jusnap.proc import kill_tree, start_time
@@ -43,6 +56,71 @@ from jusnap.snapshots import Engine
 from tests.helpers import connect, run_cell
 
 UNITS = {"M": 1024**2, "G": 1024**3}
+
+
+DATA = {
+    # incompressible, every page touched
+    "random": "import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)",
+    # what notebooks hold more often: numbers with structure (zstd shrinks these ~7x)
+    "typical": "import numpy as np; data = np.arange({size} // 8, dtype=np.float64) * 0.5",
+}
+
+
+class Phases:
+    """Wall time of each call the engine makes into its parts, as (name, start, end) spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, float, float]] = []
+        self.lock = threading.Lock()
+        self.restoring = False
+
+    def wrap(self, owner: Any, attr: str, name: str | Callable[[], str]) -> None:
+        inner = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            label = name() if callable(name) else name
+            t0 = time.monotonic()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.spans.append((label, t0, time.monotonic()))
+
+        setattr(owner, attr, timed)
+
+    def install(self, engine: Engine) -> None:
+        during = lambda what: lambda: f"pre_{what}" if self.restoring else what  # noqa: E731
+        self.wrap(engine.criu, "dump", during("dump"))
+        self.wrap(engine.store, "commit", during("commit"))
+        self.wrap(engine.store, "stage_out", "stage")
+        self.wrap(engine, "_check_staged", "check")
+        self.wrap(engine.supervisor, "stop", "stop")
+        self.wrap(engine.criu, "restore", "criu_restore")
+        self.wrap(snapshots_mod, "handshake", "handshake")
+        self.wrap(snapshots_mod, "wait_for_peers", "peers")
+        self.wrap(engine.hot, "put", during("hot_put"))
+        self.wrap(engine.hot, "verify", "hot_verify")
+
+    def take(self, t0: float, settle: float = 0.0) -> dict[str, float]:
+        """Seconds per phase since ``t0`` (summed when a phase ran more than once); waits
+        up to ``settle`` s for background work (a commit after the restore) to end."""
+        deadline = time.monotonic() + settle
+        while settle and time.monotonic() < deadline:
+            with self.lock:
+                names = {n for n, a, _ in self.spans if a >= t0}
+            if "pre_commit" in names or "pre_dump" not in names:
+                break
+            time.sleep(0.05)
+        with self.lock:
+            spans = [s for s in self.spans if s[1] >= t0]
+            self.spans = []
+        out: dict[str, float] = {}
+        for name, a, b in spans:
+            out[name] = out.get(name, 0.0) + (b - a)
+        stops = [a for n, a, _ in spans if n == "stop"]
+        if stops:
+            out["stop_at"] = min(stops) - t0
+        return out
 
 
 def parse_size(text: str) -> int:
@@ -57,6 +135,28 @@ def first_execute(kc: Any, timeout: float = 120) -> float:
         reply = kc.get_shell_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
             return time.monotonic() - t0
+
+
+class IOPubReader:
+    """Reads the client's IOPub socket all the time, as the Jupyter server's event loop does:
+    after a restore the client subscribes again at once (a client that never reads its socket
+    makes every restore wait its full second for the subscription, see docs/reliability.md)."""
+
+    def __init__(self, kc: Any) -> None:
+        self.kc = kc
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            # queue.Empty, or a socket between reconnects
+            with contextlib.suppress(Exception):
+                self.kc.get_iopub_msg(timeout=0.01)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float, float]:
@@ -81,26 +181,29 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
     return time.monotonic() - t0
 
 
-def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, Any]:
+def bench_size(
+    engine: Engine, size: int, repeat: int, work: Path, phases: Phases, data: str, tier: str
+) -> dict[str, Any]:
     # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
     k = engine.kernels.launch(owner_uid=0, env=env)
     kc = connect(k.connection)
-    run_cell(
-        kc,
-        f"import numpy as np; data = np.frombuffer(np.random.bytes({size}), dtype=np.uint8)",
-        timeout=600,
-    )
+    run_cell(kc, DATA[data].format(size=size), timeout=600)
+    reader = IOPubReader(kc)
     creds = engine.supervisor.creds(k)
     rows: dict[str, list[float]] = {key: [] for key in (
-        "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_restore_to_execute",
+        "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_snapshot_stored", "jusnap_restore_to_execute",
         "criu_freeze", "criu_dump_wall", "criu_restore_to_execute", "image_bytes")}  # fmt: skip
     for i in range(repeat):
         snap = engine.snapshot(k.id)
         rows["jusnap_freeze"].append(snap.frozen_seconds)
+        engine.wait_stored()  # else the next snapshot waits for this one's commit
         t0 = time.monotonic()
         snap2 = engine.snapshot(k.id)  # timed separately from the first (page cache warm-up)
         rows["jusnap_snapshot_wall"].append(time.monotonic() - t0)
+        engine.wait_stored()  # a snapshot is recorded before the store has it
+        rows["jusnap_snapshot_stored"].append(time.monotonic() - t0)
+        _add(rows, "snapshot", phases.take(t0))
         rows["image_bytes"].append(snap2.size_bytes)
         engine.delete_snapshot(snap2.id)
 
@@ -109,12 +212,22 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
         rows["criu_freeze"].append(freeze)
         rows["criu_dump_wall"].append(wall)
 
+        if tier == "store":
+            engine.hot.drop(snap.id)  # rebuilt from the content-addressed store
+        phases.take(0.0)  # drop the spans of the raw run's helpers
+        phases.restoring = True
         t0 = time.monotonic()
         result = engine.restore(snap.id)
         first_execute(kc)
-        rows["jusnap_restore_to_execute"].append(time.monotonic() - t0)
+        done = time.monotonic()
+        phases.restoring = False
+        rows["jusnap_restore_to_execute"].append(done - t0)
+        spent = phases.take(t0, settle=120.0)
+        if "stop_at" in spent:
+            spent["kernel_down"] = done - t0 - spent.pop("stop_at")
+        _add(rows, "restore", spent)
         if result.pre_restore:
-            engine.delete_snapshot(result.pre_restore.id)
+            _wait_deletable(engine, result.pre_restore.id)
         engine.delete_snapshot(snap.id)
 
         rows["criu_restore_to_execute"].append(
@@ -126,9 +239,28 @@ def bench_size(engine: Engine, size: int, repeat: int, work: Path) -> dict[str, 
             + ", ".join(f"{key}={v[-1]:.3f}" for key, v in rows.items() if key != "image_bytes"),
             flush=True,
         )
+    reader.close()
     kc.stop_channels()
     engine.kernels.shutdown(k.id)
     return {key: statistics.median(v) for key, v in rows.items()}
+
+
+def _add(rows: dict[str, list[float]], prefix: str, spent: dict[str, float]) -> None:
+    for name, seconds in spent.items():
+        rows.setdefault(f"{prefix}_{name}", []).append(seconds)
+
+
+def _wait_deletable(engine: Engine, snapshot_id: str, timeout: float = 120.0) -> None:
+    """Delete a pre-restore snapshot, which may still be committing in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            engine.delete_snapshot(snapshot_id)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def main() -> int:
@@ -139,6 +271,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--user", default=os.environ.get("JUSNAP_TEST_USER", "jusnap-test"))
     ap.add_argument("--criu", default="/usr/local/lib/jusnap/criu")
+    ap.add_argument("--data", choices=sorted(DATA), default="random")
+    ap.add_argument(
+        "--tier", choices=("hot", "store"), default="hot",
+        help="restore the snapshot from its hot-tier copy, or drop that first (the store)",
+    )  # fmt: skip
     ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
@@ -148,11 +285,16 @@ def main() -> int:
         "jusnap.ipython.python_interpreter": sys.executable, "jusnap.http.socket": str(state / "s.sock"),
     })  # fmt: skip
     engine = Engine(settings).start()
+    phases = Phases()
+    phases.install(engine)
     results = {}
+    load = os.getloadavg()
     try:
         for text in args.sizes.split(","):
             print(f"== {text}", flush=True)
-            results[text] = bench_size(engine, parse_size(text), args.repeat, state / "work")
+            results[text] = bench_size(
+                engine, parse_size(text), args.repeat, state / "work", phases, args.data, args.tier
+            )
     finally:
         engine.close()
         subprocess.run(["pkill", "-KILL", "-f", f"{state}/kernels/"], check=False)
@@ -160,11 +302,15 @@ def main() -> int:
     machine = {
         "cpu": _cpu(), "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3),
         "kernel": platform.release(), "criu": subprocess.run([args.criu, "--version"], capture_output=True, text=True).stdout.split()[1],
-        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "data": args.data, "tier": args.tier, "loadavg_before": [round(x, 2) for x in load],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(table(results, machine))
+    print()
+    print(phase_table(results))
     return 0
 
 
@@ -179,16 +325,32 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']}, CRIU {machine['criu']}, {machine['date']}. Median of runs.",
         "",
-        "| kernel data | image | freeze: Jusnap / raw criu | snapshot wall: Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
+        "| kernel data | image | freeze: Jusnap / raw criu | snapshot recorded (stored): Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
         "|---|---|---|---|---|",
     ]
     for size, r in results.items():
         lines.append(
             f"| {size} | {r['image_bytes'] / 1024**2:.0f} MiB "
             f"| {r['jusnap_freeze']:.3f} s / {r['criu_freeze']:.3f} s ({_pct(r['jusnap_freeze'], r['criu_freeze'])}) "
-            f"| {r['jusnap_snapshot_wall']:.2f} s / {r['criu_dump_wall']:.2f} s "
+            f"| {r['jusnap_snapshot_wall']:.2f} s ({r.get('jusnap_snapshot_stored', r['jusnap_snapshot_wall']):.2f} s) / {r['criu_dump_wall']:.2f} s "
             f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
         )
+    return "\n".join(lines)
+
+
+RESTORE_PHASES = ("pre_dump", "pre_hot_put", "pre_commit", "stage", "hot_verify", "check", "stop",
+                  "criu_restore", "handshake", "peers", "kernel_down")  # fmt: skip
+SNAPSHOT_PHASES = ("dump", "hot_put", "commit")
+
+
+def phase_table(results: dict[str, dict[str, float]]) -> str:
+    """Where the time went: median seconds per phase (phases may overlap)."""
+    cols = [f"restore_{p}" for p in RESTORE_PHASES] + [f"snapshot_{p}" for p in SNAPSHOT_PHASES]
+    cols = [c for c in cols if any(c in r for r in results.values())]
+    lines = ["| kernel data | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for size, r in results.items():
+        cells = [f"{r[c]:.2f}" if c in r else "–" for c in cols]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

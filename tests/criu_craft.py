@@ -147,3 +147,15 @@ def rewrite_stored(store_dir: Path, name: str, edit: Callable[[bytes], bytes]) -
         if f["name"] == name:
             f["size"], f["xxh3"] = len(data), xxhash.xxh3_128(data).hexdigest()
     (store_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rewrite_hot(entry_dir: Path, name: str, edit: Callable[[bytes], bytes]) -> None:
+    """The same for a snapshot's hot-tier entry (``store/hot.py``): image and recorded hash."""
+    path = entry_dir / "img" / name
+    data = edit(path.read_bytes())
+    path.chmod(0o640)
+    path.write_bytes(data)
+    path.chmod(0o440)
+    meta = json.loads((entry_dir / "meta.json").read_text())
+    meta["xxh3"][name] = xxhash.xxh3_128(data).hexdigest()
+    (entry_dir / "meta.json").write_text(json.dumps(meta))

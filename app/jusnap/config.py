@@ -157,6 +157,14 @@ class StoreSettings:
     lazy_pages: str = "auto"
     # Image size from which "auto" restores lazily, in MB.
     lazy_threshold_mb: int = 1024
+    # Snapshots per kernel also kept as plain images (the hot tier), the ones taken or restored
+    # last: restoring one skips rebuilding it from the store, at the cost of its full size on
+    # disk. 0 keeps none (a restore's safety copy still stays until it is stored).
+    hot_snapshots: int = 2
+    # A snapshot is recorded (listed, restorable) as soon as its images are durable and checked
+    # in the hot tier, and stored in the content-addressed store in the background; false: the
+    # snapshot call returns once it is stored (always so with a per-user quota, max_user_mb).
+    background_commit: bool = True
 
 
 @dataclass

@@ -7,6 +7,11 @@ The rules that shape this module:
 * A failed restore never loses the user's state: before the running kernel is touched it is
   snapshotted (``pre-restore``) and the target snapshot is verified; if anything fails after
   the kernel was stopped, the pre-restore snapshot is brought back.
+* A restore waits for nothing it does not need (issue 12): the target is staged while the
+  pre-restore dump runs, the pre-restore copy is made durable as plain images in the hot tier
+  (``store/hot.py``, fsynced, checked) and committed into the store in the background after
+  the restore answered; a rollback restores from those images directly. Snapshots restored
+  from the hot tier skip rebuilding their pages from the store.
 * One operation per kernel at a time (others get :class:`Busy` at once); different kernels
   proceed in parallel.
 
@@ -22,9 +27,11 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ from .criu_images import Identity, ImageCheck, needs_bytes
 from .errors import (
     Busy,
     Forbidden,
+    ImageRefused,
     InvalidRequest,
     JusnapError,
     KernelNotFound,
@@ -61,6 +69,7 @@ from .kernels.supervisor import Supervisor
 from .lazyrestore import serve_lazily
 from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
+from .store.hot import HotEntry, HotTier
 from .store.local import LocalStore
 from .store.service import StoreService
 from .trailing import BUSY_RETRY, TrailingSnapshots
@@ -138,6 +147,10 @@ class Engine:
         self.trailing = TrailingSnapshots(self._trailing_fire)
         self.work_dir = self.state_dir / "work"
         self.action_script = self.state_dir / "bin" / "criu-action"
+        self.hot = HotTier(self.state_dir / "hot")
+        # Snapshots being committed in the background: id -> (thread, kernel id, owner uid).
+        self._commits: dict[str, tuple[threading.Thread, str, int]] = {}
+        self._commits_lock = threading.Lock()
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> Engine:
@@ -148,6 +161,7 @@ class Engine:
             (sd / sub).mkdir(exist_ok=True)
             (sd / sub).chmod(mode)
         self.store.ensure()
+        self.hot.ensure()
         self._install_action_script()
         self.registry = Registry(sd / "jusnap.db")
         (sd / "jusnap.db").chmod(0o600)
@@ -208,6 +222,10 @@ class Engine:
         return self.kernels.supervisor
 
     def close(self) -> None:
+        with self._commits_lock:
+            commits = [t for t, _k, _o in self._commits.values()]
+        for t in commits:  # an unfinished one is committed at the next start
+            t.join(timeout=60)
         self.trailing.close()
         self.kernels.close()
         self.reaper.stop()
@@ -226,7 +244,16 @@ class Engine:
         removed = self.store.recover(known)
         if removed:
             log.warning("removed %d incomplete snapshot(s) left by a crash", len(removed))
+        for entry in self.hot.recover(known):
+            # A restore's safety copy the daemon died before storing: store it now (before
+            # any interrupted restore is resumed, which may need it).
+            log.warning("storing the pre-restore snapshot %s left by a crash", entry.id)
+            self._commit_hot(entry, register=True)
+        known = self.registry.all_snapshot_ids()
         for sid in known:
+            entry = self.hot.get(sid)
+            if entry is not None and entry.pending:
+                continue  # restorable from its hot entry; stored at a later start
             if not self.store.exists(sid):
                 log.warning("snapshot %s has no images on disk; forgetting it", sid)
                 self.registry.delete_snapshot(sid)
@@ -293,7 +320,8 @@ class Engine:
         """Retention and the owner's quota after a snapshot; the automatic ones' error state."""
         auto = snap.trigger == "auto"
         try:
-            self._retain(snap)
+            if snap.id not in self._pending_ids():
+                self._retain(snap)  # else after it is stored (retention by size reads the store)
         except QuotaExceeded as exc:
             if auto:
                 self.kernels.live(k.id)["auto_error"] = {"at": time.time(), "message": exc.message}
@@ -418,6 +446,7 @@ class Engine:
             raise
         except Exception:
             log.exception("retention after snapshot %s failed", snap.id)
+        self._keep_hot(snap.kernel_id)  # drops the entries of snapshots retention removed
 
     def check_auto(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Skipped | None:
         """Why an automatic snapshot of the kernel would be skipped now (None: it would run);
@@ -459,6 +488,50 @@ class Engine:
         """Dump, check, commit, record. ``exact`` (a cell's automatic snapshot): a dump that
         caught a cell running is kept without a cell number rather than listed under one it
         may not hold, and a trailing snapshot is made due for the state after the cell."""
+        # One commit per kernel at a time: a snapshot waits for the previous one's (deltas
+        # against it, and no pile of commits behind a kernel that snapshots faster).
+        self._await_commits(k.id)
+        st = self.settings.jusnap.store
+        # A per-user quota needs the snapshot's stored size before it answers (507 to the
+        # notebook, not a snapshot silently removed later): stored in the request then.
+        if st.background_commit and not st.max_user_mb:
+            snap = self._save_pending(k, trigger, label, execution_count, exact)
+            self._commit_later(snap.id)
+            return snap
+        snap, entry = self._dump(k, trigger, label, execution_count, durable=False, exact=exact)
+        try:
+            # The store reads the hot entry (root's copy), so the check sees exactly the
+            # bytes that both the store and the hot tier keep, before the snapshot is recorded.
+            snap.size_bytes = self.store.commit(
+                snap.id, entry.images, self._hot_extra(entry), owner=k.owner_uid,
+                check=ImageCheck(self._identity(k)), file_owner=os.geteuid(),
+            )  # fmt: skip
+            try:
+                self.registry.add_snapshot(snap)
+            except Exception:
+                self.store.delete(snap.id)
+                raise
+            # Described only once recorded: trimming (another thread) drops entries of
+            # snapshots it does not find in the registry.
+            self.hot.describe(snap.id, asdict(snap), self._identity_json(k), pending=False)
+        except BaseException:
+            self.hot.drop(snap.id)
+            raise
+        self._keep_hot(k.id, locked=True)
+        self._recorded(k, snap)
+        return snap
+
+    def _dump(
+        self,
+        k: Kernel,
+        trigger: str,
+        label: str | None,
+        execution_count: int | None,
+        durable: bool,
+        exact: bool = False,
+    ) -> tuple[Snapshot, HotEntry]:
+        """Dump the kernel (left running) and copy the images into a hot entry (pending).
+        ``exact``: see :meth:`_snapshot_locked`."""
         if not self.supervisor.alive(k):
             raise KernelNotRunning(
                 f"kernel {k.id} is not running; restart it or restore a snapshot"
@@ -507,13 +580,9 @@ class Engine:
                 # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
                 # to its exit, not only while CRIU holds it.
                 frozen = max(frozen, hooked_seconds)
-            extra = {HISTORY_NAME: history_copy} if history_copy.exists() else {}
-            # Every file is read once, from the user's directory, into root-only storage; the
-            # check sees exactly those bytes, before the snapshot is committed.
-            size = self.store.commit(
-                sid, images, extra, owner=k.owner_uid,
-                check=ImageCheck(self._identity(k)), file_owner=k.run_uid,
-            )  # fmt: skip
+            # Every file is copied once, from the user's directory, into root-only files.
+            history = history_copy if history_copy.exists() else None
+            entry = self.hot.put(sid, images, history, k.run_gid, k.run_uid, durable)
         snap = Snapshot(
             id=sid,
             kernel_id=k.id,
@@ -522,29 +591,139 @@ class Engine:
             created_at=created,
             trigger=trigger,
             label=label,
-            size_bytes=size,
+            size_bytes=self.hot.size(sid),
             frozen_seconds=frozen,
             execution_count=execution_count,
             pid=k.pid,
             ports=k.ports(),
-            has_history=bool(extra),
+            has_history=entry.history is not None,
             hooks=hook_meta,
         )
-        try:
-            self.registry.add_snapshot(snap)
-        except Exception:
-            self.store.delete(sid)
-            raise
-        self.kernels.live(k.id)["last_snapshot_at"] = created
+        return snap, entry
+
+    def _recorded(self, k: Kernel, snap: Snapshot) -> None:
+        self.kernels.live(k.id)["last_snapshot_at"] = snap.created_at
         log.info(
             "snapshot %s of kernel %s (%s, %.3fs frozen, %d bytes)",
-            sid,
+            snap.id,
             k.id,
-            trigger,
-            frozen,
-            size,
+            snap.trigger,
+            snap.frozen_seconds,
+            snap.size_bytes,
         )
-        return snap
+
+    @staticmethod
+    def _hot_extra(entry: HotEntry) -> dict[str, Path]:
+        return {HISTORY_NAME: entry.history / HISTORY_NAME} if entry.history else {}
+
+    def _identity_json(self, k: Kernel) -> dict[str, Any]:
+        i = self._identity(k)
+        return {"uid": i.uid, "gid": i.gid, "groups": sorted(i.groups)}
+
+    def _keep_hot(self, kernel_id: str, locked: bool = False) -> None:
+        """Trim the kernel's hot entries to the configured number (never fails the caller).
+
+        Only under the kernel's lock (``locked``: the caller holds it), since a restore may be
+        reading an entry; a kernel busy now is trimmed after its operation."""
+        try:
+            with contextlib.nullcontext() if locked else self.locks.exclusive(kernel_id, "trim"):
+                known = set(self.registry.all_snapshot_ids())
+                self.hot.keep(kernel_id, self.settings.jusnap.store.hot_snapshots, known)
+        except Busy:
+            return
+        except OSError:
+            log.exception("trimming the hot tier of kernel %s failed", kernel_id)
+
+    def _commit_hot(self, entry: HotEntry, register: bool) -> None:
+        """Store a pending hot entry (a restore's safety copy); ``register``: add its registry
+        row if missing (start-up), else a missing row means it was deleted meanwhile."""
+        snap = Snapshot(**entry.snapshot)
+        ident = entry.meta.get("identity") or {}
+        try:
+            identity = Identity(int(ident["uid"]), int(ident["gid"]),
+                                frozenset(int(g) for g in ident["groups"]))  # fmt: skip
+            if not self.store.exists(snap.id):
+                self.store.commit(
+                    snap.id, entry.images, self._hot_extra(entry), owner=snap.owner_uid,
+                    check=ImageCheck(identity), file_owner=os.geteuid(),
+                )  # fmt: skip
+        except (ImageRefused, KeyError, TypeError, ValueError) as exc:
+            why = exc.message if isinstance(exc, JusnapError) else f"bad record ({exc})"
+            log.error("snapshot %s refused by the store, forgotten: %s", snap.id, why)
+            self.registry.delete_snapshot(snap.id)
+            self.hot.drop(snap.id)
+            return
+        except JusnapError as exc:
+            # The store is full or failing: the snapshot stays restorable from its durable hot
+            # entry, and storing it is tried again at the daemon's next start.
+            log.error("snapshot %s could not be stored yet: %s", snap.id, exc.message)
+            self.kernels.live(snap.kernel_id)["auto_error"] = {
+                "at": time.time(), "message": f"snapshot {snap.id} not stored: {exc.message}"
+            }  # fmt: skip
+            return
+        if self.registry.get_snapshot(snap.id) is None:
+            if not register:
+                self.store.delete(snap.id)  # deleted while it was being stored
+                self.hot.drop(snap.id)
+                return
+            self.registry.add_snapshot(snap)
+        self.hot.committed(snap.id, with_digests=True)
+
+    def _commit_later(self, snapshot_id: str) -> None:
+        entry = self.hot.get(snapshot_id)
+        if entry is None or not entry.pending:
+            return
+        t = threading.Thread(
+            target=self._commit_background, args=(entry,), name=f"commit-{snapshot_id}",
+            daemon=True,
+        )  # fmt: skip
+        with self._commits_lock:
+            self._commits[snapshot_id] = (
+                t, str(entry.snapshot.get("kernel_id")), int(entry.snapshot.get("owner_uid", -1))
+            )  # fmt: skip
+        t.start()
+
+    def _commit_background(self, entry: HotEntry) -> None:
+        try:
+            failpoints.reached("snapshot:recorded")  # durable and listed, not yet stored
+            self._commit_hot(entry, register=False)
+            snap = self.registry.get_snapshot(entry.id)
+            if snap is not None and snap.trigger != "pre-restore":
+                self._retain(snap)
+            self._keep_hot(str(entry.snapshot.get("kernel_id")))
+        except Exception:
+            log.exception("storing the pre-restore snapshot %s failed", entry.id)
+        finally:
+            with self._commits_lock:
+                self._commits.pop(entry.id, None)
+
+    def _await_commit(self, snapshot_id: str) -> None:
+        """Wait until a background commit of the snapshot (if any) has ended."""
+        with self._commits_lock:
+            c = self._commits.get(snapshot_id)
+        if c is not None:
+            c[0].join()
+
+    def _pending_ids(self) -> set[str]:
+        with self._commits_lock:
+            return set(self._commits)
+
+    def _committing(self, kernel_id: str) -> list[threading.Thread]:
+        with self._commits_lock:
+            return [t for t, kid, _o in self._commits.values() if kid == kernel_id]
+
+    def _await_commits(self, kernel_id: str) -> None:
+        """Wait until the kernel's snapshots committing in the background are stored."""
+        for t in self._committing(kernel_id):
+            t.join()
+
+    def wait_stored(self, owner_uid: int | None = ADMIN) -> None:
+        """Wait until the owner's (everyone's: ``ADMIN``) snapshots committing in the
+        background are in the store: for readers of the store (usage, gc) and tests."""
+        with self._commits_lock:
+            threads = [t for t, _k, o in self._commits.values() if owner_uid in (ADMIN, o)]
+        for t in threads:
+            t.join()
 
     def _prepare(self, k: Kernel, active: list[Any]) -> None:
         """Run the hooks' preparation code in the kernel, only if it is idle right now."""
@@ -586,15 +765,19 @@ class Engine:
     def delete_snapshot(self, snapshot_id: str, owner_uid: int | None = ADMIN) -> None:
         s = self.snapshot_info(snapshot_id, owner_uid)
         with self.locks.exclusive(s.kernel_id, "delete", wait=USER_WAIT):
+            self._await_commit(s.id)
             self.registry.delete_snapshot(s.id)
             self.store.delete(s.id)
+            self.hot.drop(s.id)
 
     def clear(self, kernel_id: str, owner_uid: int | None = ADMIN) -> int:
         snaps = self.list_snapshots(kernel_id, owner_uid)
         with self.locks.exclusive(kernel_id, "clear", wait=USER_WAIT):
             for s in snaps:
+                self._await_commit(s.id)
                 self.registry.delete_snapshot(s.id)
                 self.store.delete(s.id)
+                self.hot.drop(s.id)
         return len(snaps)
 
     # ---- restore -------------------------------------------------------------------------------
@@ -611,45 +794,85 @@ class Engine:
         self.hooks.preflight_restore(snap.hooks)
         t0 = time.monotonic()
         with self.locks.exclusive(k.id, "restore", wait=USER_WAIT):
+            # Clients connected now (the notebook server, and our own IOPub watcher) reconnect
+            # by themselves after the restore; count them so the restore can wait for them.
+            peers = established_peers(k.connection["iopub_port"])
             pre: Snapshot | None = None
-            if self.supervisor.alive(k):
+            with self._staging(k, snap) as staging:  # staged while the current state is saved
+                if self.supervisor.alive(k):
+                    try:
+                        pre = self._pre_restore(k)
+                    except JusnapError as exc:
+                        raise RestoreFailed(
+                            "restore not attempted: could not save the current state first"
+                            f" ({exc.message})",
+                            rolled_back=True,
+                        ) from None
+                # Should the daemon die from here on, its next start finishes or undoes this.
+                self.registry.begin_restore(
+                    RestoreJournal(k.id, snap.id, pre.id if pre else None, ticks_now(), time.time())
+                )
                 try:
-                    pre = self._snapshot_locked(k, "pre-restore", None)
-                except JusnapError as exc:
-                    raise RestoreFailed(
-                        "restore not attempted: could not save the current state first"
-                        f" ({exc.message})",
-                        rolled_back=True,
-                    ) from None
-            # Should the daemon die from here on, its next start finishes or undoes this.
-            self.registry.begin_restore(
-                RestoreJournal(k.id, snap.id, pre.id if pre else None, ticks_now(), time.time())
-            )
-            try:
-                criu_s, hs_s = self._restore_or_roll_back(k, snap, pre)
-            finally:
-                self.registry.end_restore(k.id)
+                    criu_s, hs_s = self._restore_or_roll_back(k, snap, pre, staging, peers)
+                finally:
+                    self.registry.end_restore(k.id)
+                    if pre is not None:
+                        self._commit_later(pre.id)  # the safety copy goes to the store now
+                    self._keep_hot(k.id, locked=True)
         k = self.kernels.get(k.id)
         if k.notice:
             k.notice = None  # the user has moved on from whatever recovery said
             self.registry.put_kernel(k)
         return RestoreResult(snap, k, pre, time.monotonic() - t0, criu_s, hs_s)
 
-    def _restore_or_roll_back(
-        self, k: Kernel, snap: Snapshot, pre: Snapshot | None
-    ) -> tuple[float, float]:
-        """Replace the kernel by ``snap``; on failure bring ``pre`` back (under the lock)."""
-        # Clients connected now (the notebook server, and our own IOPub watcher) reconnect
-        # by themselves after the restore; count them so the restore can wait for them.
-        peers = established_peers(k.connection["iopub_port"])
+    def _pre_restore(self, k: Kernel) -> Snapshot:
+        """Save the running kernel's state before a restore stops it: dumped, taken into a
+        durable hot entry (fsynced), its images checked and recorded, all before the kernel is
+        touched. Storing it in the content-addressed store waits until after the restore."""
+        return self._save_pending(k, "pre-restore", None, None)
+
+    def _save_pending(
+        self,
+        k: Kernel,
+        trigger: str,
+        label: str | None,
+        execution_count: int | None,
+        exact: bool = False,
+    ) -> Snapshot:
+        """A snapshot recorded as soon as its images are durable and checked in the hot tier;
+        the caller has it committed into the store in the background (``_commit_later``)."""
+        snap, entry = self._dump(k, trigger, label, execution_count, durable=True, exact=exact)
         try:
-            with self._staged(k, snap) as staged:
-                return self._replace(k, snap, staged, peers)
+            self._check_staged(k, entry.images)
+            self.hot.describe(snap.id, asdict(snap), self._identity_json(k), pending=True)
+            self.registry.add_snapshot(snap)
+        except BaseException:
+            self.hot.drop(snap.id)
+            self.registry.delete_snapshot(snap.id)
+            raise
+        self._recorded(k, snap)
+        return snap
+
+    def _forget(self, snap: Snapshot) -> None:
+        self.registry.delete_snapshot(snap.id)
+        self.store.delete(snap.id)
+        self.hot.drop(snap.id)
+
+    def _restore_or_roll_back(
+        self, k: Kernel, snap: Snapshot, pre: Snapshot | None, staging: Future[_Staged],
+        peers: int,
+    ) -> tuple[float, float]:  # fmt: skip
+        """Replace the kernel by ``snap``; on failure bring ``pre`` back (under the lock)."""
+        try:
+            staged = staging.result()
+            result = self._replace(k, snap, staged, peers)
+            if staged.hot:
+                self.hot.touch(snap.id)
+            return result
         except _Untouched as exc:
             # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
             if pre is not None:
-                self.registry.delete_snapshot(pre.id)
-                self.store.delete(pre.id)
+                self._forget(pre)
             raise RestoreFailed(
                 f"{exc.error.message}; the kernel was not touched", rolled_back=True
             ) from None
@@ -658,8 +881,9 @@ class Engine:
             if pre is None:
                 raise RestoreFailed(exc.message, rolled_back=False) from None
             try:
-                with self._staged(k, pre) as staged:
-                    self._replace(k, pre, staged, peers)
+                # From the pre-restore copy's plain images (hot, checked), not from the store.
+                with self._scratch() as scratch:
+                    self._replace(k, pre, self._stage(k, pre, scratch), peers)
             except (JusnapError, _Untouched) as exc2:
                 why = exc2.error.message if isinstance(exc2, _Untouched) else exc2.message
                 log.critical("rollback to %s failed too: %s", pre.id, why)
@@ -676,28 +900,48 @@ class Engine:
             ) from None
 
     @contextlib.contextmanager
-    def _staged(self, k: Kernel, snap: Snapshot) -> Iterator[Path]:
-        """Verify and copy a snapshot's images where CRIU (as the kernel's uid) can read them
-        but the kernel's user cannot change them: root's files in root's directories, readable
-        through the kernel's group; then check the very files CRIU will read.
+    def _staging(self, k: Kernel, snap: Snapshot) -> Iterator[Future[_Staged]]:
+        """Stage ``snap`` in a thread of its own (see :meth:`_stage`); the scratch directory
+        outlives it (the pool is shut down, waiting for it, before the directory goes)."""
+        with self._scratch() as scratch, ThreadPoolExecutor(1, "stage") as pool:
+            yield pool.submit(self._stage, k, snap, scratch)
 
-        This happens before the running kernel is stopped: a damaged or crafted snapshot fails
-        here, with the kernel untouched (raised as :class:`_Untouched`).
+    def _stage(self, k: Kernel, snap: Snapshot, scratch: Path) -> _Staged:
+        """The images CRIU will restore ``snap`` from, where CRIU (as the kernel's uid) can read
+        them but the kernel's user cannot change them: root's files in root's directories,
+        readable through the kernel's group; checked for this kernel's identity.
+
+        A hot entry is used as it is; otherwise the snapshot is verified and copied out of the
+        store into ``scratch``. This happens before the running kernel is stopped: a damaged
+        or crafted snapshot fails here, with the kernel untouched (raised as
+        :class:`_Untouched`).
         """
-        with self._scratch() as scratch:
-            try:
+        try:
+            creds = self.supervisor.creds(k)
+            lazy = self.storage.lazy_for(snap, self.criu.lazy_capable(creds))
+            want_history = snap.has_history and bool(k.history_file)
+            entry = None if lazy else self.hot.get(snap.id)  # lazy restores move the images
+            history: Path | None = None
+            if entry is not None:
+                images = entry.images
+                self.hot.verify(entry)
+                self._check_staged(k, images)
+                if want_history and entry.history:
+                    history = entry.history / HISTORY_NAME
+            else:
                 images = self._readable_dir(scratch / "img", k.run_gid)
                 self.store.stage_out(snap.id, images, 0, k.run_gid, skip={HISTORY_NAME}, mode=0o440)
                 self._check_staged(k, images)
-                if snap.has_history and k.history_file:
+                if want_history:
                     self.store.stage_out(
                         snap.id, self._readable_dir(scratch / "history", k.run_gid), 0,
                         k.run_gid, only={HISTORY_NAME}, mode=0o440,
                     )  # fmt: skip
-                self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
-            except JusnapError as exc:
-                raise _Untouched(exc) from None
-            yield scratch
+                    history = scratch / "history" / HISTORY_NAME
+            work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
+        except JusnapError as exc:
+            raise _Untouched(exc) from None
+        return _Staged(images, history, work, hot=entry is not None, lazy=lazy)
 
     @staticmethod
     def _readable_dir(path: Path, gid: int) -> Path:
@@ -713,7 +957,9 @@ class Engine:
             check.feed(path.name, path.read_bytes() if needs_bytes(path.name) else None)
         check.done()
 
-    def _replace(self, k: Kernel, snap: Snapshot, scratch: Path, peers: int) -> tuple[float, float]:
+    def _replace(
+        self, k: Kernel, snap: Snapshot, staged: _Staged, peers: int
+    ) -> tuple[float, float]:
         """Stop the kernel and bring ``snap`` back in its place. On failure it stays stopped.
 
         ``peers`` IOPub clients are waited for after the handshake: a cell they run before
@@ -725,22 +971,20 @@ class Engine:
         restored_pid: int | None = None
         try:
             creds = self.supervisor.creds(k)
-            if snap.has_history and k.history_file:
+            if staged.history is not None and k.history_file:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
                 # "moved" and turns the restored kernel's history read-only.
-                self.supervisor.copy_as_user(
-                    creds, scratch / "history" / HISTORY_NAME, Path(k.history_file)
-                )
+                self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
             if start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
-            images, lazy = scratch / "img", False
-            if self.storage.lazy_for(snap, self.criu.lazy_capable(creds)):
+            images, lazy = staged.images, False
+            if staged.lazy:
                 timeout = max(600.0, self.criu.restore_timeout * 5)
                 images, lazy = serve_lazily(self.criu, images, self.work_dir, creds, timeout), True
             not_before = ticks_now()
             # The lazy-pages server listens in its work directory (its images'), and the
             # restore must look there: only privileged CRIU restores lazily (root's files).
-            work = images if lazy else scratch / "criu"
+            work = images if lazy else staged.work
             result = self._criu_restore(k, snap, images, work, lazy)
             why = check_restored(snap.pid, k.run_uid, not_before)
             if why is not None:
@@ -809,6 +1053,17 @@ class Engine:
                 os.close(f)
         logs.note(k.id, f"restored snapshot {snap.id}")
         return result
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """What a restore hands CRIU: images (a hot entry or staged), history, CRIU's work dir."""
+
+    images: Path
+    history: Path | None
+    work: Path  # the kernel user's: CRIU's logs
+    hot: bool
+    lazy: bool
 
 
 class _Untouched(Exception):

@@ -166,7 +166,8 @@ def test_snapshot_metadata(kernel: KernelSession, engine: Engine) -> None:
     assert 0 < snap.frozen_seconds < 30
     assert snap.execution_count == 2
     assert engine.snapshot_info(snap.id) == snap
-    # images are the daemon's alone
+    # images are the daemon's alone (in the store once stored, in the background)
+    engine.wait_stored()
     path = engine.store.path(snap.id)
     assert (path.stat().st_mode & 0o777) == 0o700 and path.stat().st_uid == 0
     for f in path.iterdir():

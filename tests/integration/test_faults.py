@@ -23,11 +23,14 @@ from tests.helpers import connect, run_cell, wait_until
 def _snap(engine: Engine, kernel: KernelSession) -> Snapshot:
     s = engine.snapshot(kernel.id)
     assert isinstance(s, Snapshot)
+    engine.wait_stored()  # these tests read (or damage) what the store holds
     return s
 
 
 def _biggest_image(engine: Engine, snap: Snapshot) -> Path:
-    """The pack holding most of the snapshot's pages (the store keeps pages by content)."""
+    """The pack holding most of the snapshot's pages (the store keeps pages by content); the
+    snapshot's hot-tier copy is dropped, so that its restore reads the store."""
+    engine.hot.drop(snap.id)
     packs = engine.store.chunks(snap.owner_uid).packs
     return max(packs.iterdir(), key=lambda f: f.stat().st_size)
 
@@ -86,6 +89,7 @@ def test_criu_failure_after_stop_rolls_back(kernel: KernelSession, engine: Engin
     # credentials (the image checks pass) but no registers (thread_info), which CRIU refuses.
     path = engine.store.path(snap.id)
     core = next(path.glob("core-*.img"))
+    engine.hot.drop(snap.id)  # restored from the store, where the image is rewritten
 
     def other_arch(data: bytes) -> bytes:
         (entry,) = entries(data, CORE_MAGIC)
@@ -105,6 +109,31 @@ def test_criu_failure_after_stop_rolls_back(kernel: KernelSession, engine: Engin
     engine.restore(good.id)
     kernel.after_restore()
     assert kernel.value("y") == "'must survive'"
+
+
+def test_damaged_hot_image_fails_cleanly_and_state_is_back(
+    kernel: KernelSession, engine: Engine
+) -> None:
+    """A hot-tier copy is checked against the hashes taken when it was written."""
+    kernel.run("import numpy as np; arr = np.full(1_000_000, 7.0)")
+    snap = _snap(engine, kernel)
+    kernel.run("arr[:] = 1.0")
+    entry = engine.hot.get(snap.id)
+    assert entry is not None and not entry.pending
+    pages = max(entry.images.glob("pages-*.img"), key=lambda f: f.stat().st_size)
+    with pages.open("r+b") as fh:
+        fh.seek(pages.stat().st_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 256)
+    pid_before = engine.kernels.get(kernel.id).pid
+    with pytest.raises(RestoreFailed, match="checksum") as info:
+        engine.restore(snap.id)
+    assert "not touched" in info.value.message
+    assert engine.kernels.get(kernel.id).pid == pid_before
+    assert kernel.value("float(arr.sum())") == "1000000.0"
+    engine.hot.drop(snap.id)  # the store's copy is intact
+    engine.restore(snap.id)
+    kernel.after_restore()
+    assert kernel.value("float(arr.sum())") == "7000000.0"
 
 
 @pytest.fixture

@@ -165,5 +165,41 @@ def test_daemon_killed_mid_restore_brings_the_state_back(daemon: Daemon, phase: 
         value = run_cell(kc, "print(x)").strip()
         expected = "current" if phase == "kernel-stopped" else "old"
         assert value == expected, (phase, value, k["notice"])
+        # The pre-restore copy was not in the store yet when the daemon died (it is stored in
+        # the background after the restore): the new daemon stored it.
+        snaps = json.loads(daemon.cli("--json", "snapshots", info["id"]).stdout)
+        pre = [s for s in snaps if s["trigger"] == "pre-restore"]
+        assert pre, snaps
+        assert all(
+            (daemon.state_dir / "snapshots" / s["id"] / "manifest.json").is_file() for s in pre
+        )
+    finally:
+        kc.stop_channels()
+
+
+def test_daemon_killed_before_a_recorded_snapshot_is_stored_keeps_it(daemon: Daemon) -> None:
+    """kill -9 of the daemon after a snapshot was recorded (durable in the hot tier) but
+    before the store had it: the next daemon stores it, and it restores."""
+    info = json.loads(daemon.cli("--json", "start").stdout)
+    kc = connect(info["connection"])
+    try:
+        run_cell(kc, "x = 'saved'")
+        daemon.stop()
+        daemon.start(env={"JUSNAP_FAILPOINT": "snapshot:recorded"})
+        daemon.cli("snapshot", info["id"], timeout=60)  # answered or not: the daemon dies
+        assert daemon.proc is not None
+        daemon.proc.wait(timeout=30)
+        daemon.start()
+        snaps = json.loads(daemon.cli("--json", "snapshots", info["id"]).stdout)
+        assert [s["trigger"] for s in snaps] == ["manual"], snaps
+        sid = snaps[0]["id"]
+        assert (daemon.state_dir / "snapshots" / sid / "manifest.json").is_file()
+        meta = json.loads((daemon.state_dir / "hot" / sid / "meta.json").read_text())
+        assert meta["pending"] is False
+        run_cell(kc, "x = 'changed'")
+        r = daemon.cli("restore", sid, timeout=60)
+        assert r.returncode == 0, r.stderr
+        nudge(kc)
+        assert run_cell(kc, "print(x)").strip() == "saved"
     finally:
         kc.stop_channels()

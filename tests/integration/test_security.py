@@ -28,6 +28,7 @@ from tests.conftest import PYTHON, REPO, Daemon, KernelSession, shutdown_all
 from tests.criu_craft import (
     drop_creds,
     edit_creds,
+    rewrite_hot,
     rewrite_stored,
     second_creds_with_caps,
     set_field,
@@ -82,6 +83,7 @@ def capable_processes(uid: int) -> list[str]:
 def _snap(engine: Engine, kernel: KernelSession) -> Snapshot:
     s = engine.snapshot(kernel.id)
     assert isinstance(s, Snapshot)
+    engine.wait_stored()  # these tests read (or damage) what the store holds
     return s
 
 
@@ -112,15 +114,24 @@ CRAFTS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+@pytest.mark.parametrize("tier", ["store", "hot"])
 @pytest.mark.parametrize("craft", list(CRAFTS))
 def test_crafted_image_is_refused_by_restore_and_kernel_untouched(
-    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd, craft: str
+    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd, craft: str, tier: str
 ) -> None:
+    """Whether the restore reads the store or the hot tier's plain images, the images are
+    checked for the kernel's identity before it is stopped."""
     kernel.run("x = 'snapshot'")
     snap = _snap(engine, kernel)
     kernel.run("x = 'current'")
     pid_before = engine.kernels.get(kernel.id).pid
-    rewrite_stored(engine.store.path(snap.id), _core_name(engine, snap), CRAFTS[craft])
+    if tier == "store":
+        engine.hot.drop(snap.id)  # restored from the store
+        rewrite_stored(engine.store.path(snap.id), _core_name(engine, snap), CRAFTS[craft])
+    else:
+        entry = engine.hot.get(snap.id)
+        assert entry is not None
+        rewrite_hot(entry.path, _core_name(engine, snap), CRAFTS[craft])
     with pytest.raises(RestoreFailed, match="snapshot image refused") as info:
         engine.restore(snap.id)
     assert info.value.details["rolled_back"] is True
@@ -133,7 +144,7 @@ def test_crafted_image_is_refused_by_restore_and_kernel_untouched(
 def test_crafted_image_through_the_api_and_cli(daemon: Daemon, kernel_user) -> None:
     import json
 
-    from tests.helpers import connect, run_cell
+    from tests.helpers import connect, run_cell, wait_until
 
     info = json.loads(daemon.cli("--json", "start").stdout)
     kc = connect(info["connection"])
@@ -143,6 +154,16 @@ def test_crafted_image_through_the_api_and_cli(daemon: Daemon, kernel_user) -> N
         run_cell(kc, "x = 'current'")
         snap = snap["snapshot"]
         store = daemon.state_dir / "snapshots" / snap["id"]
+        hot = daemon.state_dir / "hot" / snap["id"]
+
+        def stored() -> bool:
+            try:
+                return json.loads((hot / "meta.json").read_text())["pending"] is False
+            except (OSError, ValueError):
+                return False
+
+        wait_until(stored, 60, what="snapshot stored")  # the background commit is over
+        shutil.rmtree(hot)  # restore from the store
         core = next(store.glob("core-*.img")).name
         rewrite_stored(store, core, CRAFTS["exploit-caps"])
         r = daemon.cli("restore", snap["id"])
@@ -215,28 +236,49 @@ def test_planted_files_in_the_dump_are_refused(
         assert isinstance(info.value, ImageRefused)
 
 
+@pytest.mark.parametrize("tier", ["store", "hot"])
 def test_staged_images_are_out_of_the_kernel_users_reach(
-    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd
+    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd, tier: str
 ) -> None:
-    """Between the check and CRIU's read, the user can change nothing CRIU will read."""
+    """Between the check and CRIU's read, the user can change nothing CRIU will read: neither
+    images staged from the store nor a hot-tier entry (the target's, the pre-restore copy's)."""
     snap = _snap(engine, kernel)
+    if tier == "store":
+        engine.hot.drop(snap.id)
     attempts: list[subprocess.CompletedProcess[str]] = []
+    untouched: list[bool] = []
     real_check = engine._check_staged
 
     def attack_then_check(k, images: Path) -> None:
         core = next(images.glob("core-*.img"))
-        attempts.append(as_user(kernel_user, "sh", "-c", f"echo x >> {core}"))
+        before = (core.read_bytes(), core.stat().st_mode, core.stat().st_uid)
+        attempts.append(as_user(kernel_user, "tee", "-a", str(core), input="x"))
         attempts.append(as_user(kernel_user, "touch", str(images / "creds-1.img")))
         attempts.append(as_user(kernel_user, "mv", str(images), str(images) + ".moved"))
         attempts.append(as_user(kernel_user, "chmod", "0777", str(core)))
         attempts.append(as_user(kernel_user, "mkdir", str(images.parent / "img2")))
+        # Judged by what changed: exit statuses are unreliable here, since the engine's reaper
+        # (a child subreaper in this very process) may collect an attempt before
+        # subprocess does, which then reports 0 (seen under load, with the error printed).
+        untouched.append(
+            (core.read_bytes(), core.stat().st_mode, core.stat().st_uid) == before
+            and not (images / "creds-1.img").exists()
+            and images.is_dir()
+            and not Path(f"{images}.moved").exists()
+            and not (images.parent / "img2").exists()
+        )
         real_check(k, images)
 
     engine._check_staged = attack_then_check  # type: ignore[method-assign]
     engine.restore(snap.id)
     kernel.after_restore()
-    assert len(attempts) == 5
-    assert all(a.returncode != 0 for a in attempts), [a.stderr for a in attempts]
+    assert untouched == [True, True]  # the pre-restore copy's images, then the target's
+    assert len(attempts) == 10
+    refused = ("Permission denied", "Operation not permitted")
+    assert all(any(r in a.stderr for r in refused) for a in attempts), [a.stderr for a in attempts]
+    hot = engine.state_dir / "hot"
+    listing = as_user(kernel_user, "ls", str(hot))
+    assert listing.stdout == "" and "Permission denied" in listing.stderr, listing  # no listing
 
 
 # ---- 2. CRIU itself in the kernel user's hands ------------------------------------------------
@@ -469,3 +511,36 @@ def test_root_never_writes_through_a_planted_link(
     assert secret_file.read_bytes() == before
     assert os.stat(cfile).st_ino != os.stat(secret_file).st_ino
     assert kernel.value("1 + 1") == "2"
+
+
+def test_a_dump_file_still_open_for_writing_is_copied_not_taken(
+    engine: Engine, kernel_user: pwd.struct_passwd
+) -> None:
+    """The hot tier takes a dump's files over (root's, read-only) instead of copying them,
+    unless a descriptor could still write one (one the kernel's user opened during the dump):
+    that file is copied, so writes through the descriptor never reach the kept images."""
+    from jusnap.ids import new_snapshot_id
+
+    dump = engine.work_dir / new_snapshot_id()
+    dump.mkdir(mode=0o700)
+    uid, gid = kernel_user.pw_uid, kernel_user.pw_gid
+    os.chown(dump, uid, gid)
+    for name in ("pages-1.img", "core-1.img"):
+        (dump / name).write_bytes(b"dumped " + name.encode())
+        os.chown(dump / name, uid, gid)
+    taken_ino = (dump / "core-1.img").stat().st_ino
+    held = os.open(dump / "pages-1.img", os.O_WRONLY)  # the user's descriptor, kept open
+    try:
+        entry = engine.hot.put(new_snapshot_id(), dump, None, gid, uid, durable=False)
+        os.pwrite(held, b"CHANGED", 0)
+    finally:
+        os.close(held)
+    pages, core = entry.images / "pages-1.img", entry.images / "core-1.img"
+    assert pages.read_bytes() == b"dumped pages-1.img"
+    assert core.read_bytes() == b"dumped core-1.img"
+    assert core.stat().st_ino == taken_ino  # no writer: taken over, not copied
+    for f in (pages, core, entry.images):
+        st = f.stat()
+        assert (st.st_uid, st.st_gid) == (0, gid)
+        assert st.st_mode & 0o777 == (0o750 if f == entry.images else 0o440)
+    engine.hot.drop(entry.id)

@@ -25,6 +25,7 @@ MiB = 1024 * 1024
 def _snap(engine: Engine, kernel: KernelSession, **kw: object) -> Snapshot:
     s = engine.snapshot(kernel.id, **kw)
     assert isinstance(s, Snapshot), s
+    engine.wait_stored()  # these tests read (or damage) what the store holds
     return s
 
 
@@ -66,6 +67,8 @@ def test_damage_is_confined_to_the_snapshots_that_need_the_chunk(
     kernel.run("a[:200_000] = -1.0; v = 'second'")
     second = _snap(engine, kernel)
     kernel.run("v = 'current'")
+    for s in (first, second):
+        engine.hot.drop(s.id)  # restored from the store
     pack = engine.store.chunks(second.owner_uid).packs / f"{second.id}.pack"
     with pack.open("r+b") as fh:  # the pages only the second snapshot has
         fh.seek(pack.stat().st_size // 2)
@@ -324,3 +327,44 @@ def test_cli_du_and_gc(daemon: Daemon) -> None:
         assert g["verify"]["chunks_checked"] > 0 and g["verify"]["chunks_damaged"] == 0
     finally:
         kc.stop_channels()
+
+
+def test_restore_from_the_hot_tier_and_from_the_store_give_the_same_state(
+    kernel: KernelSession, engine: Engine
+) -> None:
+    """The hot tier (plain images of the newest snapshots) and the store restore the same
+    state; the store is only read when the hot copy is gone. The pre-restore copy reaches the
+    store after the restore, and the hot tier keeps the configured number of entries."""
+    kernel.run("import numpy as np; a = np.arange(3_000_000, dtype=float); v = 'saved'")
+    snap = _snap(engine, kernel)
+    kernel.run("a[:] = 0; v = 'changed'")
+    staged_out: list[str] = []
+    real_stage_out = engine.store.stage_out
+
+    def counting(snapshot_id: str, *args: object, **kw: object) -> None:
+        staged_out.append(snapshot_id)
+        real_stage_out(snapshot_id, *args, **kw)  # type: ignore[arg-type]
+
+    engine.store.stage_out = counting  # type: ignore[method-assign]
+    values = []
+    for tier in ("hot", "store"):
+        if tier == "store":
+            engine.hot.drop(snap.id)
+        result = engine.restore(snap.id)
+        kernel.after_restore()
+        values.append(kernel.value("(v, float(a.sum()), a[12345])"))
+        assert (snap.id in staged_out) == (tier == "store"), (tier, staged_out)
+        pre = result.pre_restore
+        assert pre is not None
+        engine.wait_stored()
+        assert engine.store.exists(pre.id)
+        entry = engine.hot.get(pre.id)
+        assert entry is None or not entry.pending
+        kernel.run("a[:] = 0; v = 'changed'")
+    assert (
+        values[0] == values[1] == f"('saved', {float(sum(range(3_000_000)))}, np.float64(12345.0))"
+    )
+    for _ in range(3):
+        _snap(engine, kernel)
+    mine = [e for e in engine.hot.entries() if e.snapshot.get("kernel_id") == kernel.id]
+    assert len(mine) == engine.settings.jusnap.store.hot_snapshots, [e.id for e in mine]

@@ -454,3 +454,17 @@ def test_gc_reports_pages_kept_only_as_delta_bases(store: LocalStore, tmp_path: 
     (res,) = StoreService(store, StoreSettings()).gc(24)
     assert res["delta_base_bytes"] >= 90 * PAGE, res
     assert stage(store, s2, tmp_path)["pages-1.img"] == bytes(data)
+
+
+def test_a_commit_cut_short_can_be_made_again_under_the_same_id(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    """A daemon killed during a background commit leaves that commit's pack behind; the next
+    start commits the same snapshot id again (from its hot-tier entry), into a pack of its own."""
+    sid = new_id()
+    data = pages(7, 64)
+    cs = store.chunks(0)
+    (cs.packs / f"{sid}.pack").write_bytes(b"half a commit")  # what the killed commit left
+    store.commit(sid, dump(tmp_path, data))
+    assert (cs.packs / f"{sid}.pack").read_bytes() == b"half a commit"  # left to gc
+    assert stage(store, sid, tmp_path)["pages-1.img"] == data

@@ -116,6 +116,7 @@ ERRORS = errors()  # documented auth errors; bodies are ErrorOut (HTTP_ERROR_SCH
 @bp.doc(summary="Space used and retention settings", responses=errors())
 def store_usage() -> dict[str, Any]:
     storage = engine().storage
+    engine().wait_stored(identity().owner)  # snapshots still being stored count too
     return {"retention": storage.public_settings(), "usage": storage.usage(identity().owner)}
 
 
@@ -124,4 +125,5 @@ def store_usage() -> dict[str, Any]:
 @bp.output(GcOut)
 @bp.doc(summary="Collect unreferenced pages", responses=errors(400, 422))
 def store_gc(query: dict[str, Any]) -> dict[str, Any]:
+    engine().wait_stored(identity().owner)
     return {"results": engine().storage.gc(identity().owner, verify=query.get("verify", False))}

@@ -472,6 +472,10 @@ class PackWriter:
     def __init__(self, store: ChunkStore, name: str) -> None:
         self.store = store
         self.name = f"{name}.pack"
+        if (store.packs / self.name).exists():
+            # A commit of the same snapshot cut short (its pack may even have index rows,
+            # so it stays for garbage collection): this one writes a pack of its own.
+            self.name = f"{name}-{time.time_ns()}.pack"
         self.path = store.packs / self.name
         self.fd: int | None = None
         self.offset = 0

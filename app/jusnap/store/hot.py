@@ -1,0 +1,400 @@
+"""The hot tier: the newest snapshots of each kernel kept as plain images, ready for CRIU.
+
+Why: rebuilding a page image from the content-addressed store (``cas.py``) verifies and
+decompresses every 4 KiB page, ~3 s per GiB on 2 cores here, five times CRIU's own restore of
+the same kernel. The snapshots a user goes back to are mostly the newest ones, and the
+pre-restore copy of a restore must be restorable at once (rollback). So the engine first takes
+each dump out of the kernel user's reach into a hot entry, then commits the store *from that
+entry*: the store's image check sees exactly the bytes the hot entry holds, and a restore
+hands the entry to CRIU as it is (the check runs again for the target kernel's identity; it
+reads only the small images, ~1 ms).
+
+Trust: an entry is root's files in root's directories (``<id>/`` root:<kernel gid> 0750,
+images 0440). The dump's files are not copied but taken over: the directory and each file
+become root's, and each file must then have no writer left anywhere (a read lease is granted
+only then; see :meth:`HotTier.put`), so that no descriptor the kernel's user opened during
+the dump can change them afterwards. The kernel's user can read its own snapshot's images,
+as CRIU running as that user must, and change nothing.
+
+Layout::
+
+    hot/<id>/img/             CRIU's images
+    hot/<id>/history/         the kernel's IPython history database, if saved
+    hot/<id>/meta.json        the snapshot's record, whether it is in the store yet, the boot
+    hot/.partial-<id>/        an entry being written (removed at start-up)
+
+A snapshot's entry is *pending* until the store holds it: the pre-restore copy of a restore is
+committed in the background, after the restore answered. Pending entries are fsynced before
+the kernel is stopped and committed at start-up should the daemon die first. Entries that are
+in the store already are a cache: they are written without fsync and dropped at start-up when
+the machine rebooted since (a power cut may have lost their pages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from ..errors import RestoreFailed, SnapshotFailed, StoreFull
+from ..fsutil import fsync_dir, open_nofollow
+from ..ids import SNAPSHOT_ID_RE
+from ..untrusted import open_untrusted, open_untrusted_path
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+IMAGES = "img"
+HISTORY = "history"
+PARTIAL = ".partial-"
+COPY_CHUNK = 1 << 30
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class HotEntry:
+    id: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def images(self) -> Path:
+        return self.path / IMAGES
+
+    @property
+    def history(self) -> Path | None:
+        p = self.path / HISTORY
+        return p if p.is_dir() and any(p.iterdir()) else None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.meta.get("pending"))
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.meta.get("snapshot") or {})
+
+
+class HotTier:
+    """Hot entries under ``root`` (root 0711: the kernel's user may pass, never list)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._boot = boot_id()
+        self._meta_lock = threading.Lock()  # read-modify-write of meta.json
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chown(self.root, os.geteuid(), os.getegid())
+        self.root.chmod(0o711)
+
+    def _dir(self, snapshot_id: str) -> Path:
+        if not SNAPSHOT_ID_RE.match(snapshot_id):
+            raise ValueError(snapshot_id)
+        return self.root / snapshot_id
+
+    # ---- writing -------------------------------------------------------------------------
+    def put(
+        self,
+        snapshot_id: str,
+        images: Path,
+        history: Path | None,
+        gid: int,
+        file_owner: int,
+        durable: bool,
+    ) -> HotEntry:
+        """Take a finished dump (``images``: the kernel user's directory, in a root-owned
+        parent) into an entry: the directory and its files become root's, then move.
+
+        The files are not copied (a copy of a 1 GB dump cost 0.6–4 s here, writeback
+        included). Instead the directory is made root's first (no new names, no renames),
+        then each file: it must be a regular file of ``file_owner`` with one link (opened
+        without following links), becomes root's and read-only, and must have no writer left:
+        a read lease (``F_SETLEASE``) is granted only while nobody holds the file open for
+        writing, in any process, mapped or passed over a socket. After that no one can open
+        it for writing again; a file that still had a writer is copied instead. The entry is
+        pending until :meth:`committed`; ``durable`` fsyncs it (a pre-restore copy: the only
+        copy of the kernel's state once the kernel is stopped).
+        """
+        final = self._dir(snapshot_id)
+        partial = self.root / f"{PARTIAL}{snapshot_id}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            _root_dir(partial, gid)
+            img = partial / IMAGES
+            _secure(images, gid, file_owner, durable)
+            try:
+                images.rename(img)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copytree(images, img)  # another filesystem: root's files already
+            if history is not None:
+                try:
+                    src = open_untrusted_path(history, file_owner)
+                except FileNotFoundError:
+                    src = -1
+                if src >= 0:
+                    try:
+                        _copy(src, _root_dir(partial / HISTORY, gid) / history.name, gid, durable)
+                    finally:
+                        os.close(src)
+            # A cached entry records each file's hash (read back from the page cache, after the
+            # kernel resumed), checked before it is restored, as the store checks its pages.
+            # A durable one is needed right away (rollback) or goes to the store: no hashes.
+            digests = {} if durable else {p.name: _digest(p) for p in img.iterdir()}
+            meta = {"pending": True, "boot": self._boot, "durable": durable, "snapshot": None,
+                    "xxh3": digests}  # fmt: skip
+            _write_json(partial / META, meta, durable)
+            if durable:
+                for d in (img, partial):
+                    fsync_dir(d)
+            partial.rename(final)
+            if durable:
+                fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull("snapshot failed: no space left on the snapshot store") from None
+            raise SnapshotFailed(
+                f"snapshot failed: cannot keep images: {exc.strerror or exc}"
+            ) from None
+        return HotEntry(snapshot_id, final, meta)
+
+    def describe(
+        self, snapshot_id: str, snapshot: dict[str, Any], identity: dict[str, Any], pending: bool
+    ) -> None:
+        """Record the snapshot an entry holds (its registry row, the identity its images were
+        checked for) and whether it is pending; fsynced for a durable entry."""
+        with self._meta_lock:
+            e = self.get(snapshot_id)
+            if e is None:
+                return
+            meta = {**e.meta, "snapshot": snapshot, "identity": identity, "pending": pending,
+                    "used_at": time.time()}  # fmt: skip
+            _write_json(e.path / META, meta, bool(e.meta.get("durable")))
+
+    def committed(self, snapshot_id: str, with_digests: bool = False) -> None:
+        """The store holds the entry's snapshot now; ``with_digests``: record the images'
+        hashes (a durable entry was written without, to keep them off the critical path)."""
+        e = self.get(snapshot_id)
+        if e is None or not e.pending:
+            return
+        digests = e.meta.get("xxh3") or {}
+        if with_digests and not digests:
+            digests = {p.name: _digest(p) for p in e.images.iterdir()}
+        with self._meta_lock:
+            e = self.get(snapshot_id)
+            if e is not None and e.pending:
+                _write_json(e.path / META, {**e.meta, "pending": False, "xxh3": digests}, False)
+
+    def touch(self, snapshot_id: str) -> None:
+        """The entry was just restored: it is among the last to be dropped."""
+        with self._meta_lock:
+            e = self.get(snapshot_id)
+            if e is not None:
+                _write_json(e.path / META, {**e.meta, "used_at": time.time()}, False)
+
+    # ---- reading -------------------------------------------------------------------------
+    def get(self, snapshot_id: str) -> HotEntry | None:
+        path = self._dir(snapshot_id)
+        try:
+            meta = json.loads((path / META).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or not (path / IMAGES).is_dir():
+            return None
+        return HotEntry(snapshot_id, path, meta)
+
+    def entries(self) -> Iterator[HotEntry]:
+        for p in sorted(self.root.iterdir()):
+            if SNAPSHOT_ID_RE.match(p.name):
+                e = self.get(p.name)
+                if e is not None:
+                    yield e
+
+    def verify(self, entry: HotEntry) -> None:
+        """Raise RestoreFailed unless every image of a cached entry has the recorded hash."""
+        digests = entry.meta.get("xxh3") or {}
+        names = sorted(p.name for p in entry.images.iterdir())
+        if digests and sorted(digests) != names:
+            raise RestoreFailed(f"snapshot {entry.id} is damaged: its hot images changed")
+        for name in names:
+            if name in digests and _digest(entry.images / name) != digests[name]:
+                raise RestoreFailed(f"snapshot {entry.id} is damaged: {name} fails its checksum")
+
+    def size(self, snapshot_id: str) -> int:
+        """Bytes of an entry's images and history (what the store calls its logical size)."""
+        e = self.get(snapshot_id)
+        if e is None:
+            return 0
+        dirs = [e.images] + ([e.history] if e.history else [])
+        return sum(p.stat().st_size for d in dirs for p in d.iterdir() if p.is_file())
+
+    # ---- removal -------------------------------------------------------------------------
+    def drop(self, snapshot_id: str) -> None:
+        path = self._dir(snapshot_id)
+        if path.exists():
+            doomed = self.root / f"{PARTIAL}{snapshot_id}-dropped"
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def keep(self, kernel_id: str, n: int, known: set[str]) -> None:
+        """Keep the ``n`` entries of a kernel's snapshots used (taken or restored) last; drop
+        the others, and entries of snapshots that no longer exist. Pending entries stay."""
+        mine = []
+        for e in self.entries():
+            if e.pending:
+                continue
+            if e.id not in known:
+                self.drop(e.id)
+            elif e.snapshot.get("kernel_id") == kernel_id:
+                mine.append(e)
+        mine.sort(key=lambda e: float(e.meta.get("used_at") or 0), reverse=True)
+        for e in mine[max(0, n) :]:
+            self.drop(e.id)
+
+    def recover(self, known: set[str]) -> list[HotEntry]:
+        """Start-up: remove partial entries, cached entries the store does not know or that an
+        earlier boot wrote without fsync; return the pending entries (to be committed)."""
+        pending = []
+        for p in list(self.root.iterdir()):
+            if p.name.startswith(PARTIAL):
+                shutil.rmtree(p, ignore_errors=True)
+                continue
+            if not SNAPSHOT_ID_RE.match(p.name):
+                continue
+            e = self.get(p.name)
+            if e is None:
+                shutil.rmtree(p, ignore_errors=True)
+            elif e.pending and (e.meta.get("durable") or e.meta.get("boot") == self._boot):
+                if e.snapshot:
+                    pending.append(e)
+                else:
+                    self.drop(e.id)  # the dump was never recorded: nothing refers to it
+            elif e.pending or e.id not in known or e.meta.get("boot") != self._boot:
+                self.drop(e.id)
+        return pending
+
+
+def _root_dir(path: Path, gid: int) -> Path:
+    path.mkdir(mode=0o750)
+    if os.geteuid() == 0:
+        os.chown(path, 0, gid)
+    path.chmod(0o750)
+    return path
+
+
+def _secure(images: Path, gid: int, owner: int, durable: bool) -> None:
+    """Make a dump directory and its files root's, read-only, with no writer left (``put``)."""
+    dfd = os.open(images, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(dfd, 0, gid)
+        os.fchmod(dfd, 0o750)
+        for name in sorted(os.listdir(dfd)):  # noqa: PTH208 - listdir of an fd
+            try:
+                fd = open_untrusted(dfd, name, owner)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise  # a link, or a file of someone else: refuse the dump
+                # sockets, fifos, directories: never part of an image
+                if stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(images / name, ignore_errors=True)
+                else:
+                    os.unlink(name, dir_fd=dfd)
+                continue
+            try:
+                if os.geteuid() == 0:
+                    os.fchown(fd, 0, gid)
+                os.fchmod(fd, 0o440)
+                if not _no_writer(fd):
+                    tmp = f".{name}.copy"
+                    _copy(fd, images / tmp, gid, durable)
+                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                elif durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+def _no_writer(fd: int) -> bool:
+    """Whether no open file description anywhere may write the file (a read lease says so)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
+
+
+def _copy(src: int, dst_path: Path, gid: int, durable: bool) -> None:
+    """Copy in the kernel (``copy_file_range``: no pass through Python's memory)."""
+    dst = open_nofollow(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        size = os.fstat(src).st_size
+        done = 0
+        while True:
+            n = os.copy_file_range(src, dst, COPY_CHUNK)
+            if n == 0:
+                break
+            done += n
+        if done < size:
+            raise OSError(errno.EIO, f"{dst_path.name} shrank while it was copied")
+        if os.geteuid() == 0:
+            os.fchown(dst, 0, gid)
+        os.fchmod(dst, 0o440)
+        if durable:
+            os.fsync(dst)
+    finally:
+        os.close(dst)
+
+
+def _digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    fd = open_nofollow(path)
+    try:
+        while data := os.read(fd, 8 << 20):
+            h.update(data)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any], durable: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        if durable:
+            os.fsync(fh.fileno())
+    tmp.replace(path)
+    if durable:
+        fsync_dir(path.parent)
