@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 
 def reached(name: str) -> None:
     if os.environ.get("JUSNAP_FAILPOINT") == name:
         os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def reached_soon(name: str, delay: float) -> None:
+    """The point ``name`` is reached ``delay`` seconds from now, whatever the daemon is doing
+    then: in the middle of a CRIU run (CRIU is in the daemon's process group, and dies too)."""
+    if os.environ.get("JUSNAP_FAILPOINT") == name:
+        timer = threading.Timer(delay, os.killpg, (os.getpgrp(), signal.SIGKILL))
+        timer.daemon = True
+        timer.start()

@@ -965,6 +965,7 @@ class Engine:
         ``peers`` IOPub clients are waited for after the handshake: a cell they run before
         their subscription is back would publish its output to nobody.
         """
+        failpoints.reached("restore:before-stop")
         self.kernels.unwatch(k)
         self.supervisor.stop(k)
         failpoints.reached("restore:kernel-stopped")
@@ -985,6 +986,7 @@ class Engine:
             # The lazy-pages server listens in its work directory (its images'), and the
             # restore must look there: only privileged CRIU restores lazily (root's files).
             work = images if lazy else staged.work
+            failpoints.reached_soon("restore:criu-running", 0.1)
             result = self._criu_restore(k, snap, images, work, lazy)
             why = check_restored(snap.pid, k.run_uid, not_before)
             if why is not None:
@@ -995,6 +997,7 @@ class Engine:
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
+            failpoints.reached("restore:handshake")
             hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
