@@ -41,6 +41,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if item.nodeid.rsplit("::", 1)[-1] != item.name and item.parent is not None:
+            # schemathesis names each operation's test, but under pytest 9.2 leaves them all
+            # one node id: pytest-xdist ran only the first of them (1 of 21 operations).
+            item._id = item.parent.id.child(item.name)  # type: ignore[attr-defined]
+    seen: set[str] = set()
+    twice = {i.nodeid for i in items if i.nodeid in seen or seen.add(i.nodeid)}
+    if twice:  # loud, not a silently smaller run
+        raise pytest.UsageError(f"tests share node ids (xdist would run one): {sorted(twice)[:5]}")
 
 
 def work_unit(nodeid: str) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 from apiflask import APIBlueprint
 from flask import request
+from marshmallow import RAISE
 
 from ..errors import InvalidRequest
 from ..snapshots import Skipped
@@ -107,7 +108,7 @@ def signal_kernel(kernel_id: str, body: dict[str, Any]) -> tuple[str, int]:
 
 
 @bp.get("/<kernel_id>/logs")
-@bp.input(LogsIn, location="query", arg_name="query")
+@bp.input(LogsIn, location="query", arg_name="query", unknown=RAISE)  # webargs: EXCLUDE
 @bp.output(LogsOut)
 @bp.doc(summary="The kernel's stdout and stderr", responses=errors(*BY_ID, *BODY))
 def kernel_logs(kernel_id: str, query: dict[str, Any]) -> dict[str, Any]:

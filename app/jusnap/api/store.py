@@ -10,6 +10,7 @@ from typing import Any
 
 from apiflask import APIBlueprint, Schema
 from apiflask.fields import Boolean, Float, Integer, List, Nested, String
+from marshmallow import RAISE
 
 from .auth import identity
 from .deps import engine
@@ -121,7 +122,7 @@ def store_usage() -> dict[str, Any]:
 
 
 @bp.post("/gc")
-@bp.input(GcIn, location="query", arg_name="query")
+@bp.input(GcIn, location="query", arg_name="query", unknown=RAISE)  # webargs: EXCLUDE
 @bp.output(GcOut)
 @bp.doc(summary="Collect unreferenced pages", responses=errors(400, 422))
 def store_gc(query: dict[str, Any]) -> dict[str, Any]:
