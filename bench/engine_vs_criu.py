@@ -182,7 +182,14 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
 
 
 def bench_size(
-    engine: Engine, size: int, repeat: int, work: Path, phases: Phases, data: str, tier: str
+    engine: Engine,
+    size: int,
+    repeat: int,
+    work: Path,
+    phases: Phases,
+    data: str,
+    tier: str,
+    keep_newest: bool = False,
 ) -> dict[str, Any]:
     # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
@@ -193,7 +200,8 @@ def bench_size(
     creds = engine.supervisor.creds(k)
     rows: dict[str, list[float]] = {key: [] for key in (
         "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_snapshot_stored", "jusnap_restore_to_execute",
-        "criu_freeze", "criu_dump_wall", "criu_restore_to_execute", "image_bytes")}  # fmt: skip
+        "criu_freeze", "criu_dump_wall", "criu_restore_to_execute", "image_bytes",
+        "pre_restore_dumped")}  # fmt: skip
     for i in range(repeat):
         snap = engine.snapshot(k.id)
         rows["jusnap_freeze"].append(snap.frozen_seconds)
@@ -205,7 +213,8 @@ def bench_size(
         rows["jusnap_snapshot_stored"].append(time.monotonic() - t0)
         _add(rows, "snapshot", phases.take(t0))
         rows["image_bytes"].append(snap2.size_bytes)
-        engine.delete_snapshot(snap2.id)
+        if not keep_newest:
+            engine.delete_snapshot(snap2.id)
 
         raw = work / f"raw-{size}-{i}"
         freeze, wall = raw_dump(engine, engine.kernels.get(k.id).pid, creds, raw / "img")
@@ -226,8 +235,12 @@ def bench_size(
         if "stop_at" in spent:
             spent["kernel_down"] = done - t0 - spent.pop("stop_at")
         _add(rows, "restore", spent)
-        if result.pre_restore:
+        pre = result.pre_restore
+        rows["pre_restore_dumped"].append(float(pre is not None and pre.trigger == "pre-restore"))
+        if result.pre_restore and result.pre_restore.id != snap2.id:
             _wait_deletable(engine, result.pre_restore.id)
+        if keep_newest:
+            engine.delete_snapshot(snap2.id)
         engine.delete_snapshot(snap.id)
 
         rows["criu_restore_to_execute"].append(
@@ -276,6 +289,11 @@ def main() -> int:
         "--tier", choices=("hot", "store"), default="hot",
         help="restore the snapshot from its hot-tier copy, or drop that first (the store)",
     )  # fmt: skip
+    ap.add_argument(
+        "--keep-newest", action="store_true",
+        help="keep the newest snapshot (the kernel's current state) while an older one is"
+        " restored: the common case with automatic snapshots, where no pre-restore dump is needed",
+    )  # fmt: skip
     ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
@@ -293,7 +311,14 @@ def main() -> int:
         for text in args.sizes.split(","):
             print(f"== {text}", flush=True)
             results[text] = bench_size(
-                engine, parse_size(text), args.repeat, state / "work", phases, args.data, args.tier
+                engine,
+                parse_size(text),
+                args.repeat,
+                state / "work",
+                phases,
+                args.data,
+                args.tier,
+                args.keep_newest,
             )
     finally:
         engine.close()
@@ -303,7 +328,7 @@ def main() -> int:
         "cpu": _cpu(), "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3),
         "kernel": platform.release(), "criu": subprocess.run([args.criu, "--version"], capture_output=True, text=True).stdout.split()[1],
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "data": args.data, "tier": args.tier, "loadavg_before": [round(x, 2) for x in load],
+        "data": args.data, "tier": args.tier, "keep_newest": args.keep_newest, "loadavg_before": [round(x, 2) for x in load],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

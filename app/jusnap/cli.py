@@ -304,7 +304,7 @@ def cmd_restore(args: argparse.Namespace, c: Client) -> int:
         r = c.restore(args.snapshot, into)
     _out(args, r, lambda r: (
         f"restored {r['snapshot']['id']} into {r['kernel']['id']} in {r['seconds']:.2f}s"
-        + (f" (previous state saved as {r['pre_restore']['id']})" if r.get("pre_restore") else "")
+        + (f" (previous state: snapshot {r['pre_restore']['id']})" if r.get("pre_restore") else "")
     ))  # fmt: skip
     return 0
 

@@ -67,7 +67,7 @@ from .kernels.locks import USER_WAIT, OperationLocks
 from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
 from .lazyrestore import serve_lazily
-from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
+from .proc import Reaper, check_restored, cpu_seconds, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.hot import HotEntry, HotTier
 from .store.local import LocalStore
@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 TRIGGERS = ("manual", "auto", "pre-restore")
 HISTORY_NAME = "history.sqlite"
 MAX_LABEL = 200
+# CPU time an idle kernel may use after a snapshot and still hold its state (answering
+# kernel_info and heartbeats); more means something ran (a thread in the background).
+HELD_CPU_SLACK = 0.1
 # CRIU's words when the kernel had a connection to the daemon open at the freeze.
 _TRANSIENT_DUMP_FAILURES = ("External socket is used", "Non-empty write queue on an in-flight")
 
@@ -375,10 +378,39 @@ class Engine:
         count = self.kernels.live(k.id).get("execution_count", k.execution_count)
         if not count:  # a fresh kernel: its snapshot would only bury the notebook's last state
             return Skipped(k.id, "nothing ran in this kernel", 0.0)
-        newest = self.registry.snapshots_of(k.id, k.owner_uid, None)
-        if newest and newest[0].execution_count == count:
+        if self._state_held_by(k) is not None:
             return Skipped(k.id, "nothing ran since the newest snapshot", 0.0)
         return None
+
+    def _state_held_by(self, k: Kernel) -> Snapshot | None:
+        """The kernel's newest snapshot when it holds the kernel's current state exactly (None:
+        not sure), which then needs no dump: the final snapshot is skipped, and a restore takes
+        it as its safety copy.
+
+        Its dump found the kernel idle (no cell, request or comm message at any moment of it,
+        see :meth:`_dump`), it was taken of this very process (not before a restart, restore or
+        a daemon restart: those forget ``state_of``), and since then the kernel ran nothing: the
+        same execution count, idle, no request on IOPub but read-only ones, and hardly any CPU
+        time used (a thread working in the background changes the state silently).
+        """
+        live = self.kernels.live(k.id)
+        held = live.get("state_of")
+        if held is None or k.pid is None or not self.supervisor.alive(k):
+            return None
+        sid, since, cpu, started = held
+        newest = self.registry.snapshots_of(k.id, k.owner_uid, None)
+        if not newest or newest[0].id != sid or newest[0].pid != k.pid:
+            return None
+        if start_time(k.pid) != started:  # another process under the same PID
+            return None
+        count = live.get("execution_count", k.execution_count)
+        if newest[0].execution_count != count or live.get("execution_state") != "idle":
+            return None
+        seen = self.kernels.window(k.id, since, time.time())
+        used = cpu_seconds(k.pid)
+        if not seen.quiet or seen.requested or used is None or used - cpu > HELD_CPU_SLACK:
+            return None
+        return newest[0]
 
     def _snapshot_retrying(
         self, k: Kernel, trigger: str, label: str | None, execution_count: int | None
@@ -568,6 +600,12 @@ class Engine:
             # right after the thaw, and must count as having run during the window.)
             seen = self.kernels.window(k.id, t_request, time.time() + 0.05)
             execution_count = seen.count if seen.count is not None else execution_count
+            live = self.kernels.live(k.id)
+            live.pop("state_of", None)
+            cpu = cpu_seconds(k.pid)
+            if seen.quiet and not seen.requested and cpu is not None:
+                # The images hold the kernel's state as it is now (see _state_held_by).
+                live["state_of"] = (sid, t_request, cpu, start_time(k.pid))
             if exact and not seen.quiet:
                 # A cell ran at some moment of the freeze: the images may hold it half run (or
                 # a request queued in the frozen kernel), so no cell number is sure to be true.
@@ -798,10 +836,13 @@ class Engine:
             # by themselves after the restore; count them so the restore can wait for them.
             peers = established_peers(k.connection["iopub_port"])
             pre: Snapshot | None = None
+            dumped = False
             with self._staging(k, snap) as staging:  # staged while the current state is saved
                 if self.supervisor.alive(k):
+                    pre = self._stored_state(k)
+                if pre is None and self.supervisor.alive(k):
                     try:
-                        pre = self._pre_restore(k)
+                        pre, dumped = self._pre_restore(k), True
                     except JusnapError as exc:
                         raise RestoreFailed(
                             "restore not attempted: could not save the current state first"
@@ -813,10 +854,11 @@ class Engine:
                     RestoreJournal(k.id, snap.id, pre.id if pre else None, ticks_now(), time.time())
                 )
                 try:
-                    criu_s, hs_s = self._restore_or_roll_back(k, snap, pre, staging, peers)
+                    criu_s, hs_s = self._restore_or_roll_back(k, snap, pre, staging, peers, dumped)
                 finally:
                     self.registry.end_restore(k.id)
-                    if pre is not None:
+                    if dumped:
+                        assert pre is not None
                         self._commit_later(pre.id)  # the safety copy goes to the store now
                     self._keep_hot(k.id, locked=True)
         k = self.kernels.get(k.id)
@@ -830,6 +872,16 @@ class Engine:
         durable hot entry (fsynced), its images checked and recorded, all before the kernel is
         touched. Storing it in the content-addressed store waits until after the restore."""
         return self._save_pending(k, "pre-restore", None, None)
+
+    def _stored_state(self, k: Kernel) -> Snapshot | None:
+        """The restore's safety copy without a dump (issue 12): the newest snapshot when it
+        holds the kernel's current state (:meth:`_state_held_by`) and is stored (committed,
+        its images checked), so nothing can take it away while the restore relies on it."""
+        held = self._state_held_by(k)
+        if held is None or held.id in self._pending_ids() or not self.store.exists(held.id):
+            return None
+        log.info("kernel %s: snapshot %s holds its state; no pre-restore dump", k.id, held.id)
+        return held
 
     def _save_pending(
         self,
@@ -860,9 +912,10 @@ class Engine:
 
     def _restore_or_roll_back(
         self, k: Kernel, snap: Snapshot, pre: Snapshot | None, staging: Future[_Staged],
-        peers: int,
+        peers: int, dumped: bool,
     ) -> tuple[float, float]:  # fmt: skip
-        """Replace the kernel by ``snap``; on failure bring ``pre`` back (under the lock)."""
+        """Replace the kernel by ``snap``; on failure bring ``pre`` back (under the lock).
+        ``dumped``: ``pre`` was made for this restore (else it is the newest snapshot)."""
         try:
             staged = staging.result()
             result = self._replace(k, snap, staged, peers)
@@ -871,7 +924,7 @@ class Engine:
             return result
         except _Untouched as exc:
             # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
-            if pre is not None:
+            if pre is not None and dumped:
                 self._forget(pre)
             raise RestoreFailed(
                 f"{exc.error.message}; the kernel was not touched", rolled_back=True

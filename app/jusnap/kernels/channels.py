@@ -45,6 +45,15 @@ class Window:
 
     count: int | None  # the last cell that had started by the window's start (None: none seen)
     quiet: bool  # no cell ran at any moment of the window: the state is exactly after ``count``
+    # A request that may change the kernel's state started in the window without being a cell:
+    # silent executes and comm messages (widgets) publish no ``execute_input``.
+    requested: bool = False
+
+
+# Requests that only read: a kernel that answered them holds the state it had.
+READ_ONLY_REQUESTS = frozenset(
+    {"kernel_info_request", "comm_info_request", "history_request", "is_complete_request"}
+)
 
 
 class IopubMonitor:
@@ -63,6 +72,7 @@ class IopubMonitor:
         self.inputs: collections.deque[tuple[float, int, str]] = collections.deque(maxlen=256)
         self.ends: dict[str, float] = {}  # request msg_id -> kernel time it ended
         self.newest = 0.0  # kernel timestamp of the newest message seen
+        self.requested = 0.0  # kernel timestamp of the newest request that may change state
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jusnap-iopub", daemon=True)
 
@@ -111,6 +121,12 @@ class IopubMonitor:
             self.inputs.append((when, count, str(parent.get("msg_id"))))
         elif (
             kind == "status"
+            and content.get("execution_state") == "busy"
+            and parent.get("msg_type") not in READ_ONLY_REQUESTS
+        ):
+            self.requested = max(self.requested, when)
+        elif (
+            kind == "status"
             and content.get("execution_state") == "idle"
             and parent.get("msg_type") == "execute_request"
         ):
@@ -139,6 +155,7 @@ class IopubMonitor:
         return Window(
             count=last[1] if last else None,
             quiet=caught_up and ended and not during,
+            requested=self.requested > start,
         )
 
 
