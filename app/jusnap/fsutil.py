@@ -29,6 +29,27 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     return written
 
 
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+
+
+def pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
+    """Write ``buffers`` back to back at ``offset`` (``pwritev``, at most ``IOV_MAX`` per
+    call, short writes continued); return the bytes written."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    total = i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i : i + IOV_MAX], offset + total)
+        if n == 0:
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        total += n
+        while i < len(views) and n >= len(views[i]):
+            n -= len(views[i])
+            i += 1
+        if n:
+            views[i] = views[i][n:]
+    return total
+
+
 def fsync_dir(path: Path) -> None:
     """Make the entries of ``path`` (renames, new files) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

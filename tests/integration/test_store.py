@@ -146,10 +146,11 @@ def test_retention_keeps_what_it_promises(make_settings) -> None:
         assert not Path(e.store.path(autos[1].id)).exists()
         (u,) = e.storage.usage(manual.owner_uid)
         assert u["garbage_bytes"] == 0, "gc ran after retention"
-        # A restore's safety copy expires after pre_restore_ttl.
+        # A restore's safety copy expires after pre_restore_ttl (a state no snapshot holds).
+        ks.run("x = 'unsaved'")
         r = e.restore(autos[2].id)
         ks.after_restore()
-        assert r.pre_restore is not None
+        assert r.pre_restore is not None and r.pre_restore.trigger == "pre-restore"
         e.settings.jusnap.store.pre_restore_ttl = 0  # type: ignore[assignment]
         time.sleep(0.05)
         newest = _snap(e, ks, trigger="auto")

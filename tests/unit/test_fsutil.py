@@ -9,7 +9,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from jusnap.fsutil import connect_wal, fsync_dir, immediate, open_nofollow, open_regular, write_all
+from jusnap.fsutil import (
+    IOV_MAX,
+    connect_wal,
+    fsync_dir,
+    immediate,
+    open_nofollow,
+    open_regular,
+    pwritev_all,
+    write_all,
+)
 
 
 def test_write_all_survives_short_writes() -> None:
@@ -29,6 +38,17 @@ def test_write_all_survives_short_writes() -> None:
     t.join()
     os.close(r)
     assert bytes(got) == data
+
+
+def test_pwritev_all_writes_more_buffers_than_one_call_takes(tmp_path: Path) -> None:
+    parts = [os.urandom(1 + i % 5000) for i in range(IOV_MAX * 2 + 3)]
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"head", 0)
+        assert pwritev_all(fd, [memoryview(p) for p in parts], 4) == sum(map(len, parts))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"head" + b"".join(parts)
 
 
 def test_opens_refuse_links_and_special_files(tmp_path: Path) -> None:

@@ -468,3 +468,28 @@ def test_a_commit_cut_short_can_be_made_again_under_the_same_id(
     store.commit(sid, dump(tmp_path, data))
     assert (cs.packs / f"{sid}.pack").read_bytes() == b"half a commit"  # left to gc
     assert stage(store, sid, tmp_path)["pages-1.img"] == data
+
+
+def test_zero_pages_stay_holes_and_pieces_reuse_one_buffer(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image read in many pieces (one reused buffer) and staged in many runs (pwritev,
+    several threads) comes back byte for byte; its zero pages are holes, not written."""
+    from jusnap.store import local
+
+    monkeypatch.setattr(local, "READ_PIECE", 7 * PAGE)
+    monkeypatch.setattr(local, "STAGE_PIECE", 5)
+    data = bytearray(pages(11, 300, zero_every=3))
+    data[50 * PAGE : 250 * PAGE] = bytes(200 * PAGE)  # a long run of zero pages
+    data[280 * PAGE :] = os.urandom(20 * PAGE)  # raw chunks too
+    sid = new_id()
+    store.commit(sid, dump(tmp_path, bytes(data)), owner=9)
+    again = new_id()
+    store.commit(again, dump(tmp_path, bytes(data)), owner=9)  # every page known
+    for s in (sid, again):
+        out = tmp_path / f"out-{s}"
+        out.mkdir()
+        store.stage_out(s, out, os.getuid(), os.getgid())
+        img = out / "pages-1.img"
+        assert img.read_bytes() == bytes(data)
+        assert img.stat().st_blocks * 512 < len(data) - 150 * PAGE, "zero pages are holes"
