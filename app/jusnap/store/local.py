@@ -430,9 +430,8 @@ class LocalStore:
         """Store a page image; ``where`` (page addresses) and ``parent`` find delta bases."""
         size = 0
         digests: list[bytes] = []
-        for view in _pieces_into(
-            src, READ_PIECE
-        ):  # consumed (hashed, new chunks copied) before the next
+        # Each piece is consumed (hashed, new chunks copied) before the next is read.
+        for view in _pieces_into(src, READ_PIECE):
             chunks = [view[i : i + PAGE] for i in range(0, len(view), PAGE)]
             keys = where[len(digests) : len(digests) + len(chunks)] if where else []
             bases = [parent.get(k) for k in keys] if parent and len(keys) == len(chunks) else None
