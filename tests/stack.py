@@ -121,6 +121,15 @@ class Daemon:
             os.killpg(self.proc.pid, sig)
         self.proc.wait(timeout=30)
 
+    def died_under(self, *args: str) -> None:
+        """Run a CLI request the daemon dies under (a failpoint kills it), then start a new
+        daemon (without the failpoint)."""
+        r = self.cli(*args, timeout=60)
+        assert r.returncode != 0, r.stdout  # the daemon died under the request
+        assert self.proc is not None
+        self.proc.wait(timeout=30)
+        self.start()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.kill(signal.SIGTERM)

@@ -11,13 +11,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
@@ -57,6 +61,34 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Replace ``path`` by ``data`` as JSON, atomically: a temp file (one per thread, so two
+    writers never share it) renamed over it. ``durable``: the file and the rename are fsynced
+    before this returns (a manifest, a hot entry's record)."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        if durable:
+            os.fsync(fh.fileno())
+    tmp.replace(path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def readable_dir(path: Path, gid: int) -> Path:
+    """Make ``path`` (new) root's, readable by group ``gid`` only (0750): images CRIU reads as
+    the kernel's uid through its group, and that the kernel's user cannot change."""
+    path.mkdir(mode=0o750)
+    if os.geteuid() == 0:
+        os.chown(path, 0, gid)
+    path.chmod(0o750)
+    return path
 
 
 def open_nofollow(

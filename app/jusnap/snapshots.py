@@ -55,6 +55,7 @@ from .errors import (
     SnapshotFailed,
     SnapshotNotFound,
 )
+from .fsutil import readable_dir
 from .hooks import HookSet
 from .ids import check_snapshot_id, new_snapshot_id
 from .kernels.channels import (
@@ -982,12 +983,12 @@ class Engine:
                 if want_history and entry.history:
                     history = entry.history / HISTORY_NAME
             else:
-                images = self._readable_dir(scratch / "img", k.run_gid)
+                images = readable_dir(scratch / "img", k.run_gid)
                 self.store.stage_out(snap.id, images, 0, k.run_gid, skip={HISTORY_NAME}, mode=0o440)
                 self._check_staged(k, images)
                 if want_history:
                     self.store.stage_out(
-                        snap.id, self._readable_dir(scratch / "history", k.run_gid), 0,
+                        snap.id, readable_dir(scratch / "history", k.run_gid), 0,
                         k.run_gid, only={HISTORY_NAME}, mode=0o440,
                     )  # fmt: skip
                     history = scratch / "history" / HISTORY_NAME
@@ -995,14 +996,6 @@ class Engine:
         except JusnapError as exc:
             raise _Untouched(exc) from None
         return _Staged(images, history, work, hot=entry is not None, lazy=lazy)
-
-    @staticmethod
-    def _readable_dir(path: Path, gid: int) -> Path:
-        path.mkdir(mode=0o750)
-        if os.geteuid() == 0:
-            os.chown(path, 0, gid)
-        path.chmod(0o750)
-        return path
 
     def _check_staged(self, k: Kernel, images: Path) -> None:
         check = ImageCheck(self._identity(k))

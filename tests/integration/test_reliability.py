@@ -156,11 +156,7 @@ def test_daemon_killed_mid_restore_brings_the_state_back(daemon: Daemon, phase: 
         run_cell(kc, "x = 'current'")
         daemon.stop()
         daemon.start(env={"JUSNAP_FAILPOINT": f"restore:{phase}"})
-        r = daemon.cli("restore", snap["id"], timeout=60)
-        assert r.returncode != 0  # the daemon died under the request
-        assert daemon.proc is not None
-        daemon.proc.wait(timeout=30)
-        daemon.start()
+        daemon.died_under("restore", snap["id"])
         k = json.loads(daemon.cli("--json", "kernels").stdout)[0]
         assert k["status"] == "running", (k, daemon.log.read_text()[-3000:])
         assert k["notice"], k  # the notebook is told what happened

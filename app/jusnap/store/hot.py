@@ -50,7 +50,7 @@ from typing import Any
 import xxhash
 
 from ..errors import RestoreFailed, SnapshotFailed, StoreFull
-from ..fsutil import fsync_dir, open_nofollow
+from ..fsutil import fsync_dir, open_nofollow, readable_dir, write_json
 from ..ids import SNAPSHOT_ID_RE
 from ..untrusted import open_untrusted, open_untrusted_path
 
@@ -139,7 +139,7 @@ class HotTier:
         partial = self.root / f"{PARTIAL}{snapshot_id}"
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            _root_dir(partial, gid)
+            readable_dir(partial, gid)
             img = partial / IMAGES
             _secure(images, gid, file_owner, durable)
             try:
@@ -155,7 +155,9 @@ class HotTier:
                     src = -1
                 if src >= 0:
                     try:
-                        _copy(src, _root_dir(partial / HISTORY, gid) / history.name, gid, durable)
+                        _copy(
+                            src, readable_dir(partial / HISTORY, gid) / history.name, gid, durable
+                        )
                     finally:
                         os.close(src)
             # A cached entry records each file's hash (read back from the page cache, after the
@@ -164,7 +166,7 @@ class HotTier:
             digests = {} if durable else {p.name: _digest(p) for p in img.iterdir()}
             meta = {"pending": True, "boot": self._boot, "durable": durable, "snapshot": None,
                     "xxh3": digests}  # fmt: skip
-            _write_json(partial / META, meta, durable)
+            write_json(partial / META, meta, durable)
             if durable:
                 for d in (img, partial):
                     fsync_dir(d)
@@ -191,7 +193,7 @@ class HotTier:
                 return
             meta = {**e.meta, "snapshot": snapshot, "identity": identity, "pending": pending,
                     "used_at": time.time()}  # fmt: skip
-            _write_json(e.path / META, meta, bool(e.meta.get("durable")))
+            write_json(e.path / META, meta, bool(e.meta.get("durable")))
 
     def committed(self, snapshot_id: str, with_digests: bool = False) -> None:
         """The store holds the entry's snapshot now; ``with_digests``: record the images'
@@ -205,14 +207,14 @@ class HotTier:
         with self._meta_lock:
             e = self.get(snapshot_id)
             if e is not None and e.pending:
-                _write_json(e.path / META, {**e.meta, "pending": False, "xxh3": digests}, False)
+                write_json(e.path / META, {**e.meta, "pending": False, "xxh3": digests}, False)
 
     def touch(self, snapshot_id: str) -> None:
         """The entry was just restored: it is among the last to be dropped."""
         with self._meta_lock:
             e = self.get(snapshot_id)
             if e is not None:
-                _write_json(e.path / META, {**e.meta, "used_at": time.time()}, False)
+                write_json(e.path / META, {**e.meta, "used_at": time.time()}, False)
 
     # ---- reading -------------------------------------------------------------------------
     def get(self, snapshot_id: str) -> HotEntry | None:
@@ -297,14 +299,6 @@ class HotTier:
         return pending
 
 
-def _root_dir(path: Path, gid: int) -> Path:
-    path.mkdir(mode=0o750)
-    if os.geteuid() == 0:
-        os.chown(path, 0, gid)
-    path.chmod(0o750)
-    return path
-
-
 def _secure(images: Path, gid: int, owner: int, durable: bool) -> None:
     """Make a dump directory and its files root's, read-only, with no writer left (``put``)."""
     dfd = os.open(images, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -383,18 +377,3 @@ def _digest(path: Path) -> str:
     finally:
         os.close(fd)
     return h.hexdigest()
-
-
-def _write_json(path: Path, data: dict[str, Any], durable: bool) -> None:
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        if durable:
-            os.fsync(fh.fileno())
-    tmp.replace(path)
-    if durable:
-        fsync_dir(path.parent)

@@ -43,7 +43,7 @@ import xxhash
 
 from ..criu_images import ImageCheck, needs_bytes
 from ..errors import ConfigError, ImageRefused, RestoreFailed, SnapshotFailed, StoreFull
-from ..fsutil import fsync_dir, open_nofollow, pwritev_all, write_all
+from ..fsutil import fsync_dir, open_nofollow, pwritev_all, write_all, write_json
 from ..ids import SNAPSHOT_ID_RE
 from ..untrusted import open_untrusted, open_untrusted_path
 from . import pagemap
@@ -180,16 +180,7 @@ def write_manifest(directory: Path, manifest: Manifest, name: str = MANIFEST) ->
             "new_bytes": manifest.new_bytes,
             "new_page_bytes": manifest.new_page_bytes,
             "files": [f.to_json() for f in manifest.files]}  # fmt: skip
-    tmp = directory / f".{name}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(directory / name)
-    fsync_dir(directory)
+    write_json(directory / name, data)
 
 
 def read_manifest(path: Path) -> Manifest:
