@@ -390,6 +390,9 @@ def usage_text(data: dict[str, Any]) -> str:
             f"  chunk index        {human_size(u['index_bytes'])}  (SQLite, WAL included)",
             f"  on disk            {human_size(u['disk_bytes'])}"
             f"  (garbage {human_size(u['garbage_bytes'])}: jusnap gc)",
+            f"  hot tier           {human_size(u.get('hot_bytes', 0))}"
+            f"  ({u.get('hot_snapshots', 0)} snapshot(s) also kept as plain images"
+            " for fast restores)",
         ]
         if r["max_user_mb"]:
             cap = r["max_user_mb"] * 1024 * 1024

@@ -315,6 +315,11 @@ def test_cli_du_and_gc(daemon: Daemon) -> None:
         assert data["retention"]["keep_auto"] == 50
         (u,) = data["usage"]
         assert u["shared_bytes"] > u["unique_bytes"] and u["compression_ratio"] > 1
+        # The hot tier's plain images: whole images, counted apart from the store's bytes.
+        hot = [p for p in (daemon.state_dir / "hot").glob("*/*/*") if p.is_file()]
+        assert u["hot_snapshots"] == 2 and u["hot_bytes"] >= u["logical_bytes"] * 0.9
+        assert u["hot_bytes"] == sum(p.stat().st_blocks * 512 for p in hot)
+        assert "hot tier" in r.stdout and "2 snapshot(s) also kept as plain images" in r.stdout
         snaps = json.loads(daemon.cli("--json", "snapshots", info["id"]).stdout)
         assert daemon.cli("rm", snaps[0]["id"]).returncode == 0
         r = daemon.cli("--json", "gc")

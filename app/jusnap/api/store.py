@@ -56,6 +56,12 @@ class UsageOut(Schema):
     compression_ratio = Float(allow_none=True)
     dedup_ratio = Float(allow_none=True)
     per_snapshot = List(Nested(SnapshotUsageOut))
+    hot_snapshots = Integer(
+        metadata={"description": "snapshots also kept as plain images for fast restores"}
+    )
+    hot_bytes = Integer(
+        metadata={"description": "bytes on disk of those plain images (not in disk_bytes)"}
+    )
 
 
 class StoreOut(Schema):
@@ -118,7 +124,8 @@ ERRORS = errors()  # documented auth errors; bodies are ErrorOut (HTTP_ERROR_SCH
 def store_usage() -> dict[str, Any]:
     storage = engine().storage
     engine().wait_stored(identity().owner)  # snapshots still being stored count too
-    return {"retention": storage.public_settings(), "usage": storage.usage(identity().owner)}
+    usage = storage.usage(identity().owner, engine().hot)
+    return {"retention": storage.public_settings(), "usage": usage}
 
 
 @bp.post("/gc")

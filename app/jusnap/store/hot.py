@@ -252,6 +252,24 @@ class HotTier:
         dirs = [e.images] + ([e.history] if e.history else [])
         return sum(p.stat().st_size for d in dirs for p in d.iterdir() if p.is_file())
 
+    def usage(self) -> dict[int, tuple[int, int]]:
+        """Per owner uid: (entries, bytes on disk) of the hot tier, for ``jusnap du``. Each
+        entry is a whole plain image (no dedup, no compression): a 1 GB kernel keeps ~1 GB
+        here per entry on top of what the store needs."""
+        out: dict[int, tuple[int, int]] = {}
+        for e in self.entries():
+            try:
+                owner = int(e.snapshot.get("owner_uid", -1))
+                dirs = [e.images] + ([e.history] if e.history else [])
+                used = sum(
+                    p.lstat().st_blocks * 512 for d in dirs for p in d.iterdir() if p.is_file()
+                )
+            except (OSError, TypeError, ValueError):
+                continue  # dropped meanwhile (trimming), or a record being rewritten
+            n, total = out.get(owner, (0, 0))
+            out[owner] = (n + 1, total + used)
+        return out
+
     # ---- removal -------------------------------------------------------------------------
     def drop(self, snapshot_id: str) -> None:
         path = self._dir(snapshot_id)

@@ -18,6 +18,7 @@ from ..errors import QuotaExceeded
 from ..registry import Registry, Snapshot
 from . import gc as gc_mod
 from . import retention
+from .hot import HotTier
 from .local import LocalStore
 from .migrate import migrate
 from .usage import references, usage
@@ -117,8 +118,13 @@ class StoreService:
         """
         return [o for o in self.store.owners() if owner is None or o == owner]
 
-    def usage(self, owner: int | None) -> list[dict[str, Any]]:
-        return [usage(self.store, o) for o in self.owners(owner)]
+    def usage(self, owner: int | None, hot: HotTier | None = None) -> list[dict[str, Any]]:
+        """``jusnap du`` per owner; ``hot``: with the plain images the hot tier keeps."""
+        out = [usage(self.store, o) for o in self.owners(owner)]
+        kept = hot.usage() if hot is not None else {}
+        for u in out:
+            u["hot_snapshots"], u["hot_bytes"] = kept.get(u["owner_uid"], (0, 0))
+        return out
 
     def gc(self, owner: int | None, verify: bool = False) -> list[dict[str, Any]]:
         """Collect now, everything unreferenced (``gc_mod.FULL``); verify first if asked, so
