@@ -100,6 +100,10 @@ class Phases:
         self.wrap(snapshots_mod, "wait_for_peers", "peers")
         self.wrap(engine.hot, "put", during("hot_put"))
         self.wrap(engine.hot, "verify", "hot_verify")
+        if hasattr(engine, "_state_held_by"):  # does the newest snapshot hold the state?
+            self.wrap(engine, "_state_held_by", during("held_check"))
+        self.wrap(engine.registry, "begin_restore", "journal")
+        self.wrap(engine.kernels, "unwatch", "unwatch")
 
     def take(self, t0: float, settle: float = 0.0) -> dict[str, float]:
         """Seconds per phase since ``t0`` (summed when a phase ran more than once); waits
@@ -363,7 +367,7 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RESTORE_PHASES = ("pre_dump", "pre_hot_put", "pre_commit", "stage", "hot_verify", "check", "stop",
+RESTORE_PHASES = ("pre_held_check", "journal", "unwatch", "pre_dump", "pre_hot_put", "pre_commit", "stage", "hot_verify", "check", "stop",
                   "criu_restore", "handshake", "peers", "kernel_down")  # fmt: skip
 SNAPSHOT_PHASES = ("dump", "hot_put", "commit")
 

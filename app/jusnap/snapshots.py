@@ -1012,7 +1012,7 @@ class Engine:
         their subscription is back would publish its output to nobody.
         """
         failpoints.reached("restore:before-stop")
-        self.kernels.unwatch(k)
+        self.kernels.unwatch(k, wait=False)  # its thread ends within 0.2 s, the kernel stops
         self.supervisor.stop(k)
         failpoints.reached("restore:kernel-stopped")
         restored_pid: int | None = None

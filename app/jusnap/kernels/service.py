@@ -110,10 +110,10 @@ class KernelService:
             ping_control(m.conn)
         return m.window(start, end, settle=1.0)
 
-    def unwatch(self, k: Kernel) -> None:
+    def unwatch(self, k: Kernel, wait: bool = True) -> None:
         old = self._monitors.pop(k.id, None)
         if old:
-            old.stop()
+            old.stop(wait)
 
     # ---- life cycle ----------------------------------------------------------------------------
     def launch(self, owner_uid: int, **options: Any) -> Kernel:
