@@ -270,6 +270,7 @@ def test_staged_images_are_out_of_the_kernel_users_reach(
         real_check(k, images)
 
     engine._check_staged = attack_then_check  # type: ignore[method-assign]
+    kernel.run("changed = True")  # a state no snapshot holds: the restore dumps it first
     engine.restore(snap.id)
     kernel.after_restore()
     assert untouched == [True, True]  # the pre-restore copy's images, then the target's
