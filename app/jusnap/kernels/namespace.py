@@ -94,6 +94,37 @@ def same_user_ns(pid: int) -> bool:
         return False
 
 
+def external_log_keys(pid: int, log_path: Path) -> list[str]:
+    """CRIU's ``file[<mnt_id>:<inode>]`` keys of every descriptor of the kernel's log held in
+    ``pid``'s PID namespace, to dump them as external files and hand the log back on restore
+    (``--inherit-fd``) whatever mount they were opened on (the launcher's namespace, or the
+    daemon's for a restored kernel), and into whichever kernel the snapshot is restored.
+    Read from /proc as root: nothing the kernel's user writes."""
+    try:
+        want = log_path.stat()
+        ns = Path(f"/proc/{pid}/ns/pid").readlink()
+    except OSError:
+        return []
+    keys: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "ns" / "pid").readlink() != ns:
+                continue
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    st = fd.stat()
+                    if (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
+                        continue
+                    info = (entry / "fdinfo" / fd.name).read_text()
+                    mnt = next(
+                        ln.split()[1] for ln in info.splitlines() if ln.startswith("mnt_id:")
+                    )
+                    keys.add(f"file[{int(mnt):x}:{st.st_ino:x}]")
+    return sorted(keys)
+
+
 def launch(
     reaper: Reaper,
     argv: Sequence[str],
@@ -155,4 +186,12 @@ def _not_ours(pid: int, uid: int) -> str | None:
     return None
 
 
-__all__ = ["is_namespace_init", "launch", "nspid", "same_user_ns", "unreachable", "wanted"]
+__all__ = [
+    "external_log_keys",
+    "is_namespace_init",
+    "launch",
+    "nspid",
+    "same_user_ns",
+    "unreachable",
+    "wanted",
+]

@@ -109,9 +109,13 @@ def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
     os.closerange(errpipe + 1, os.sysconf("SC_OPEN_MAX"))
     _trim_tree()
     null = os.open("/dev/null", os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY)
-    if not stat.S_ISREG(os.fstat(out).st_mode):
+    checked = os.open(log, os.O_PATH | os.O_NOFOLLOW)  # never through a link
+    if not stat.S_ISREG(os.fstat(checked).st_mode):
         raise OSError(0, f"{log} is not a regular file")
+    # Reopened through the checked descriptor, so that the open flags CRIU records (and
+    # applies when it reopens the file on restore, through /proc/self/fd) hold no O_NOFOLLOW.
+    out = os.open(f"/proc/self/fd/{checked}", os.O_WRONLY | os.O_APPEND | os.O_NOCTTY)
+    os.close(checked)
     for fd, target in ((null, 0), (out, 1), (out, 2)):
         os.dup2(fd, target)
     os.close(null)

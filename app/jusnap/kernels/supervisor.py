@@ -420,12 +420,24 @@ class Supervisor:
         process in it."""
         if k.pid is not None and self.alive(k):
             if namespace.is_namespace_init(k.pid):
-                with contextlib.suppress(Exception):  # a kernel that does not answer: killed
-                    request_shutdown(k.connection, timeout=min(grace, 1.0))
+                self._ask_to_exit(k, grace)
             else:
                 kill_tree(k.pid, k.started, signal.SIGTERM)
-            self.reaper.wait_gone(k.pid, k.started, grace)
+                self.reaper.wait_gone(k.pid, k.started, grace)
         self.stop(k)
+
+    def _ask_to_exit(self, k: Kernel, grace: float) -> None:
+        """``shutdown_request`` until the kernel acknowledges it (a request whose connection
+        was not up within a second is dropped with the socket), then wait for its exit."""
+        assert k.pid is not None
+        deadline = time.monotonic() + grace
+        acked = False
+        while (left := deadline - time.monotonic()) > 0:
+            if not acked:
+                with contextlib.suppress(Exception):  # a kernel that never answers: killed
+                    acked = request_shutdown(k.connection, timeout=min(left, 1.0))
+            if self.reaper.wait_gone(k.pid, k.started, min(max(left, 0.0), 0.5)):
+                return
 
     def remove(self, k: Kernel) -> None:
         self.stop(k)
