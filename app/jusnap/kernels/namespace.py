@@ -84,6 +84,18 @@ def is_namespace_init(pid: int) -> bool:
     return ids is not None and len(ids) == 2 and ids[1] == 1
 
 
+def pid_namespace(pid: int | None) -> int | None:
+    """The inode of the PID namespace ``pid`` is the init of (None: not a namespaced kernel).
+    The kernel sees the same number (``os.stat("/proc/self/ns/pid").st_ino``), whereas its
+    own PID inside is 1: the IPython extension finds its kernel record by it."""
+    if pid is None or not is_namespace_init(pid):
+        return None
+    try:
+        return Path(f"/proc/{pid}/ns/pid").stat().st_ino
+    except OSError:
+        return None
+
+
 def same_user_ns(pid: int) -> bool:
     """``pid`` is in our user namespace: a PID namespace it sits in was then made by a
     holder of CAP_SYS_ADMIN here (the launcher or CRIU), not by the kernel's user inside a
