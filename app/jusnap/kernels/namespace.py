@@ -14,6 +14,7 @@ the kernel), PID 1 inside, the kernel's uid.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -154,17 +155,17 @@ def launch(
     p = reaper.spawn(
         cmd,
         None,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
         cwd="/",
-        env=env,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # root's; the kernel's goes on stdin
     )
     try:
         try:
-            out, err = p.communicate(timeout=LAUNCH_TIMEOUT)
+            out, err = p.communicate(json.dumps(env).encode(), timeout=LAUNCH_TIMEOUT)
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()

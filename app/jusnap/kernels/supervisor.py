@@ -362,8 +362,11 @@ class Supervisor:
         if not namespace.wanted(setting) or k.run_uid == 0:
             return ""
         program = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        # The daemon's socket too: the IPython extension asks for automatic snapshots there
+        # (where /run is a tmpfs of its own, a namespaced kernel would not see it).
+        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
         why = namespace.unreachable(
-            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id))]
+            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id)), socket_dir]
         )
         state = os.path.realpath(self.settings.state_dir)
         if not why and (state == "/tmp" or state.startswith("/tmp/")):
