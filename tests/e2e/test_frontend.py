@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import Stack
 from tests.e2e.ui import NotebookUI
+from tests.helpers import wait_until
 
 CELLS = [
     "x = 41\ny = 'before'\nprint('set', x, y)",
@@ -127,8 +128,24 @@ def test_auto_snapshot_toggle(app: str, stack: Stack, page: Page, shot: Shot) ->
     expect(ui.toolbar_auto).to_have_text("auto: on")
     expect(ui.panel.locator(".jp-JusnapPanel-autoToggle")).to_be_checked()
     ui.run_cell(1)
-    expect(ui.item_of("auto")).to_have_count(1, timeout=30_000)
-    expect(ui.item_of("auto").first.locator(".jp-JusnapPanel-exec")).to_have_text("[2]")
+    expect(ui.item_of("auto").first.locator(".jp-JusnapPanel-exec")).to_have_text(
+        "[2]", timeout=30_000
+    )
+    # A dump that saw the frontend talk to the kernel is kept unnumbered, and a trailing
+    # snapshot (the "[2]" one) follows it: count them once nothing is pending any more.
+    kid = kernel_of(stack, nb)
+    wait_until(
+        lambda: stack.jupyter.jusnap("GET", f"kernels/{kid}/auto", expect=200)["pending_at"]
+        is None,
+        30,
+        0.2,
+        "no pending automatic snapshot",
+    )
+    ui.menu("Refresh Snapshot List")
+    autos = stack.jupyter.jusnap("GET", f"kernels/{kid}/snapshots", expect=200)
+    assert autos and autos[0]["execution_count"] == 2, autos
+    assert {s["execution_count"] for s in autos} <= {2, None}, autos
+    expect(ui.item_of("auto")).to_have_count(len(autos))
     shot(ui.panel, f"{app}-panel-auto")
 
     # Off again (from the panel's checkbox): no more.
@@ -137,7 +154,8 @@ def test_auto_snapshot_toggle(app: str, stack: Stack, page: Page, shot: Shot) ->
     ui.run_cell(2)
     time.sleep(5)
     ui.menu("Refresh Snapshot List")
-    expect(ui.item_of("auto")).to_have_count(1)
+    expect(ui.item_of("auto")).to_have_count(len(autos))
+    assert len(stack.jupyter.jusnap("GET", f"kernels/{kid}/snapshots", expect=200)) == len(autos)
 
 
 def test_api_error_shows_notification(
