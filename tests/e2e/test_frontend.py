@@ -135,8 +135,9 @@ def test_auto_snapshot_toggle(app: str, stack: Stack, page: Page, shot: Shot) ->
     # snapshot (the "[2]" one) follows it: count them once nothing is pending any more.
     kid = kernel_of(stack, nb)
     wait_until(
-        lambda: stack.jupyter.jusnap("GET", f"kernels/{kid}/auto", expect=200)["pending_at"]
-        is None,
+        lambda: (
+            stack.jupyter.jusnap("GET", f"kernels/{kid}/auto", expect=200)["pending_at"] is None
+        ),
         30,
         0.2,
         "no pending automatic snapshot",
