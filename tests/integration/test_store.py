@@ -153,6 +153,10 @@ def test_retention_keeps_what_it_promises(make_settings) -> None:
         assert r.pre_restore is not None and r.pre_restore.trigger == "pre-restore"
         e.settings.jusnap.store.pre_restore_ttl = 0  # type: ignore[assignment]
         time.sleep(0.05)
+        # The safety copy is stored in the background, under the kernel's lock: an automatic
+        # snapshot that came now would be skipped ("another operation is running").
+        e.wait_stored()
+        wait_until(lambda: e.locks.current(ks.id) is None, 30, what="the kernel's lock free")
         newest = _snap(e, ks, trigger="auto")
         left = {s.id for s in e.list_snapshots(ks.id)}
         assert r.pre_restore.id not in left
