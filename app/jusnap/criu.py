@@ -52,7 +52,10 @@ RESTORE_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap")
 # "Can't fork for 1: Operation not permitted", "Can't restore mntns back"). What keeps these
 # from the kernel's user is in docs/security.md.
 NS_RESTORE_CAPS = (*RESTORE_CAPS, "sys_admin", "sys_chroot")
-NS_DUMP_ARGS = ("--external", "mnt[/dev]:dev")
+# Its /dev/shm (the kernel's own directory, bound by the launcher) is external too, by key
+# only: a restore binds the restoring kernel's own directory there (``shm`` argument), never
+# a path read from the images.
+NS_DUMP_ARGS = ("--external", "mnt[/dev]:dev", "--external", "mnt[/dev/shm]:shm")
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 # Run by root in a private mount namespace (``unshare --mount``) around a namespaced restore:
 # CRIU gets a /tmp of its own (it mkdtemp()s and bind-mounts /tmp/cr-tmpfs.XXXXXX there while
@@ -190,6 +193,7 @@ class Criu:
         lazy: bool = False,
         inherit: Sequence[tuple[int, str]] = (),
         namespaced: bool = False,
+        shm: Path | None = None,
     ) -> CriuResult:
         """Restore detached. Raises RestoreFailed.
 
@@ -202,6 +206,7 @@ class Criu:
         ``lazy``: pages come from a ``lazy_pages`` server already started on ``images_dir``.
         ``inherit``: (descriptor, file name as CRIU records it) pairs: the restored process
         gets the daemon's descriptor instead of CRIU opening (and size-checking) that file.
+        ``shm``: the restoring kernel's own /dev/shm directory (namespaced only).
         """
         argv = [
             self.binary, "restore", "-D", str(images_dir), "-W", str(work_dir),
@@ -216,6 +221,8 @@ class Criu:
         caps = RESTORE_CAPS
         if namespaced:
             argv += [f"--root={NS_ROOT}", "--external", "mnt[dev]:/dev", "--pidfile", NS_PIDFILE]
+            if shm is not None:
+                argv += ["--external", f"mnt[shm]:{shm}"]
             caps = NS_RESTORE_CAPS
         t0 = time.monotonic()
         if namespaced and os.geteuid() == 0:

@@ -21,12 +21,14 @@ message field is merged, the last scalar wins, repeated scalars may come packed 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import ImageRefused
+from .ids import KERNEL_ID_RE
 
 IMG_COMMON_MAGIC = 0x54564319
 IMG_SERVICE_MAGIC = 0x55105940
@@ -69,6 +71,7 @@ _MNT_ROOT, _MNT_POINT, _MNT_SOURCE, _MNT_OPTIONS = 6, 7, 8, 9
 _MNT_SHARED, _MNT_MASTER, _MNT_SB_FLAGS, _MNT_EXT_KEY = 10, 11, 17, 18
 _MNT_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 17, 18}  # plugin, external, fsname, ...: no
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RELATIME = 0x2, 0x4, 0x8, 0x200000
+SHM = "/dev/shm"
 # CRIU's fstype numbers (images/mnt.proto): 0 = a file system CRIU does not know (the root,
 # bound from --root), 1 = proc, 3 = devtmpfs.
 FSTYPE_AUTO, FSTYPE_PROC, FSTYPE_DEVTMPFS = 0, 1, 3
@@ -271,24 +274,35 @@ def _ms_flags(statvfs_flags: int) -> int:
     return sum(ms for st, ms in st_to_ms.items() if statvfs_flags & st)
 
 
-def launcher_tree() -> tuple[MountEntry, ...]:
+def launcher_tree(shm_parent: str | None = None) -> tuple[MountEntry, ...]:
     """The tree ``kernels/nsinit.py`` gives a namespaced kernel on this host: ``/`` (the
     host's root file system, remounted nosuid), ``/dev`` (the host's devtmpfs, external key
-    ``dev``), and a ``/proc`` of the namespace (nosuid, nodev, noexec)."""
+    ``dev``), ``/dev/shm`` (a kernel's own directory under ``shm_parent``, bound nosuid,nodev,
+    external key ``shm``; its root is any kernel's directory there: CRIU binds the restoring
+    kernel's own one instead, never this path) and a ``/proc`` of the namespace (nosuid,
+    nodev, noexec)."""
     import os
 
     with open("/proc/self/mountinfo") as fh:
         # The last "/" listed is the one on top (the root the kernel and CRIU see).
-        roots = [ln.split(" - ", 1)[1].split()[1] for ln in fh
-                 if ln.split()[4] == "/" and " - " in ln]  # fmt: skip
-    source = roots[-1] if roots else ""
+        tops = [ln.split() for ln in fh if ln.split()[4] == "/" and " - " in ln]
+    source = tops[-1][tops[-1].index("-") + 2] if tops else ""
+    fs_root = tops[-1][3] if tops else "/"
+    root_flags = _ms_flags(os.statvfs("/").f_flag) | MS_NOSUID
     dev_flags = _ms_flags(os.statvfs("/dev").f_flag)
     proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
-    return (
-        MountEntry("/", FSTYPE_AUTO, _ms_flags(os.statvfs("/").f_flag) | MS_NOSUID, source),
+    tree = [
+        MountEntry("/", FSTYPE_AUTO, root_flags, source),
         MountEntry("/dev", FSTYPE_DEVTMPFS, dev_flags, "devtmpfs", ext_key="dev"),
         MountEntry("/proc", FSTYPE_PROC, proc_flags, "proc", options=""),
-    )
+    ]
+    if shm_parent is not None:
+        # The directory's path inside the root file system, as CRIU records a bind's root.
+        inside = f"{fs_root.rstrip('/')}{os.path.realpath(shm_parent)}/"
+        # On / (a namespaced launch needs the state directory there): /'s flags, and nodev.
+        flags = root_flags | MS_NODEV
+        tree.insert(2, MountEntry(SHM, FSTYPE_AUTO, flags, source, inside, ext_key="shm"))
+    return tuple(tree)
 
 
 def _string(msg: Message, num: int) -> str | None:
@@ -319,6 +333,8 @@ def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> N
             _string(m, _MNT_SOURCE) or "", _string(m, _MNT_ROOT) or "",
             _string(m, _MNT_EXT_KEY), None if e.options is None else _string(m, _MNT_OPTIONS),
         )  # fmt: skip
+        if point == SHM and _is_kernel_dir(got.root, e.root):
+            got = dataclasses.replace(got, root=e.root)  # any kernel's own directory
         if got != e:
             diff = [f"{f}={getattr(got, f)!r} (want {getattr(e, f)!r})"
                     for f in ("fstype", "flags", "source", "root", "ext_key", "options")
@@ -329,12 +345,18 @@ def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> N
             if m.scalar(num):
                 raise _refuse(name, f"mount {point} has {what} set; the launcher's are private")
         seen[point] = (m.scalar(_MNT_ID) or 0, m.scalar(_MNT_PARENT) or 0)
-    if set(seen) != set(want):
-        raise _refuse(name, f"mounts {sorted(set(want) - set(seen))} are missing")
-    root_id = seen["/"][0]
+    # /dev/shm may be absent: a snapshot from before the launcher bound it.
+    if set(seen) | {SHM} != set(want) | {SHM}:
+        raise _refuse(name, f"mounts {sorted(set(want) - set(seen) - {SHM})} are missing")
     for point, (_mnt_id, parent) in seen.items():
-        if point != "/" and parent != root_id:
-            raise _refuse(name, f"mount {point} does not hang on /")
+        on = "/dev" if point == SHM else "/"
+        if point != "/" and parent != seen[on][0]:
+            raise _refuse(name, f"mount {point} does not hang on {on}")
+
+
+def _is_kernel_dir(root: str, parent: str) -> bool:
+    """Whether a bind's root is a kernel's directory right under ``parent`` (ends in /)."""
+    return root.startswith(parent) and bool(KERNEL_ID_RE.match(root[len(parent) :]))
 
 
 _REG, _FILE_REG, _REG_NAME, _REG_EXT = 1, 3, 6, 9

@@ -40,7 +40,14 @@ from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
 from .criu import Criu, CriuResult
-from .criu_images import EXTERNAL_FILE, Identity, ImageCheck, external_files, needs_bytes
+from .criu_images import (
+    EXTERNAL_FILE,
+    Identity,
+    ImageCheck,
+    external_files,
+    launcher_tree,
+    needs_bytes,
+)
 from .errors import (
     Busy,
     Forbidden,
@@ -577,7 +584,7 @@ class Engine:
             # bytes that both the store and the hot tier keep, before the snapshot is recorded.
             snap.size_bytes = self.store.commit(
                 snap.id, entry.images, self._hot_extra(entry), owner=k.owner_uid,
-                check=ImageCheck(self._identity(k)), file_owner=os.geteuid(),
+                check=self._image_check(self._identity(k)), file_owner=os.geteuid(),
             )  # fmt: skip
             try:
                 self.registry.add_snapshot(snap)
@@ -732,7 +739,7 @@ class Engine:
             if not self.store.exists(snap.id):
                 self.store.commit(
                     snap.id, entry.images, self._hot_extra(entry), owner=snap.owner_uid,
-                    check=ImageCheck(identity), file_owner=os.geteuid(),
+                    check=self._image_check(identity), file_owner=os.geteuid(),
                 )  # fmt: skip
         except (ImageRefused, KeyError, TypeError, ValueError) as exc:
             why = exc.message if isinstance(exc, JusnapError) else f"bad record ({exc})"
@@ -1047,9 +1054,13 @@ class Engine:
             raise _Untouched(exc) from None
         return _Staged(images, history, work, entry is not None, lazy, namespaced)
 
+    def _image_check(self, who: Identity) -> ImageCheck:
+        """A check of a dump whose namespaced tree may bind a kernel's own /dev/shm."""
+        return ImageCheck(who, launcher_tree(str(self.supervisor.shm_dir("-").parent)))
+
     def _check_staged(self, k: Kernel, images: Path) -> bool:
         """Check a dump's images; returns whether they hold a namespaced kernel."""
-        check = ImageCheck(self._identity(k))
+        check = self._image_check(self._identity(k))
         for path in sorted(images.iterdir()):
             check.feed(path.name, path.read_bytes() if needs_bytes(path.name) else None)
         check.done()
@@ -1157,12 +1168,15 @@ class Engine:
         this kernel's log; the images may name no other external file.
         """
         logs = self.supervisor.logs
+        # A namespaced kernel's /dev/shm comes back bound from this kernel's own directory.
+        shm = self.supervisor.prepare_shm(k) if namespaced else None
         if namespaced:
             keys = external_files((images / "files.img").read_bytes())
             if not all(EXTERNAL_FILE.match(key) for key in keys):
                 raise RestoreFailed("restore failed: the snapshot names external files it may not")
             if not keys:  # a kernel that closed its stdio: nothing to hand over
-                return self.criu.restore(images, work, self.supervisor.creds(k), lazy, (), True)
+                creds = self.supervisor.creds(k)
+                return self.criu.restore(images, work, creds, lazy, (), True, shm)
         else:
             keys = [logs.criu_key(snap.kernel_id), logs.criu_key(k.id)]
         keys = list(dict.fromkeys(keys))
@@ -1172,7 +1186,7 @@ class Engine:
         try:
             inherit = list(zip(fds, keys, strict=True))
             result = self.criu.restore(
-                images, work, self.supervisor.creds(k), lazy, inherit, namespaced=namespaced
+                images, work, self.supervisor.creds(k), lazy, inherit, namespaced, shm
             )
         finally:
             for f in fds:

@@ -53,7 +53,7 @@ def test_kernel_is_pid_1_of_its_own_namespaces(
     assert kernel.value("status['Uid'].split()") == repr([str(kernel_user.pw_uid)] * 4)
     for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert kernel.value(f"int(status[{cap!r}], 16)") == "0", cap
-    assert kernel.value("sorted(m for m, _ in mounts)") == "['/', '/dev', '/proc']"
+    assert kernel.value("sorted(m for m, _ in mounts)") == "['/', '/dev', '/dev/shm', '/proc']"
     assert "nosuid" in kernel.value("dict(mounts)['/']")
     # Its stdio was opened inside its mount namespace (else no dump): the log works.
     kernel.run("print('to the log', flush=True)")
@@ -214,23 +214,36 @@ def test_namespaced_kernel_interrupts_and_shuts_down_politely(
     assert elapsed < 5, f"shutdown took {elapsed:.1f}s: the polite request was not heard"
 
 
-def test_multiprocessing_in_a_namespaced_kernel(kernel: KernelSession) -> None:
-    """/dev/shm is not in the minimal tree: POSIX semaphores (multiprocessing's locks) and
-    shared memory are unavailable; what works and what does not is pinned here (and said in
-    docs/security.md)."""
+def test_multiprocessing_in_a_namespaced_kernel_survives_snapshot_and_restore(
+    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd
+) -> None:
+    """The kernel's own /dev/shm (a directory of its uid, bound nosuid,nodev): a Pool works,
+    a snapshot taken while it lives (its workers and semaphores in the dump) restores, and
+    both that Pool and a new one work in the restored kernel."""
+    shm = engine.supervisor.shm_dir(kernel.id)
+    assert shm.stat().st_uid == kernel_user.pw_uid and shm.stat().st_mode & 0o777 == 0o700
+    assert shm.parent.stat().st_uid == 0 and shm.parent.stat().st_mode & 0o777 == 0o711
+    kernel.run(
+        "import multiprocessing as mp, os\n"
+        "pool = mp.get_context('fork').Pool(2)\n"
+        "opts = {l.split()[4]: l.split()[5] for l in open('/proc/self/mountinfo')}['/dev/shm']\n"
+        "open('/dev/shm/kept', 'w').write('data in shm')\n"
+    )
+    assert kernel.value("pool.map(abs, [-1, -2, -3])") == "[1, 2, 3]"
+    assert {"nosuid", "nodev"} <= set(kernel.value("opts").strip("'").split(","))
+    assert (shm / "kept").read_text() == "data in shm"  # the kernel's own directory
+    snap = _snap(engine, kernel)
+    kernel.run("del pool")
+    engine.restore(snap.id)
+    kernel.after_restore()
+    assert kernel.value("pool.map(abs, [-4, -5])") == "[4, 5]"  # the dumped Pool, alive
+    assert kernel.value("open('/dev/shm/kept').read()") == "'data in shm'"
     out = run_cell(
         kernel.client,
-        "import multiprocessing as mp, os\n"
-        "try:\n"
-        "    with mp.get_context('fork').Pool(2) as pool:\n"
-        "        print('pool', pool.map(abs, [-1, -2, -3]))\n"
-        "except Exception as exc:\n"
-        "    print('pool failed', type(exc).__name__, exc)\n"
-        "print('shm', os.access('/dev/shm', os.W_OK))\n",
+        "with mp.get_context('spawn').Pool(2) as p2:\n    print('new', p2.map(abs, [-6]))\n",
     )
-    # The empty /dev/shm directory of / (root's, 0755) is all there is: no POSIX semaphore.
-    assert "shm False" in out, out
-    assert "pool failed PermissionError" in out, out
+    assert "new [6]" in out, out
+    kernel.run("pool.terminate()")
 
 
 def test_a_launch_requests_environment_never_reaches_root(

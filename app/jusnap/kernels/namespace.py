@@ -1,7 +1,8 @@
 """Kernels in their own PID + mount namespace: when, how they are launched, how to tell.
 
 A namespaced kernel is PID 1 of a PID namespace of its own, in a mount namespace whose tree
-is only ``/`` (nosuid there), ``/dev`` (the host's, external to CRIU) and the namespace's
+is only ``/`` (nosuid there), ``/dev`` (the host's, external to CRIU), ``/dev/shm`` (the
+kernel's own directory, external to CRIU: ``Supervisor.shm_dir``) and the namespace's
 ``/proc``; it runs with no_new_privs, its uid, gid and groups, and no capability. Every
 restored copy is PID 1 of a fresh namespace, so a restore never needs the dumped PID to be
 free (docs/fork-design.md measures the recipe; ``nsinit.py`` is the root-side launcher).
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from ..errors import JusnapError
 from ..proc import Creds, Reaper, uids
-from .nsinit import TREE, mountpoints
+from .nsinit import mountpoints
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def unreachable(paths: Sequence[str]) -> str | None:
     for p in paths:
         real = os.path.realpath(p)
         mp = _mount_of(real, points)
-        if mp not in TREE or mp == "/proc":
+        if mp not in ("/", "/dev"):  # the host's /dev/shm and /proc are not the kernel's
             return f"{p} is on the mount {mp}, which a namespaced kernel does not see"
     return None
 
@@ -182,13 +183,14 @@ def launch(
     argv: Sequence[str],
     creds: Creds,
     log_path: Path,
+    shm: Path,
     cwds: Sequence[str],
     env: dict[str, str],
 ) -> int:
     """Start ``argv`` as the namespace's PID 1; return its outer PID (a child of ours)."""
     cmd = [
         sys.executable, "-I", str(NSINIT), str(creds.uid), str(creds.gid),
-        ",".join(str(g) for g in creds.groups), str(log_path),
+        ",".join(str(g) for g in creds.groups), str(log_path), str(shm),
         ":".join(c for c in cwds if ":" not in c), "--", *argv,
     ]  # fmt: skip
     p = reaper.spawn(

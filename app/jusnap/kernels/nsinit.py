@@ -22,7 +22,7 @@ What it does (docs/fork-design.md, "Recommended design", measured to dump and re
    kernel is then re-parented to the daemon, a child subreaper, which read the PID from this
    root process's stdout, never from a file the kernel's user can write.
 
-Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG CWD[:CWD...] -- ARGV...
+Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG SHM CWD[:CWD...] -- ARGV...
 with the kernel's environment as a JSON object on stdin (this root process runs with an
 empty one, and ``python -I``: nothing the launch request names reaches root).
 """
@@ -46,7 +46,11 @@ PR_SET_NO_NEW_PRIVS = 38
 _ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME,
              2048: MS_NODIRATIME, 4096: MS_RELATIME}  # fmt: skip
 #: The mount tree a namespaced kernel sees, and the only one its snapshots may carry.
-TREE = ("/", "/dev", "/proc")
+TREE = ("/", "/dev", "/dev/shm", "/proc")
+#: Where the kernel's own /dev/shm comes from: a directory of the kernel's uid (mode 0700)
+#: under a root-owned 0711 parent in the state directory, bound nosuid,nodev (CRIU: external
+#: mount ``shm``, bound back from the restoring kernel's own directory).
+SHM = "/dev/shm"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -98,18 +102,45 @@ def _trim_tree() -> None:
         if os.statvfs("/").f_flag & bit:
             keep |= ms
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_NOSUID | keep)
+
+
+def _bind_shm(shm: str, uid: int) -> None:
+    """Bind the kernel's own shm directory at /dev/shm: non-recursive, nosuid, nodev.
+
+    The directory is checked through an ``O_PATH|O_NOFOLLOW`` descriptor (a directory of the
+    kernel's uid, not a link) and bound through that descriptor, so a name the user could
+    swap is never followed by root (its root-owned parent already forbids the swap).
+    """
+    fd = os.open(shm, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            raise OSError(0, f"{shm} is not a directory of uid {uid}")
+        _mount(f"/proc/self/fd/{fd}", SHM, None, MS_BIND)
+    finally:
+        os.close(fd)
+    keep = 0
+    for bit, ms in _ST_TO_MS.items():
+        if os.statvfs(SHM).f_flag & bit:
+            keep |= ms
+    _mount(None, SHM, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (keep & ~MS_RDONLY))
+
+
+def _check_tree() -> None:
     left = sorted(mountpoints())
     if left != sorted(TREE):
         raise OSError(0, f"mount tree is {left}, not {sorted(TREE)}")
 
 
-def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
+def _child(uid: int, gid: int, groups: list[int], log: str, shm: str, cwds: list[str],
            argv: list[str], env: dict[str, str], errpipe: int) -> None:  # fmt: skip
     # Nothing opened outside the kernel's mount namespace may reach it (CRIU could not dump
     # it: "Can't lookup mount"); the error pipe closes itself at exec.
     os.closerange(3, errpipe)
     os.closerange(errpipe + 1, os.sysconf("SC_OPEN_MAX"))
     _trim_tree()
+    _bind_shm(shm, uid)
+    _check_tree()
     null = os.open("/dev/null", os.O_RDONLY)
     checked = os.open(log, os.O_PATH | os.O_NOFOLLOW)  # never through a link
     if not stat.S_ISREG(os.fstat(checked).st_mode):
@@ -141,13 +172,13 @@ def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
 def main(args: list[str]) -> int:
     try:
         sep = args.index("--")
-        uid_s, gid_s, groups_s, log, cwds_s = args[:sep]
+        uid_s, gid_s, groups_s, log, shm, cwds_s = args[:sep]
         argv = args[sep + 1 :]
         uid, gid = int(uid_s), int(gid_s)
         groups = [int(g) for g in groups_s.split(",") if g]
         cwds = [c for c in cwds_s.split(":") if c]
     except ValueError:
-        print("error: usage: nsinit.py UID GID GROUPS LOG CWDS -- ARGV...", flush=True)
+        print("error: usage: nsinit.py UID GID GROUPS LOG SHM CWDS -- ARGV...", flush=True)
         return 2
     try:
         # The kernel's environment comes on stdin, never as this root process's own: it
@@ -174,7 +205,7 @@ def main(args: list[str]) -> int:
     if pid == 0:
         os.close(r)
         try:
-            _child(uid, gid, groups, log, cwds, argv, env, w)
+            _child(uid, gid, groups, log, shm, cwds, argv, env, w)
         except BaseException as exc:  # reported to the parent, whatever it is
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             os.write(w, (why or type(exc).__name__).encode(errors="replace")[:500])

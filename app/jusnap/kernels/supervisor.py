@@ -23,6 +23,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -171,6 +172,29 @@ class Supervisor:
     def kernel_dir(self, kernel_id: str) -> Path:
         return self.kernels_dir / kernel_id
 
+    def shm_dir(self, kernel_id: str) -> Path:
+        """The kernel's own ``/dev/shm`` when namespaced (``multiprocessing`` semaphores,
+        joblib's memmaps): ``<state_dir>/shm/<kernel id>``."""
+        return self.settings.state_dir / "shm" / kernel_id
+
+    def prepare_shm(self, k: Kernel) -> Path:
+        """Make ``k``'s shm directory (kept when it is already a directory of its uid): root
+        owns the 0711 parent, so the user can never swap the name for a link; the directory
+        is the user's, 0700. Files the kernel left there stay (a restore needs those that
+        were open at the dump)."""
+        parent = self.settings.state_dir / "shm"
+        self._make_private_dir(parent, os.geteuid(), os.getegid())
+        parent.chmod(0o711)
+        path = self.shm_dir(k.id)
+        try:
+            st = path.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != k.run_uid:
+                raise JusnapError(f"{path} is not a directory of uid {k.run_uid}")
+        except FileNotFoundError:
+            path.mkdir(mode=0o700)
+            os.chown(path, k.run_uid, k.run_gid)
+        return path
+
     def creds(self, k: Kernel) -> Creds:
         return Creds.of_user(k.run_uid, k.run_gid)
 
@@ -275,6 +299,7 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.registry.delete_kernel(k.id)
             shutil.rmtree(kdir, ignore_errors=True)
+            shutil.rmtree(self.shm_dir(k.id), ignore_errors=True)
             self.logs.remove(k.id)
             raise
         return k
@@ -326,7 +351,10 @@ class Supervisor:
         if why_plain is None:
             os.close(out)  # the launcher opens it again inside the kernel's mount namespace
             self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace)")
-            pid = namespace.launch(self.reaper, argv, creds, self.logs.path(k.id), [cwd, "/"], env)
+            shm = self.prepare_shm(k)
+            pid = namespace.launch(
+                self.reaper, argv, creds, self.logs.path(k.id), shm, [cwd, "/"], env
+            )
         else:
             if why_plain:
                 log.warning("kernel %s: plain launch, no namespace: %s", k.id, why_plain)
@@ -460,4 +488,5 @@ class Supervisor:
         self.stop(k)
         self.registry.delete_kernel(k.id)
         shutil.rmtree(self.kernel_dir(k.id), ignore_errors=True)
+        shutil.rmtree(self.shm_dir(k.id), ignore_errors=True)  # fd-based: follows no link
         self.logs.remove(k.id)
