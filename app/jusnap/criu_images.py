@@ -333,8 +333,9 @@ def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> N
             _string(m, _MNT_SOURCE) or "", _string(m, _MNT_ROOT) or "",
             _string(m, _MNT_EXT_KEY), None if e.options is None else _string(m, _MNT_OPTIONS),
         )  # fmt: skip
-        if point == SHM and _is_kernel_dir(got.root, e.root):
-            got = dataclasses.replace(got, root=e.root)  # any kernel's own directory
+        if point == SHM:  # any kernel's own directory under e.root; nothing else
+            ok = _is_kernel_dir(got.root, e.root)
+            got = dataclasses.replace(got, root=e.root if ok else f"{got.root} (no kernel's)")
         if got != e:
             diff = [f"{f}={getattr(got, f)!r} (want {getattr(e, f)!r})"
                     for f in ("fstype", "flags", "source", "root", "ext_key", "options")
