@@ -1171,6 +1171,8 @@ class Engine:
         # A namespaced kernel's /dev/shm comes back bound from this kernel's own directory.
         shm = self.supervisor.prepare_shm(k) if namespaced else None
         if namespaced:
+            self.supervisor.seed_shm(k, snap.kernel_id)
+        if namespaced:
             keys = external_files((images / "files.img").read_bytes())
             if not all(EXTERNAL_FILE.match(key) for key in keys):
                 raise RestoreFailed("restore failed: the snapshot names external files it may not")

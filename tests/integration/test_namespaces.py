@@ -246,6 +246,28 @@ def test_multiprocessing_in_a_namespaced_kernel_survives_snapshot_and_restore(
     kernel.run("pool.terminate()")
 
 
+def test_restored_into_another_kernel_the_shm_files_come_along(engine: Engine) -> None:
+    """A file held open in /dev/shm at the dump is copied (as the user, never over the other
+    kernel's own files) into the restoring kernel's directory, which CRIU binds there."""
+    a = KernelSession(engine)
+    a.run("held = open('/dev/shm/held', 'w+')\nheld.write('x' * 100)\nheld.flush()\n")
+    snap = _snap(engine, a)
+    a.close()
+    engine.kernels.shutdown(a.id, forget=False)  # stopped: its directory stays
+    b = KernelSession(engine, connection=a.kernel.connection)
+    try:
+        (engine.supervisor.shm_dir(b.id) / "own").touch()
+        engine.restore(snap.id, into=b.id)
+        b.after_restore()
+        assert b.value("held.seek(0) or held.read(3)") == "'xxx'"
+        assert b.value("sorted(__import__('os').listdir('/dev/shm'))") == "['held', 'own']"
+        assert (engine.supervisor.shm_dir(b.id) / "held").stat().st_size == 100
+    finally:
+        b.close()
+    engine.kernels.shutdown(a.id)
+    assert not engine.supervisor.shm_dir(a.id).exists()  # removed with its kernel
+
+
 def test_a_launch_requests_environment_never_reaches_root(
     engine: Engine, kernel_user: pwd.struct_passwd, tmp_path: Path
 ) -> None:

@@ -195,6 +195,22 @@ class Supervisor:
             os.chown(path, k.run_uid, k.run_gid)
         return path
 
+    def seed_shm(self, k: Kernel, from_id: str) -> None:
+        """Copy kernel ``from_id``'s shm files into ``k``'s (a snapshot restored into another
+        kernel, or a fork: files open in /dev/shm at the dump must be there), as ``k``'s user
+        (root would follow the links the user planted), never over a file ``k`` already has.
+        Nothing to copy when the source kernel is gone; a copy that fails is logged (CRIU
+        then refuses the restore if it needed the file, and the restore is undone)."""
+        src = self.shm_dir(from_id)
+        if from_id == k.id or not src.is_dir():
+            return
+        argv = ["cp", "-R", "-n", "--no-dereference", "--preserve=mode,timestamps", "--",
+                f"{src}/.", f"{self.shm_dir(k.id)}/"]  # fmt: skip
+        try:
+            self._as_user(self.creds(k), argv, "copy /dev/shm")
+        except JusnapError as exc:
+            log.warning("kernel %s: /dev/shm of %s not copied: %s", k.id, from_id, exc)
+
     def creds(self, k: Kernel) -> Creds:
         return Creds.of_user(k.run_uid, k.run_gid)
 
