@@ -155,6 +155,7 @@ class Criu:
         env: dict[str, str] | None = None,
         namespaced: bool = False,
         external_files: Sequence[str] = (),
+        kept_mounts: Sequence[tuple[str, str]] = (),
     ) -> CriuResult:
         """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed.
 
@@ -172,6 +173,8 @@ class Criu:
             argv += ["--action-script", action_script]
         if namespaced:
             argv += NS_DUMP_ARGS
+        for mountpoint, key in kept_mounts:  # host mounts kept in the namespace: by key
+            argv += ["--external", f"mnt[{mountpoint}]:{key}"]
         for key in external_files:  # restored from an inherited descriptor (--inherit-fd)
             argv += ["--external", key]
         t0 = time.monotonic()
@@ -194,6 +197,7 @@ class Criu:
         inherit: Sequence[tuple[int, str]] = (),
         namespaced: bool = False,
         shm: Path | None = None,
+        kept_mounts: Sequence[tuple[str, str]] = (),
     ) -> CriuResult:
         """Restore detached. Raises RestoreFailed.
 
@@ -207,6 +211,8 @@ class Criu:
         ``inherit``: (descriptor, file name as CRIU records it) pairs: the restored process
         gets the daemon's descriptor instead of CRIU opening (and size-checking) that file.
         ``shm``: the restoring kernel's own /dev/shm directory (namespaced only).
+        ``kept_mounts``: (mount point, key) of the host mounts the daemon's configuration keeps
+        in the kernel's namespace: each key is bound back from that host path.
         """
         argv = [
             self.binary, "restore", "-D", str(images_dir), "-W", str(work_dir),
@@ -223,6 +229,8 @@ class Criu:
             argv += [f"--root={NS_ROOT}", "--external", "mnt[dev]:/dev", "--pidfile", NS_PIDFILE]
             if shm is not None:
                 argv += ["--external", f"mnt[shm]:{shm}"]
+            for mountpoint, key in kept_mounts:
+                argv += ["--external", f"mnt[{key}]:{mountpoint}"]
             caps = NS_RESTORE_CAPS
         t0 = time.monotonic()
         if namespaced and os.geteuid() == 0:

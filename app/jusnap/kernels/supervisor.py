@@ -363,13 +363,14 @@ class Supervisor:
         if shutil.which(argv[0], path=env["PATH"]) is None:
             raise InvalidRequest(f"cannot start kernel {argv[0]!r}: no such program")
         out = self.logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
-        why_plain = self._why_plain(k, argv, env, [cwd, home])
+        keep, why_plain = self._namespace_plan(k)
         if why_plain is None:
             os.close(out)  # the launcher opens it again inside the kernel's mount namespace
-            self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace)")
+            kept = f"; host mounts kept: {', '.join(keep)}" if keep else ""
+            self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace{kept})")
             shm = self.prepare_shm(k)
             pid = namespace.launch(
-                self.reaper, argv, creds, self.logs.path(k.id), shm, [cwd, "/"], env
+                self.reaper, argv, creds, self.logs.path(k.id), shm, keep, [cwd, "/"], env
             )
         else:
             if why_plain:
@@ -400,28 +401,41 @@ class Supervisor:
         self.registry.put_kernel(k)
         log.info("kernel %s started as pid %s (uid %s)", k.id, k.pid, k.run_uid)
 
-    def _why_plain(
-        self, k: Kernel, argv: list[str], env: dict[str, str], dirs: list[str]
-    ) -> str | None:
-        """None when ``k`` starts in its own namespaces; else why not ("" when namespaces are
-        off or the daemon is no root: nothing worth a warning)."""
+    def _program(self, k: Kernel) -> str:
+        path = k.env.get("PATH", os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+        return shutil.which(k.argv[0], path=path) or k.argv[0]
+
+    def kept_mounts(self, k: Kernel) -> tuple[list[str], str | None]:
+        """The host mounts a namespaced ``k`` keeps (``namespace.binds``) for what it needs
+        under the daemon's current configuration: its interpreter, working directory, home
+        and the daemon's socket directory (the IPython extension asks for automatic
+        snapshots there; on systemd hosts it is on the tmpfs /run); or why it cannot be
+        namespaced. The same answer at launch, dump, image check and restore."""
+        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
+        home = self._home(k.run_uid)
+        keep, why = namespace.binds([self._program(k), k.cwd or home, home, socket_dir])
+        if why:
+            return [], why
+        # The state directory (images, log, /dev/shm directories) stays on / itself.
+        state = os.path.realpath(self.settings.state_dir)
+        off_root, why = namespace.binds([state, str(self.logs.path(k.id))])
+        if off_root or why:
+            return [], f"the state directory {state} is not on the root file system"
+        if state == "/tmp" or state.startswith("/tmp/"):
+            # A namespaced restore gives CRIU a private /tmp, which would hide the images.
+            return [], f"the state directory {state} is under /tmp"
+        return keep, None
+
+    def _namespace_plan(self, k: Kernel) -> tuple[list[str], str | None]:
+        """(kept host mounts, None) when ``k`` starts in its own namespaces; else ([], why
+        not): "" when namespaces are off or the daemon is no root (nothing worth a warning)."""
         setting = self.settings.jusnap.kernels.namespaces
         if not namespace.wanted(setting) or k.run_uid == 0:
-            return ""
-        program = shutil.which(argv[0], path=env["PATH"]) or argv[0]
-        # The daemon's socket too: the IPython extension asks for automatic snapshots there
-        # (where /run is a tmpfs of its own, a namespaced kernel would not see it).
-        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
-        why = namespace.unreachable(
-            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id)), socket_dir]
-        )
-        state = os.path.realpath(self.settings.state_dir)
-        if not why and (state == "/tmp" or state.startswith("/tmp/")):
-            # A namespaced restore gives CRIU a private /tmp, which would hide the images.
-            why = f"the state directory {state} is under /tmp"
+            return [], ""
+        keep, why = self.kept_mounts(k)
         if why and setting == "on":
             raise JusnapError(f"cannot start kernel in its own namespace: {why}")
-        return why
+        return keep, why
 
     # ---- state ---------------------------------------------------------------------------
     def alive(self, k: Kernel) -> bool:
