@@ -8,6 +8,7 @@ import pwd
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,83 @@ def test_restored_into_another_kernel_the_shm_files_come_along(engine: Engine) -
         b.close()
     engine.kernels.shutdown(a.id)
     assert not engine.supervisor.shm_dir(a.id).exists()  # removed with its kernel
+
+
+@pytest.fixture
+def other_mounts(kernel_user: pwd.struct_passwd) -> Iterator[tuple[Path, Path]]:
+    """Two tmpfs mounts of their own, as a systemd host's /run and a /home volume are: one
+    for the daemon's socket directory, one for the notebook's directory (with a third mount
+    below it that the kernel does not need)."""
+    base = Path(tempfile.mkdtemp(prefix="jusnap-mnt-", dir="/var/tmp"))
+    base.chmod(0o755)
+    run, data = base / "run", base / "data"
+    mounted: list[Path] = []
+    try:
+        for mp in (run, data, data / "nested"):
+            mp.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=8m", "jt", str(mp)],
+                           check=True)  # fmt: skip
+            mounted.append(mp)
+        (run / "jusnap").mkdir()
+        (data / "proj").mkdir()
+        os.chown(data / "proj", kernel_user.pw_uid, kernel_user.pw_gid)
+        yield run, data
+    finally:
+        for mp in reversed(mounted):
+            subprocess.run(["umount", "-l", str(mp)], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+def test_a_kernel_needing_other_mounts_keeps_them_and_restores(
+    make_settings, other_mounts: tuple[Path, Path]
+) -> None:
+    """Socket directory and working directory on mounts of their own: the kernel is still
+    namespaced, sees exactly those two mounts (not the one below), nosuid,nodev, reaches the
+    socket and its directory, and a snapshot of it restores."""
+    import socket
+
+    run, data = other_mounts
+    sock_path = run / "jusnap" / "jusnap.sock"
+    engine = Engine(make_settings(**{"jusnap.http.socket": str(sock_path)})).start()
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(sock_path))
+        sock_path.chmod(0o666)
+        server.listen(4)
+        ks = KernelSession(engine, cwd=str(data / "proj"))
+        pid = engine.kernels.get(ks.id).pid
+        assert namespace.nspid(pid) == [pid, 1]  # no fallback to a plain launch
+        ks.run(
+            "import os, socket\n"
+            "def mounts():\n"
+            "    rows = [l.split() for l in open('/proc/self/mountinfo')]\n"
+            "    return {r[4]: r[5] for r in rows}\n"
+            "open('made-inside', 'w').write('hi')\n"
+            f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); s.close()\n"
+            "x = 'before'\n"
+        )
+        want = sorted(["/", "/dev", "/dev/shm", "/proc", str(run), str(data)])
+        assert ks.value("sorted(mounts())") == repr(want)
+        for mp in (run, data):
+            assert {"nosuid", "nodev"} <= set(
+                ks.value(f"mounts()[{str(mp)!r}]").strip("'").split(",")
+            )
+        assert ks.value("os.getcwd()") == repr(str(data / "proj"))
+        assert (data / "proj" / "made-inside").read_text() == "hi"
+        snap = _snap(engine, ks)
+        ks.run("x = 'after'")
+        engine.restore(snap.id)
+        ks.after_restore()
+        assert ks.value("x") == "'before'"
+        new = engine.kernels.get(ks.id).pid
+        assert new != pid and namespace.nspid(new) == [new, 1]
+        assert ks.value("sorted(mounts())") == repr(want)
+        ks.run(f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); s.close()")
+        assert ks.value("open('made-inside').read()") == "'hi'"
+        ks.close()
+    finally:
+        server.close()
+        shutdown_all(engine)
 
 
 def test_a_launch_requests_environment_never_reaches_root(
