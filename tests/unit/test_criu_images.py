@@ -352,6 +352,55 @@ def test_a_second_shm_is_refused() -> None:
         check_images(ns_dump(mounts(*GOOD, shm(), shm())), WHO, TREE_SHM)
 
 
+# ---- host mounts kept in the namespace (socket directory, home, data volume)
+
+KEPT = MountEntry("/run", None, 0x200006, None, "/", ext_key="bind-0123456789abcdef")
+KEPT_SUB = MountEntry("/run/x", None, 0x200006, None, "/sub", ext_key="bind-fedcba9876543210")
+TREE_KEPT = (*TREE_SHM, KEPT, KEPT_SUB)
+
+
+def kept(point: str = "/run", flags: int = 0x200006, parent: int = 43, root: str = "/",
+         ext: str | None = "bind-0123456789abcdef", mnt_id: int = 80) -> list:  # fmt: skip
+    fields = mnt(point, 2, flags, "tmpfs", mnt_id, parent, ext_key=ext)
+    return [(n, w, root.encode() if n == 6 else v) for n, w, v in fields]
+
+
+SUB = kept("/run/x", parent=80, root="/sub", ext="bind-fedcba9876543210", mnt_id=81)
+
+
+def test_kept_host_mounts_are_accepted_as_configured() -> None:
+    assert check_images(ns_dump(mounts(*GOOD, shm(), kept(), SUB)), WHO, TREE_KEPT) is True
+    # file system type and source: not what CRIU acts on for an external bind
+    other = [(n, w, 5 if n == 1 else b"x" if n == 8 else v) for n, w, v in kept()]
+    assert check_images(ns_dump(mounts(*GOOD, other, SUB)), WHO, TREE_KEPT) is True
+
+
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        ([kept(flags=0x200004), SUB], "flags"),  # nosuid cleared
+        ([kept(flags=0x200002), SUB], "flags"),  # nodev cleared
+        ([kept(ext="bind-ffffffffffffffff"), SUB], "ext_key"),  # another host path's key
+        ([kept(ext=None), SUB], "ext_key"),  # not external: CRIU would mount a tmpfs itself
+        ([kept(root="/etc"), SUB], "root"),
+        ([kept()], "missing"),  # the configuration keeps /run/x too
+        ([kept(), SUB, kept("/srv", mnt_id=82)], "not in the launcher's tree"),
+        (
+            [kept(), kept("/run/x", parent=43, root="/sub", ext="bind-fedcba9876543210")],
+            "does not hang on /run",
+        ),
+    ],
+)
+def test_each_change_to_a_kept_mount_is_refused(entries: list, why: str) -> None:
+    with pytest.raises(ImageRefused, match=why):
+        check_images(ns_dump(mounts(*GOOD, *entries)), WHO, TREE_KEPT)
+
+
+def test_a_kept_mount_the_configuration_no_longer_keeps_is_refused() -> None:
+    with pytest.raises(ImageRefused, match="not in the launcher's tree"):
+        check_images(ns_dump(mounts(*GOOD, kept())), WHO, TREE_SHM)
+
+
 def test_launcher_tree_pins_shm_under_the_state_directory(tmp_path) -> None:
     tree = {e.mountpoint: e for e in launcher_tree(str(tmp_path / "shm"))}
     assert sorted(tree) == ["/", "/dev", "/dev/shm", "/proc"]
