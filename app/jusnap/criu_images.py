@@ -275,16 +275,17 @@ def _ms_flags(statvfs_flags: int) -> int:
 
 
 def launcher_tree(
-    shm_parent: str | None = None, kept: Sequence[tuple[str, str]] = ()
+    shm_parent: str | None = None, kept: Sequence[tuple[str, str, bool]] = ()
 ) -> tuple[MountEntry, ...]:
     """The tree ``kernels/nsinit.py`` gives a namespaced kernel on this host: ``/`` (the
     host's root file system, remounted nosuid), ``/dev`` (the host's devtmpfs, external key
     ``dev``), ``/dev/shm`` (a kernel's own directory under ``shm_parent``, bound nosuid,nodev,
     external key ``shm``; its root is any kernel's directory there: CRIU binds the restoring
     kernel's own one instead, never this path), a ``/proc`` of the namespace (nosuid,
-    nodev, noexec), and each host mount ``kept`` ((mount point, external key): the daemon's
-    configuration names them, ``kernels.namespace.binds``) with the host's flags plus
-    nosuid,nodev and its root; CRIU binds the host's mount at that path back by key."""
+    nodev, noexec), and each host mount ``kept`` ((mount point, external key, read-only): the
+    daemon's configuration names them, ``kernels.namespace.binds``) with the host's flags
+    plus nosuid,nodev (and read-only) and its root; CRIU binds the host's mount at that
+    path back by key."""
     import os
 
     with open("/proc/self/mountinfo") as fh:
@@ -308,8 +309,8 @@ def launcher_tree(
         flags = root_flags | MS_NODEV
         tree.insert(2, MountEntry(SHM, FSTYPE_AUTO, flags, source, inside, ext_key="shm"))
     roots = {f[4]: f[3] for f in info}  # mount point -> its root in its file system
-    for point, key in kept:
-        flags = _ms_flags(os.statvfs(point).f_flag) | MS_NOSUID | MS_NODEV
+    for point, key, ro in kept:
+        flags = _ms_flags(os.statvfs(point).f_flag) | MS_NOSUID | MS_NODEV | (0x1 if ro else 0)
         root = roots.get(_escape(point), "?")
         tree.append(MountEntry(point, None, flags, None, _unescape(root), ext_key=key))
     return tuple(tree)

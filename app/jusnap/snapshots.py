@@ -1062,7 +1062,7 @@ class Engine:
         """A check of a dump whose namespaced tree may bind a kernel's own /dev/shm and keep
         the host mounts the daemon's configuration keeps for kernel ``k`` (none without it)."""
         keep = self.supervisor.kept_mounts(k)[0] if k is not None else []
-        kept = [(mp, namespace.bind_key(mp)) for mp in keep]
+        kept = [(mp, namespace.bind_key(mp), ro) for mp, ro in keep]
         return ImageCheck(who, launcher_tree(str(self.supervisor.shm_dir("-").parent), kept))
 
     def _check_staged(self, k: Kernel, images: Path) -> bool:
@@ -1181,7 +1181,8 @@ class Engine:
         if namespaced:
             self.supervisor.seed_shm(k, snap.kernel_id)
             # The host mounts come from the daemon's configuration, never from the image.
-            kept = [(mp, namespace.bind_key(mp)) for mp in self.supervisor.kept_mounts(k)[0]]
+            keep = self.supervisor.kept_mounts(k)[0]
+            kept = [(mp, namespace.bind_key(mp)) for mp, _ in keep]
         if namespaced:
             keys = external_files((images / "files.img").read_bytes())
             if not all(EXTERNAL_FILE.match(key) for key in keys):

@@ -324,10 +324,16 @@ def test_a_kernel_needing_other_mounts_keeps_them_and_restores(
         )
         want = sorted(["/", "/dev", "/dev/shm", "/proc", str(run), str(data)])
         assert ks.value("sorted(mounts())") == repr(want)
+        opts = {}
         for mp in (run, data):
-            assert {"nosuid", "nodev"} <= set(
-                ks.value(f"mounts()[{str(mp)!r}]").strip("'").split(",")
-            )
+            opts[mp] = set(ks.value(f"mounts()[{str(mp)!r}]").strip("'").split(","))
+            assert {"nosuid", "nodev"} <= opts[mp]
+        # Kept for the socket alone: read-only (connect() needs no writable mount); the
+        # notebook's mount: writable.
+        assert "ro" in opts[run] and "rw" in opts[data]
+        assert "Errno 30" in ks.run(
+            f"try:\n    open({str(run / 'x')!r}, 'w')\nexcept OSError as e:\n    print(e)\n"
+        )
         assert ks.value("os.getcwd()") == repr(str(data / "proj"))
         assert (data / "proj" / "made-inside").read_text() == "hi"
         snap = _snap(engine, ks)
@@ -338,6 +344,8 @@ def test_a_kernel_needing_other_mounts_keeps_them_and_restores(
         new = engine.kernels.get(ks.id).pid
         assert new != pid and namespace.nspid(new) == [new, 1]
         assert ks.value("sorted(mounts())") == repr(want)
+        for mp in (run, data):  # the same flags, from the image (checked) and CRIU
+            assert set(ks.value(f"mounts()[{str(mp)!r}]").strip("'").split(",")) == opts[mp]
         ks.run(f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); s.close()")
         assert ks.value("open('made-inside').read()") == "'hi'"
         ks.close()

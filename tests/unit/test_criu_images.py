@@ -355,7 +355,8 @@ def test_a_second_shm_is_refused() -> None:
 # ---- host mounts kept in the namespace (socket directory, home, data volume)
 
 KEPT = MountEntry("/run", None, 0x200006, None, "/", ext_key="bind-0123456789abcdef")
-KEPT_SUB = MountEntry("/run/x", None, 0x200006, None, "/sub", ext_key="bind-fedcba9876543210")
+# /run/x kept read-only (for the daemon's socket alone)
+KEPT_SUB = MountEntry("/run/x", None, 0x200007, None, "/sub", ext_key="bind-fedcba9876543210")
 TREE_KEPT = (*TREE_SHM, KEPT, KEPT_SUB)
 
 
@@ -365,7 +366,7 @@ def kept(point: str = "/run", flags: int = 0x200006, parent: int = 43, root: str
     return [(n, w, root.encode() if n == 6 else v) for n, w, v in fields]
 
 
-SUB = kept("/run/x", parent=80, root="/sub", ext="bind-fedcba9876543210", mnt_id=81)
+SUB = kept("/run/x", 0x200007, 80, "/sub", "bind-fedcba9876543210", 81)
 
 
 def test_kept_host_mounts_are_accepted_as_configured() -> None:
@@ -380,13 +381,17 @@ def test_kept_host_mounts_are_accepted_as_configured() -> None:
     [
         ([kept(flags=0x200004), SUB], "flags"),  # nosuid cleared
         ([kept(flags=0x200002), SUB], "flags"),  # nodev cleared
+        (
+            [kept(), kept("/run/x", 0x200006, 80, "/sub", "bind-fedcba9876543210", 81)],
+            "flags",
+        ),  # writable where the configuration keeps it read-only
         ([kept(ext="bind-ffffffffffffffff"), SUB], "ext_key"),  # another host path's key
         ([kept(ext=None), SUB], "ext_key"),  # not external: CRIU would mount a tmpfs itself
         ([kept(root="/etc"), SUB], "root"),
         ([kept()], "missing"),  # the configuration keeps /run/x too
         ([kept(), SUB, kept("/srv", mnt_id=82)], "not in the launcher's tree"),
         (
-            [kept(), kept("/run/x", parent=43, root="/sub", ext="bind-fedcba9876543210")],
+            [kept(), kept("/run/x", 0x200007, 43, "/sub", "bind-fedcba9876543210")],
             "does not hang on /run",
         ),
     ],

@@ -68,9 +68,13 @@ def bind_key(mountpoint: str) -> str:
     return "bind-" + hashlib.sha256(mountpoint.encode()).hexdigest()[:16]
 
 
-def binds(paths: Sequence[str]) -> tuple[list[str], str | None]:
-    """The host mounts (mount points) a namespaced kernel needing ``paths`` keeps, each with
-    the mounts it hangs on down to ``/``; or why it cannot run in a namespace (then plain).
+def binds(
+    paths: Sequence[str], read_only: Sequence[str] = ()
+) -> tuple[list[tuple[str, bool]], str | None]:
+    """The host mounts a namespaced kernel needing ``paths`` keeps, each with the mounts it
+    hangs on down to ``/``, as (mount point, read-only); or why it cannot run in a namespace
+    (then plain). A mount kept only for paths in ``read_only`` (the daemon's socket
+    directory: ``connect()`` to a socket needs no writable mount, measured) is read-only.
 
     A kept mount is the host's own mount at the same path, copied into the kernel's
     namespace with every mount below it detached (non-recursive) and remounted nosuid,nodev:
@@ -79,7 +83,8 @@ def binds(paths: Sequence[str]) -> tuple[list[str], str | None]:
     """
     points = mountpoints()
     keep: set[str] = set()
-    for p in paths:
+    writable: set[str] = set()
+    for p in [*paths, *read_only]:
         mp = _mount_of(os.path.realpath(p), points)
         while mp not in ("/", "/dev"):
             if points.count(mp) != 1:
@@ -89,8 +94,11 @@ def binds(paths: Sequence[str]) -> tuple[list[str], str | None]:
             if not _PLAIN_PATH.match(mp) or "/." in mp or "//" in mp:
                 return [], f"{p} is on the mount {mp}, whose path cannot be passed to CRIU"
             keep.add(mp)
+            if p in paths:
+                writable.add(mp)
             mp = _mount_of(str(Path(mp).parent), points)
-    return sorted(keep, key=lambda m: (m.count("/"), m)), None
+    ordered = sorted(keep, key=lambda m: (m.count("/"), m))
+    return [(mp, mp not in writable) for mp in ordered], None
 
 
 def kept_in(pid: int) -> list[str]:
@@ -223,7 +231,7 @@ def launch(
     creds: Creds,
     log_path: Path,
     shm: Path,
-    keep: Sequence[str],
+    keep: Sequence[tuple[str, bool]],
     cwds: Sequence[str],
     env: dict[str, str],
 ) -> int:

@@ -26,8 +26,8 @@ What it does (docs/fork-design.md, "Recommended design", measured to dump and re
    kernel is then re-parented to the daemon, a child subreaper, which read the PID from this
    root process's stdout, never from a file the kernel's user can write.
 
-Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG SHM KEEP(JSON list of host
-mount points to keep) CWD[:CWD...] -- ARGV...
+Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG SHM KEEP(JSON list of [host
+mount point, read-only] to keep) CWD[:CWD...] -- ARGV...
 with the kernel's environment as a JSON object on stdin (this root process runs with an
 empty one, and ``python -I``: nothing the launch request names reaches root).
 """
@@ -98,11 +98,13 @@ def _flags_of(path: str) -> int:
     return keep
 
 
-def _trim_tree(keep: list[str]) -> None:
+def _trim_tree(keep: list[tuple[str, bool]]) -> None:
     """Leave ``/``, ``/dev`` and the host mounts in ``keep`` only (each remounted nosuid,nodev
-    in this namespace), then the namespace's own ``/proc``; ``/`` nosuid."""
+    in this namespace, read-only when so marked), then the namespace's own ``/proc``; ``/``
+    nosuid."""
+    kept = [mp for mp, _ in keep]
     for _ in range(16):  # stacked mounts (a second /dev/shm over the first) take passes
-        extra = [m for m in mountpoints() if m not in ("/", "/dev", "/proc", *keep)]
+        extra = [m for m in mountpoints() if m not in ("/", "/dev", "/proc", *kept)]
         if not extra:
             break
         for mp in sorted(extra, key=lambda m: (-m.count("/"), m)):
@@ -112,8 +114,9 @@ def _trim_tree(keep: list[str]) -> None:
         _check(_libc.umount2(b"/proc", MNT_DETACH), "umount /proc")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_NOSUID | _flags_of("/"))
-    for mp in keep:
-        _mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | _flags_of(mp))
+    for mp, ro in keep:
+        flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if ro else 0) | _flags_of(mp)
+        _mount(None, mp, None, MS_REMOUNT | MS_BIND | flags)
 
 
 def _bind_shm(shm: str, uid: int) -> None:
@@ -135,13 +138,14 @@ def _bind_shm(shm: str, uid: int) -> None:
     _mount(None, SHM, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | flags)
 
 
-def _check_tree(keep: list[str]) -> None:
-    left, want = sorted(mountpoints()), sorted([*TREE, *keep])
+def _check_tree(keep: list[tuple[str, bool]]) -> None:
+    left, want = sorted(mountpoints()), sorted([*TREE, *(mp for mp, _ in keep)])
     if left != want:
         raise OSError(0, f"mount tree is {left}, not {want}")
 
 
-def _child(uid: int, gid: int, groups: list[int], log: str, shm: str, keep: list[str],
+def _child(uid: int, gid: int, groups: list[int], log: str, shm: str,
+           keep: list[tuple[str, bool]],
            cwds: list[str],
            argv: list[str], env: dict[str, str], errpipe: int) -> None:  # fmt: skip
     # Nothing opened outside the kernel's mount namespace may reach it (CRIU could not dump
@@ -183,9 +187,10 @@ def main(args: list[str]) -> int:
     try:
         sep = args.index("--")
         uid_s, gid_s, groups_s, log, shm, keep_s, cwds_s = args[:sep]
-        keep = json.loads(keep_s)
-        if not isinstance(keep, list) or not all(
-            isinstance(m, str) and m.startswith("/") and m not in TREE for m in keep
+        keep = [(m, ro) for m, ro in json.loads(keep_s)]
+        if not all(
+            isinstance(m, str) and m.startswith("/") and m not in TREE and isinstance(ro, bool)
+            for m, ro in keep
         ):
             raise ValueError("bad mount list")
         argv = args[sep + 1 :]

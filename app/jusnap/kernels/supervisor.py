@@ -366,7 +366,7 @@ class Supervisor:
         keep, why_plain = self._namespace_plan(k)
         if why_plain is None:
             os.close(out)  # the launcher opens it again inside the kernel's mount namespace
-            kept = f"; host mounts kept: {', '.join(keep)}" if keep else ""
+            kept = f"; host mounts kept: {', '.join(mp for mp, _ in keep)}" if keep else ""
             self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace{kept})")
             shm = self.prepare_shm(k)
             pid = namespace.launch(
@@ -405,15 +405,16 @@ class Supervisor:
         path = k.env.get("PATH", os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
         return shutil.which(k.argv[0], path=path) or k.argv[0]
 
-    def kept_mounts(self, k: Kernel) -> tuple[list[str], str | None]:
+    def kept_mounts(self, k: Kernel) -> tuple[list[tuple[str, bool]], str | None]:
         """The host mounts a namespaced ``k`` keeps (``namespace.binds``) for what it needs
         under the daemon's current configuration: its interpreter, working directory, home
         and the daemon's socket directory (the IPython extension asks for automatic
-        snapshots there; on systemd hosts it is on the tmpfs /run); or why it cannot be
-        namespaced. The same answer at launch, dump, image check and restore."""
+        snapshots there; on systemd hosts it is on the tmpfs /run; read-only when kept for it
+        alone); or why it cannot be namespaced. The same answer at launch, dump, image check
+        and restore."""
         socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
         home = self._home(k.run_uid)
-        keep, why = namespace.binds([self._program(k), k.cwd or home, home, socket_dir])
+        keep, why = namespace.binds([self._program(k), k.cwd or home, home], [socket_dir])
         if why:
             return [], why
         # The state directory (images, log, /dev/shm directories) stays on / itself.
@@ -426,7 +427,7 @@ class Supervisor:
             return [], f"the state directory {state} is under /tmp"
         return keep, None
 
-    def _namespace_plan(self, k: Kernel) -> tuple[list[str], str | None]:
+    def _namespace_plan(self, k: Kernel) -> tuple[list[tuple[str, bool]], str | None]:
         """(kept host mounts, None) when ``k`` starts in its own namespaces; else ([], why
         not): "" when namespaces are off or the daemon is no root (nothing worth a warning)."""
         setting = self.settings.jusnap.kernels.namespaces
