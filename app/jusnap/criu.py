@@ -52,7 +52,10 @@ RESTORE_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap")
 # "Can't fork for 1: Operation not permitted", "Can't restore mntns back"). What keeps these
 # from the kernel's user is in docs/security.md.
 NS_RESTORE_CAPS = (*RESTORE_CAPS, "sys_admin", "sys_chroot")
-NS_DUMP_ARGS = ("--external", "mnt[/dev]:dev")
+# Its /dev/shm (the kernel's own directory, bound by the launcher) is external too, by key
+# only: a restore binds the restoring kernel's own directory there (``shm`` argument), never
+# a path read from the images.
+NS_DUMP_ARGS = ("--external", "mnt[/dev]:dev", "--external", "mnt[/dev/shm]:shm")
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 # Run by root in a private mount namespace (``unshare --mount``) around a namespaced restore:
 # CRIU gets a /tmp of its own (it mkdtemp()s and bind-mounts /tmp/cr-tmpfs.XXXXXX there while
@@ -152,6 +155,7 @@ class Criu:
         env: dict[str, str] | None = None,
         namespaced: bool = False,
         external_files: Sequence[str] = (),
+        kept_mounts: Sequence[tuple[str, str]] = (),
     ) -> CriuResult:
         """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed.
 
@@ -169,6 +173,8 @@ class Criu:
             argv += ["--action-script", action_script]
         if namespaced:
             argv += NS_DUMP_ARGS
+        for mountpoint, key in kept_mounts:  # host mounts kept in the namespace: by key
+            argv += ["--external", f"mnt[{mountpoint}]:{key}"]
         for key in external_files:  # restored from an inherited descriptor (--inherit-fd)
             argv += ["--external", key]
         t0 = time.monotonic()
@@ -190,6 +196,8 @@ class Criu:
         lazy: bool = False,
         inherit: Sequence[tuple[int, str]] = (),
         namespaced: bool = False,
+        shm: Path | None = None,
+        kept_mounts: Sequence[tuple[str, str]] = (),
     ) -> CriuResult:
         """Restore detached. Raises RestoreFailed.
 
@@ -202,6 +210,9 @@ class Criu:
         ``lazy``: pages come from a ``lazy_pages`` server already started on ``images_dir``.
         ``inherit``: (descriptor, file name as CRIU records it) pairs: the restored process
         gets the daemon's descriptor instead of CRIU opening (and size-checking) that file.
+        ``shm``: the restoring kernel's own /dev/shm directory (namespaced only).
+        ``kept_mounts``: (mount point, key) of the host mounts the daemon's configuration keeps
+        in the kernel's namespace: each key is bound back from that host path.
         """
         argv = [
             self.binary, "restore", "-D", str(images_dir), "-W", str(work_dir),
@@ -216,6 +227,10 @@ class Criu:
         caps = RESTORE_CAPS
         if namespaced:
             argv += [f"--root={NS_ROOT}", "--external", "mnt[dev]:/dev", "--pidfile", NS_PIDFILE]
+            if shm is not None:
+                argv += ["--external", f"mnt[shm]:{shm}"]
+            for mountpoint, key in kept_mounts:
+                argv += ["--external", f"mnt[{key}]:{mountpoint}"]
             caps = NS_RESTORE_CAPS
         t0 = time.monotonic()
         if namespaced and os.geteuid() == 0:

@@ -21,12 +21,14 @@ message field is merged, the last scalar wins, repeated scalars may come packed 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import ImageRefused
+from .ids import KERNEL_ID_RE
 
 IMG_COMMON_MAGIC = 0x54564319
 IMG_SERVICE_MAGIC = 0x55105940
@@ -69,6 +71,7 @@ _MNT_ROOT, _MNT_POINT, _MNT_SOURCE, _MNT_OPTIONS = 6, 7, 8, 9
 _MNT_SHARED, _MNT_MASTER, _MNT_SB_FLAGS, _MNT_EXT_KEY = 10, 11, 17, 18
 _MNT_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 17, 18}  # plugin, external, fsname, ...: no
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RELATIME = 0x2, 0x4, 0x8, 0x200000
+SHM = "/dev/shm"
 # CRIU's fstype numbers (images/mnt.proto): 0 = a file system CRIU does not know (the root,
 # bound from --root), 1 = proc, 3 = devtmpfs.
 FSTYPE_AUTO, FSTYPE_PROC, FSTYPE_DEVTMPFS = 0, 1, 3
@@ -256,9 +259,9 @@ class MountEntry:
     """One mount of a kernel's tree as CRIU records it (the fields a restore acts on)."""
 
     mountpoint: str
-    fstype: int
+    fstype: int | None  # None: not compared (a host mount kept as an external bind)
     flags: int
-    source: str
+    source: str | None  # None: not compared (idem: CRIU binds the daemon's path)
     root: str = "/"
     ext_key: str | None = None
     options: str | None = None  # None: not compared (a bind from the host: CRIU ignores it)
@@ -271,24 +274,54 @@ def _ms_flags(statvfs_flags: int) -> int:
     return sum(ms for st, ms in st_to_ms.items() if statvfs_flags & st)
 
 
-def launcher_tree() -> tuple[MountEntry, ...]:
+def launcher_tree(
+    shm_parent: str | None = None, kept: Sequence[tuple[str, str, bool]] = ()
+) -> tuple[MountEntry, ...]:
     """The tree ``kernels/nsinit.py`` gives a namespaced kernel on this host: ``/`` (the
     host's root file system, remounted nosuid), ``/dev`` (the host's devtmpfs, external key
-    ``dev``), and a ``/proc`` of the namespace (nosuid, nodev, noexec)."""
+    ``dev``), ``/dev/shm`` (a kernel's own directory under ``shm_parent``, bound nosuid,nodev,
+    external key ``shm``; its root is any kernel's directory there: CRIU binds the restoring
+    kernel's own one instead, never this path), a ``/proc`` of the namespace (nosuid,
+    nodev, noexec), and each host mount ``kept`` ((mount point, external key, read-only): the
+    daemon's configuration names them, ``kernels.namespace.binds``) with the host's flags
+    plus nosuid,nodev (and read-only) and its root; CRIU binds the host's mount at that
+    path back by key."""
     import os
 
     with open("/proc/self/mountinfo") as fh:
-        # The last "/" listed is the one on top (the root the kernel and CRIU see).
-        roots = [ln.split(" - ", 1)[1].split()[1] for ln in fh
-                 if ln.split()[4] == "/" and " - " in ln]  # fmt: skip
-    source = roots[-1] if roots else ""
+        info = [ln.split() for ln in fh if " - " in ln]
+    # The last "/" listed is the one on top (the root the kernel and CRIU see).
+    tops = [f for f in info if f[4] == "/"]
+    source = tops[-1][tops[-1].index("-") + 2] if tops else ""
+    fs_root = tops[-1][3] if tops else "/"
+    root_flags = _ms_flags(os.statvfs("/").f_flag) | MS_NOSUID
     dev_flags = _ms_flags(os.statvfs("/dev").f_flag)
     proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
-    return (
-        MountEntry("/", FSTYPE_AUTO, _ms_flags(os.statvfs("/").f_flag) | MS_NOSUID, source),
+    tree = [
+        MountEntry("/", FSTYPE_AUTO, root_flags, source),
         MountEntry("/dev", FSTYPE_DEVTMPFS, dev_flags, "devtmpfs", ext_key="dev"),
         MountEntry("/proc", FSTYPE_PROC, proc_flags, "proc", options=""),
-    )
+    ]
+    if shm_parent is not None:
+        # The directory's path inside the root file system, as CRIU records a bind's root.
+        inside = f"{fs_root.rstrip('/')}{os.path.realpath(shm_parent)}/"
+        # On / (a namespaced launch needs the state directory there): /'s flags, and nodev.
+        flags = root_flags | MS_NODEV
+        tree.insert(2, MountEntry(SHM, FSTYPE_AUTO, flags, source, inside, ext_key="shm"))
+    roots = {f[4]: f[3] for f in info}  # mount point -> its root in its file system
+    for point, key, ro in kept:
+        flags = _ms_flags(os.statvfs(point).f_flag) | MS_NOSUID | MS_NODEV | (0x1 if ro else 0)
+        root = roots.get(_escape(point), "?")
+        tree.append(MountEntry(point, None, flags, None, _unescape(root), ext_key=key))
+    return tuple(tree)
+
+
+def _escape(path: str) -> str:
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _string(msg: Message, num: int) -> str | None:
@@ -319,6 +352,12 @@ def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> N
             _string(m, _MNT_SOURCE) or "", _string(m, _MNT_ROOT) or "",
             _string(m, _MNT_EXT_KEY), None if e.options is None else _string(m, _MNT_OPTIONS),
         )  # fmt: skip
+        got = dataclasses.replace(  # what CRIU does not act on for an external bind
+            got, **{f: None for f in ("fstype", "source") if getattr(e, f) is None}
+        )
+        if point == SHM:  # any kernel's own directory under e.root; nothing else
+            ok = _is_kernel_dir(got.root, e.root)
+            got = dataclasses.replace(got, root=e.root if ok else f"{got.root} (no kernel's)")
         if got != e:
             diff = [f"{f}={getattr(got, f)!r} (want {getattr(e, f)!r})"
                     for f in ("fstype", "flags", "source", "root", "ext_key", "options")
@@ -329,12 +368,24 @@ def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> N
             if m.scalar(num):
                 raise _refuse(name, f"mount {point} has {what} set; the launcher's are private")
         seen[point] = (m.scalar(_MNT_ID) or 0, m.scalar(_MNT_PARENT) or 0)
-    if set(seen) != set(want):
-        raise _refuse(name, f"mounts {sorted(set(want) - set(seen))} are missing")
-    root_id = seen["/"][0]
+    # /dev/shm may be absent: a snapshot from before the launcher bound it.
+    if set(seen) | {SHM} != set(want) | {SHM}:
+        raise _refuse(name, f"mounts {sorted(set(want) - set(seen) - {SHM})} are missing")
     for point, (_mnt_id, parent) in seen.items():
-        if point != "/" and parent != root_id:
-            raise _refuse(name, f"mount {point} does not hang on /")
+        on = _parent_point(point, want)
+        if point != "/" and parent != seen[on][0]:
+            raise _refuse(name, f"mount {point} does not hang on {on}")
+
+
+def _parent_point(point: str, points: Iterable[str]) -> str:
+    """The mount point of the tree ``point`` hangs on: the longest one above it."""
+    above = [p for p in points if p != point and (p == "/" or point.startswith(p + "/"))]
+    return max(above, key=len, default="/")
+
+
+def _is_kernel_dir(root: str, parent: str) -> bool:
+    """Whether a bind's root is a kernel's directory right under ``parent`` (ends in /)."""
+    return root.startswith(parent) and bool(KERNEL_ID_RE.match(root[len(parent) :]))
 
 
 _REG, _FILE_REG, _REG_NAME, _REG_EXT = 1, 3, 6, 9

@@ -40,7 +40,14 @@ from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
 from .criu import Criu, CriuResult
-from .criu_images import EXTERNAL_FILE, Identity, ImageCheck, external_files, needs_bytes
+from .criu_images import (
+    EXTERNAL_FILE,
+    Identity,
+    ImageCheck,
+    external_files,
+    launcher_tree,
+    needs_bytes,
+)
 from .errors import (
     Busy,
     Forbidden,
@@ -577,7 +584,7 @@ class Engine:
             # bytes that both the store and the hot tier keep, before the snapshot is recorded.
             snap.size_bytes = self.store.commit(
                 snap.id, entry.images, self._hot_extra(entry), owner=k.owner_uid,
-                check=ImageCheck(self._identity(k)), file_owner=os.geteuid(),
+                check=self._image_check(self._identity(k), k), file_owner=os.geteuid(),
             )  # fmt: skip
             try:
                 self.registry.add_snapshot(snap)
@@ -631,12 +638,15 @@ class Engine:
                 if namespaced
                 else []
             )
+            # Host mounts kept in its namespace: external by a key from their path.
+            kept = [(mp, namespace.bind_key(mp)) for mp in namespace.kept_in(k.pid)]
             try:
                 t_hooks, t_request = time.monotonic(), time.time()
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
                     result = self.criu.dump(
                         k.pid, images, work, creds, str(self.action_script), env,
                         namespaced=namespaced, external_files=external,
+                        kept_mounts=kept if namespaced else (),
                     )  # fmt: skip
                 hooked_seconds = time.monotonic() - t_hooks
             except JusnapError:
@@ -732,7 +742,8 @@ class Engine:
             if not self.store.exists(snap.id):
                 self.store.commit(
                     snap.id, entry.images, self._hot_extra(entry), owner=snap.owner_uid,
-                    check=ImageCheck(identity), file_owner=os.geteuid(),
+                    check=self._image_check(identity, self.registry.get_kernel(snap.kernel_id)),
+                    file_owner=os.geteuid(),
                 )  # fmt: skip
         except (ImageRefused, KeyError, TypeError, ValueError) as exc:
             why = exc.message if isinstance(exc, JusnapError) else f"bad record ({exc})"
@@ -1047,9 +1058,16 @@ class Engine:
             raise _Untouched(exc) from None
         return _Staged(images, history, work, entry is not None, lazy, namespaced)
 
+    def _image_check(self, who: Identity, k: Kernel | None) -> ImageCheck:
+        """A check of a dump whose namespaced tree may bind a kernel's own /dev/shm and keep
+        the host mounts the daemon's configuration keeps for kernel ``k`` (none without it)."""
+        keep = self.supervisor.kept_mounts(k)[0] if k is not None else []
+        kept = [(mp, namespace.bind_key(mp), ro) for mp, ro in keep]
+        return ImageCheck(who, launcher_tree(str(self.supervisor.shm_dir("-").parent), kept))
+
     def _check_staged(self, k: Kernel, images: Path) -> bool:
         """Check a dump's images; returns whether they hold a namespaced kernel."""
-        check = ImageCheck(self._identity(k))
+        check = self._image_check(self._identity(k), k)
         for path in sorted(images.iterdir()):
             check.feed(path.name, path.read_bytes() if needs_bytes(path.name) else None)
         check.done()
@@ -1157,12 +1175,21 @@ class Engine:
         this kernel's log; the images may name no other external file.
         """
         logs = self.supervisor.logs
+        # A namespaced kernel's /dev/shm comes back bound from this kernel's own directory.
+        shm = self.supervisor.prepare_shm(k) if namespaced else None
+        kept: list[tuple[str, str]] = []
+        if namespaced:
+            self.supervisor.seed_shm(k, snap.kernel_id)
+            # The host mounts come from the daemon's configuration, never from the image.
+            keep = self.supervisor.kept_mounts(k)[0]
+            kept = [(mp, namespace.bind_key(mp)) for mp, _ in keep]
         if namespaced:
             keys = external_files((images / "files.img").read_bytes())
             if not all(EXTERNAL_FILE.match(key) for key in keys):
                 raise RestoreFailed("restore failed: the snapshot names external files it may not")
             if not keys:  # a kernel that closed its stdio: nothing to hand over
-                return self.criu.restore(images, work, self.supervisor.creds(k), lazy, (), True)
+                creds = self.supervisor.creds(k)
+                return self.criu.restore(images, work, creds, lazy, (), True, shm, kept)
         else:
             keys = [logs.criu_key(snap.kernel_id), logs.criu_key(k.id)]
         keys = list(dict.fromkeys(keys))
@@ -1172,7 +1199,7 @@ class Engine:
         try:
             inherit = list(zip(fds, keys, strict=True))
             result = self.criu.restore(
-                images, work, self.supervisor.creds(k), lazy, inherit, namespaced=namespaced
+                images, work, self.supervisor.creds(k), lazy, inherit, namespaced, shm, kept
             )
         finally:
             for f in fds:

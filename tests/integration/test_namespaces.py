@@ -8,6 +8,7 @@ import pwd
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_kernel_is_pid_1_of_its_own_namespaces(
     assert kernel.value("status['Uid'].split()") == repr([str(kernel_user.pw_uid)] * 4)
     for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert kernel.value(f"int(status[{cap!r}], 16)") == "0", cap
-    assert kernel.value("sorted(m for m, _ in mounts)") == "['/', '/dev', '/proc']"
+    assert kernel.value("sorted(m for m, _ in mounts)") == "['/', '/dev', '/dev/shm', '/proc']"
     assert "nosuid" in kernel.value("dict(mounts)['/']")
     # Its stdio was opened inside its mount namespace (else no dump): the log works.
     kernel.run("print('to the log', flush=True)")
@@ -214,23 +215,143 @@ def test_namespaced_kernel_interrupts_and_shuts_down_politely(
     assert elapsed < 5, f"shutdown took {elapsed:.1f}s: the polite request was not heard"
 
 
-def test_multiprocessing_in_a_namespaced_kernel(kernel: KernelSession) -> None:
-    """/dev/shm is not in the minimal tree: POSIX semaphores (multiprocessing's locks) and
-    shared memory are unavailable; what works and what does not is pinned here (and said in
-    docs/security.md)."""
+def test_multiprocessing_in_a_namespaced_kernel_survives_snapshot_and_restore(
+    kernel: KernelSession, engine: Engine, kernel_user: pwd.struct_passwd
+) -> None:
+    """The kernel's own /dev/shm (a directory of its uid, bound nosuid,nodev): a Pool works,
+    a snapshot taken while it lives (its workers and semaphores in the dump) restores, and
+    both that Pool and a new one work in the restored kernel."""
+    shm = engine.supervisor.shm_dir(kernel.id)
+    assert shm.stat().st_uid == kernel_user.pw_uid and shm.stat().st_mode & 0o777 == 0o700
+    assert shm.parent.stat().st_uid == 0 and shm.parent.stat().st_mode & 0o777 == 0o711
+    kernel.run(
+        "import multiprocessing as mp, os\n"
+        "pool = mp.get_context('fork').Pool(2)\n"
+        "opts = {l.split()[4]: l.split()[5] for l in open('/proc/self/mountinfo')}['/dev/shm']\n"
+        "open('/dev/shm/kept', 'w').write('data in shm')\n"
+    )
+    assert kernel.value("pool.map(abs, [-1, -2, -3])") == "[1, 2, 3]"
+    assert {"nosuid", "nodev"} <= set(kernel.value("opts").strip("'").split(","))
+    assert (shm / "kept").read_text() == "data in shm"  # the kernel's own directory
+    snap = _snap(engine, kernel)
+    kernel.run("del pool")
+    engine.restore(snap.id)
+    kernel.after_restore()
+    assert kernel.value("pool.map(abs, [-4, -5])") == "[4, 5]"  # the dumped Pool, alive
+    assert kernel.value("open('/dev/shm/kept').read()") == "'data in shm'"
     out = run_cell(
         kernel.client,
-        "import multiprocessing as mp, os\n"
-        "try:\n"
-        "    with mp.get_context('fork').Pool(2) as pool:\n"
-        "        print('pool', pool.map(abs, [-1, -2, -3]))\n"
-        "except Exception as exc:\n"
-        "    print('pool failed', type(exc).__name__, exc)\n"
-        "print('shm', os.access('/dev/shm', os.W_OK))\n",
+        "with mp.get_context('spawn').Pool(2) as p2:\n    print('new', p2.map(abs, [-6]))\n",
     )
-    # The empty /dev/shm directory of / (root's, 0755) is all there is: no POSIX semaphore.
-    assert "shm False" in out, out
-    assert "pool failed PermissionError" in out, out
+    assert "new [6]" in out, out
+    kernel.run("pool.terminate()")
+
+
+def test_restored_into_another_kernel_the_shm_files_come_along(engine: Engine) -> None:
+    """A file held open in /dev/shm at the dump is copied (as the user, never over the other
+    kernel's own files) into the restoring kernel's directory, which CRIU binds there."""
+    a = KernelSession(engine)
+    a.run("held = open('/dev/shm/held', 'w+')\nheld.write('x' * 100)\nheld.flush()\n")
+    snap = _snap(engine, a)
+    a.close()
+    engine.kernels.shutdown(a.id, forget=False)  # stopped: its directory stays
+    b = KernelSession(engine, connection=a.kernel.connection)
+    try:
+        (engine.supervisor.shm_dir(b.id) / "own").touch()
+        engine.restore(snap.id, into=b.id)
+        b.after_restore()
+        assert b.value("held.seek(0) or held.read(3)") == "'xxx'"
+        assert b.value("sorted(__import__('os').listdir('/dev/shm'))") == "['held', 'own']"
+        assert (engine.supervisor.shm_dir(b.id) / "held").stat().st_size == 100
+    finally:
+        b.close()
+    engine.kernels.shutdown(a.id)
+    assert not engine.supervisor.shm_dir(a.id).exists()  # removed with its kernel
+
+
+@pytest.fixture
+def other_mounts(kernel_user: pwd.struct_passwd) -> Iterator[tuple[Path, Path]]:
+    """Two tmpfs mounts of their own, as a systemd host's /run and a /home volume are: one
+    for the daemon's socket directory, one for the notebook's directory (with a third mount
+    below it that the kernel does not need)."""
+    base = Path(tempfile.mkdtemp(prefix="jusnap-mnt-", dir="/var/tmp"))
+    base.chmod(0o755)
+    run, data = base / "run", base / "data"
+    mounted: list[Path] = []
+    try:
+        for mp in (run, data, data / "nested"):
+            mp.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=8m", "jt", str(mp)],
+                           check=True)  # fmt: skip
+            mounted.append(mp)
+        (run / "jusnap").mkdir()
+        (data / "proj").mkdir()
+        os.chown(data / "proj", kernel_user.pw_uid, kernel_user.pw_gid)
+        yield run, data
+    finally:
+        for mp in reversed(mounted):
+            subprocess.run(["umount", "-l", str(mp)], check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+def test_a_kernel_needing_other_mounts_keeps_them_and_restores(
+    make_settings, other_mounts: tuple[Path, Path]
+) -> None:
+    """Socket directory and working directory on mounts of their own: the kernel is still
+    namespaced, sees exactly those two mounts (not the one below), nosuid,nodev, reaches the
+    socket and its directory, and a snapshot of it restores."""
+    import socket
+
+    run, data = other_mounts
+    sock_path = run / "jusnap" / "jusnap.sock"
+    engine = Engine(make_settings(**{"jusnap.http.socket": str(sock_path)})).start()
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(sock_path))
+        sock_path.chmod(0o666)
+        server.listen(4)
+        ks = KernelSession(engine, cwd=str(data / "proj"))
+        pid = engine.kernels.get(ks.id).pid
+        assert namespace.nspid(pid) == [pid, 1]  # no fallback to a plain launch
+        ks.run(
+            "import os, socket\n"
+            "def mounts():\n"
+            "    rows = [l.split() for l in open('/proc/self/mountinfo')]\n"
+            "    return {r[4]: r[5] for r in rows}\n"
+            "open('made-inside', 'w').write('hi')\n"
+            f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); s.close()\n"
+            "x = 'before'\n"
+        )
+        want = sorted(["/", "/dev", "/dev/shm", "/proc", str(run), str(data)])
+        assert ks.value("sorted(mounts())") == repr(want)
+        opts = {}
+        for mp in (run, data):
+            opts[mp] = set(ks.value(f"mounts()[{str(mp)!r}]").strip("'").split(","))
+            assert {"nosuid", "nodev"} <= opts[mp]
+        # Kept for the socket alone: read-only (connect() needs no writable mount); the
+        # notebook's mount: writable.
+        assert "ro" in opts[run] and "rw" in opts[data]
+        assert "Errno 30" in ks.run(
+            f"try:\n    open({str(run / 'x')!r}, 'w')\nexcept OSError as e:\n    print(e)\n"
+        )
+        assert ks.value("os.getcwd()") == repr(str(data / "proj"))
+        assert (data / "proj" / "made-inside").read_text() == "hi"
+        snap = _snap(engine, ks)
+        ks.run("x = 'after'")
+        engine.restore(snap.id)
+        ks.after_restore()
+        assert ks.value("x") == "'before'"
+        new = engine.kernels.get(ks.id).pid
+        assert new != pid and namespace.nspid(new) == [new, 1]
+        assert ks.value("sorted(mounts())") == repr(want)
+        for mp in (run, data):  # the same flags, from the image (checked) and CRIU
+            assert set(ks.value(f"mounts()[{str(mp)!r}]").strip("'").split(",")) == opts[mp]
+        ks.run(f"s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); s.close()")
+        assert ks.value("open('made-inside').read()") == "'hi'"
+        ks.close()
+    finally:
+        server.close()
+        shutdown_all(engine)
 
 
 def test_a_launch_requests_environment_never_reaches_root(

@@ -14,6 +14,7 @@ from jusnap.criu_images import (
     Message,
     MountEntry,
     check_images,
+    launcher_tree,
     stats_field,
 )
 from jusnap.errors import ImageRefused
@@ -276,6 +277,142 @@ def test_a_second_mount_namespace_is_refused() -> None:
     files = [*ns_dump(REAL_MOUNTPOINTS), ("mountpoints-11.img", REAL_MOUNTPOINTS)]
     with pytest.raises(ImageRefused, match="second mount namespace"):
         check_images(files, WHO, TREE)
+
+
+# ---- /dev/shm: the kernel's own directory, bound nosuid,nodev, external key "shm"
+
+# A real dump's mountpoints image with the launcher's /dev/shm (CRIU 4.2.1, dev machine): the
+# bind's root is the dumped kernel's directory (CRIU records it; a restore binds the restoring
+# kernel's own directory given by key, never this path).
+REAL_WITH_SHM = bytes.fromhex(
+    "1943565428395655a800000008001045188080807f2059288680800132462f7661722f746d702f6a75736e61"
+    "702d746573742d6d706865723637652f73686d2f37623265663330312d363237642d343132312d613933372d"
+    "3739303334303335653831343a082f6465762f73686d42082f6465762f7664614a2d646973636172642c7265"
+    "73765f7374726963742c7265737569643d36353533342c7265736769643d3635353334500058008801009201"
+    "0373686d2600000008011044182f2043288e80800132012f3a052f70726f63420470726f634a005000580088"
+    "0100580000000803105918062043288080800132012f3a042f6465764208646576746d7066734a2973697a65"
+    "3d31323333343433326b2c6e725f696e6f6465733d333038333630382c6d6f64653d37353550005800880100"
+    "9201036465765600000008001043188080807f2042288280800132012f3a012f42082f6465762f7664614a2d"
+    "646973636172642c726573765f7374726963742c7265737569643d36353533342c7265736769643d36353533"
+    "3450005800880100"
+)
+SHM_PARENT = "/var/tmp/jusnap-test-mpher67e/shm/"
+SHM_ROOT = SHM_PARENT + "7b2ef301-627d-4121-a937-79034035e814"
+TREE_SHM = (
+    *TREE[:2],
+    MountEntry("/dev/shm", 0, 0x200006, "/dev/vda", SHM_PARENT, ext_key="shm"),
+    TREE[2],
+)
+
+
+def shm(root: str = SHM_ROOT, flags: int = 0x200006, parent: int = 58, ext: str = "shm",
+        fstype: int = 0, source: str = "/dev/vda") -> list:  # fmt: skip
+    fields = mnt("/dev/shm", fstype, flags, source, 69, parent, ext_key=ext)
+    return [(n, w, root.encode() if n == 6 else v) for n, w, v in fields]
+
+
+def test_the_real_tree_with_shm_is_accepted_and_so_is_one_without() -> None:
+    assert check_images(ns_dump(REAL_WITH_SHM), WHO, TREE_SHM) is True
+    assert check_images(ns_dump(mounts(*GOOD, shm())), WHO, TREE_SHM) is True
+    # Any kernel's directory (a restore into another kernel binds its own directory).
+    other = SHM_PARENT + "00000000-1111-2222-3333-444444444444"
+    assert check_images(ns_dump(mounts(*GOOD, shm(root=other))), WHO, TREE_SHM) is True
+    # A snapshot from before /dev/shm was bound.
+    assert check_images(ns_dump(REAL_MOUNTPOINTS), WHO, TREE_SHM) is True
+    # A tree that never allowed it refuses it.
+    with pytest.raises(ImageRefused, match="not in the launcher's tree"):
+        check_images(ns_dump(REAL_WITH_SHM), WHO, TREE)
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (shm(flags=0x200004), "flags"),  # nosuid cleared
+        (shm(flags=0x200002), "flags"),  # nodev cleared
+        (shm(root="/"), "root"),  # the whole root file system
+        (shm(root="/etc"), "root"),
+        (shm(root=SHM_PARENT), "root"),  # every kernel's directories
+        (shm(root=SHM_PARENT + "../../etc"), "root"),
+        (shm(root=SHM_ROOT + "/sub"), "root"),
+        (shm(root="/var/tmp/other/shm/" + SHM_ROOT.rsplit("/", 1)[1]), "root"),
+        (shm(ext="dev"), "ext_key"),
+        (shm(fstype=2), "fstype"),  # a tmpfs CRIU would mount and fill from the images
+        (shm(source="/dev/vdb"), "source"),
+        (shm(parent=43), "does not hang on /dev"),
+        ([f for f in shm() if f[0] != 18], "ext_key"),  # not external: CRIU would bind a path
+    ],
+)
+def test_each_change_to_shm_is_refused(entry: list, why: str) -> None:
+    with pytest.raises(ImageRefused, match=why):
+        check_images(ns_dump(mounts(*GOOD, entry)), WHO, TREE_SHM)
+
+
+def test_a_second_shm_is_refused() -> None:
+    with pytest.raises(ImageRefused, match="not in the launcher's tree"):
+        check_images(ns_dump(mounts(*GOOD, shm(), shm())), WHO, TREE_SHM)
+
+
+# ---- host mounts kept in the namespace (socket directory, home, data volume)
+
+KEPT = MountEntry("/run", None, 0x200006, None, "/", ext_key="bind-0123456789abcdef")
+# /run/x kept read-only (for the daemon's socket alone)
+KEPT_SUB = MountEntry("/run/x", None, 0x200007, None, "/sub", ext_key="bind-fedcba9876543210")
+TREE_KEPT = (*TREE_SHM, KEPT, KEPT_SUB)
+
+
+def kept(point: str = "/run", flags: int = 0x200006, parent: int = 43, root: str = "/",
+         ext: str | None = "bind-0123456789abcdef", mnt_id: int = 80) -> list:  # fmt: skip
+    fields = mnt(point, 2, flags, "tmpfs", mnt_id, parent, ext_key=ext)
+    return [(n, w, root.encode() if n == 6 else v) for n, w, v in fields]
+
+
+SUB = kept("/run/x", 0x200007, 80, "/sub", "bind-fedcba9876543210", 81)
+
+
+def test_kept_host_mounts_are_accepted_as_configured() -> None:
+    assert check_images(ns_dump(mounts(*GOOD, shm(), kept(), SUB)), WHO, TREE_KEPT) is True
+    # file system type and source: not what CRIU acts on for an external bind
+    other = [(n, w, 5 if n == 1 else b"x" if n == 8 else v) for n, w, v in kept()]
+    assert check_images(ns_dump(mounts(*GOOD, other, SUB)), WHO, TREE_KEPT) is True
+
+
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        ([kept(flags=0x200004), SUB], "flags"),  # nosuid cleared
+        ([kept(flags=0x200002), SUB], "flags"),  # nodev cleared
+        (
+            [kept(), kept("/run/x", 0x200006, 80, "/sub", "bind-fedcba9876543210", 81)],
+            "flags",
+        ),  # writable where the configuration keeps it read-only
+        ([kept(ext="bind-ffffffffffffffff"), SUB], "ext_key"),  # another host path's key
+        ([kept(ext=None), SUB], "ext_key"),  # not external: CRIU would mount a tmpfs itself
+        ([kept(root="/etc"), SUB], "root"),
+        ([kept()], "missing"),  # the configuration keeps /run/x too
+        ([kept(), SUB, kept("/srv", mnt_id=82)], "not in the launcher's tree"),
+        (
+            [kept(), kept("/run/x", 0x200007, 43, "/sub", "bind-fedcba9876543210")],
+            "does not hang on /run",
+        ),
+    ],
+)
+def test_each_change_to_a_kept_mount_is_refused(entries: list, why: str) -> None:
+    with pytest.raises(ImageRefused, match=why):
+        check_images(ns_dump(mounts(*GOOD, *entries)), WHO, TREE_KEPT)
+
+
+def test_a_kept_mount_the_configuration_no_longer_keeps_is_refused() -> None:
+    with pytest.raises(ImageRefused, match="not in the launcher's tree"):
+        check_images(ns_dump(mounts(*GOOD, kept())), WHO, TREE_SHM)
+
+
+def test_launcher_tree_pins_shm_under_the_state_directory(tmp_path) -> None:
+    tree = {e.mountpoint: e for e in launcher_tree(str(tmp_path / "shm"))}
+    assert sorted(tree) == ["/", "/dev", "/dev/shm", "/proc"]
+    e = tree["/dev/shm"]
+    assert e.ext_key == "shm" and e.root.endswith(f"{tmp_path}/shm/")
+    assert e.flags & 0x6 == 0x6 and e.source == tree["/"].source and e.fstype == tree["/"].fstype
+    assert "/dev/shm" not in {e.mountpoint for e in launcher_tree()}
 
 
 def test_a_malformed_mountpoints_image_is_refused() -> None:

@@ -1,7 +1,8 @@
 """Kernels in their own PID + mount namespace: when, how they are launched, how to tell.
 
 A namespaced kernel is PID 1 of a PID namespace of its own, in a mount namespace whose tree
-is only ``/`` (nosuid there), ``/dev`` (the host's, external to CRIU) and the namespace's
+is only ``/`` (nosuid there), ``/dev`` (the host's, external to CRIU), ``/dev/shm`` (the
+kernel's own directory, external to CRIU: ``Supervisor.shm_dir``) and the namespace's
 ``/proc``; it runs with no_new_privs, its uid, gid and groups, and no capability. Every
 restored copy is PID 1 of a fresh namespace, so a restore never needs the dumped PID to be
 free (docs/fork-design.md measures the recipe; ``nsinit.py`` is the root-side launcher).
@@ -14,9 +15,11 @@ the kernel), PID 1 inside, the kernel's uid.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from ..errors import JusnapError
 from ..proc import Creds, Reaper, uids
-from .nsinit import TREE, mountpoints
+from .nsinit import mountpoints
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +54,64 @@ def _mount_of(path: str, points: Sequence[str]) -> str:
     return best
 
 
-def unreachable(paths: Sequence[str]) -> str | None:
-    """Why a kernel needing ``paths`` cannot run in the minimal tree (None: it can).
+# Mounts a namespaced kernel may keep from the host besides / and /dev: not under the pseudo
+# and device trees (its own /proc and /dev/shm), nor /tmp (a namespaced restore gives CRIU a
+# private /tmp, where a bind from the host would not be), and with a plain path CRIU's
+# ``--external mnt[PATH]:KEY`` syntax and the image check can carry unchanged.
+_NO_BIND = ("/dev", "/proc", "/sys", "/tmp")
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._@+/-]*\Z")
 
-    Only ``/`` and ``/dev`` are kept: a path on any other mount (a data volume, an NFS home,
-    a tmpfs ``/tmp``) would not be there inside the namespace.
+
+def bind_key(mountpoint: str) -> str:
+    """CRIU's external key of a kept host mount: derived from its path only (the image says
+    "the mount kept at this path", a restore binds the daemon's own idea of that path)."""
+    return "bind-" + hashlib.sha256(mountpoint.encode()).hexdigest()[:16]
+
+
+def binds(
+    paths: Sequence[str], read_only: Sequence[str] = ()
+) -> tuple[list[tuple[str, bool]], str | None]:
+    """The host mounts a namespaced kernel needing ``paths`` keeps, each with the mounts it
+    hangs on down to ``/``, as (mount point, read-only); or why it cannot run in a namespace
+    (then plain). A mount kept only for paths in ``read_only`` (the daemon's socket
+    directory: ``connect()`` to a socket needs no writable mount, measured) is read-only.
+
+    A kept mount is the host's own mount at the same path, copied into the kernel's
+    namespace with every mount below it detached (non-recursive) and remounted nosuid,nodev:
+    on a systemd host the daemon's socket under the tmpfs /run, a /home of its own, a data
+    volume holding the notebook.
     """
     points = mountpoints()
-    for p in paths:
-        real = os.path.realpath(p)
-        mp = _mount_of(real, points)
-        if mp not in TREE or mp == "/proc":
-            return f"{p} is on the mount {mp}, which a namespaced kernel does not see"
-    return None
+    keep: set[str] = set()
+    writable: set[str] = set()
+    for p in [*paths, *read_only]:
+        mp = _mount_of(os.path.realpath(p), points)
+        while mp not in ("/", "/dev"):
+            if points.count(mp) != 1:
+                return [], f"{p} is on the mount {mp}, which is stacked"
+            if any(mp == b or mp.startswith(b + "/") for b in _NO_BIND):
+                return [], f"{p} is on the mount {mp}, which a namespaced kernel does not see"
+            if not _PLAIN_PATH.match(mp) or "/." in mp or "//" in mp:
+                return [], f"{p} is on the mount {mp}, whose path cannot be passed to CRIU"
+            keep.add(mp)
+            if p in paths:
+                writable.add(mp)
+            mp = _mount_of(str(Path(mp).parent), points)
+    ordered = sorted(keep, key=lambda m: (m.count("/"), m))
+    return [(mp, mp not in writable) for mp in ordered], None
+
+
+def kept_in(pid: int) -> list[str]:
+    """The host mounts kept in ``pid``'s mount namespace: every mount point but the
+    launcher's own tree, from its mountinfo (written by the kernel, as root reads it)."""
+    from .nsinit import TREE, _unescape
+
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = [_unescape(ln.split()[4]) for ln in lines if ln.strip()]
+    return [p for p in points if p not in TREE]
 
 
 def nspid(pid: int) -> list[int] | None:
@@ -182,14 +230,16 @@ def launch(
     argv: Sequence[str],
     creds: Creds,
     log_path: Path,
+    shm: Path,
+    keep: Sequence[tuple[str, bool]],
     cwds: Sequence[str],
     env: dict[str, str],
 ) -> int:
     """Start ``argv`` as the namespace's PID 1; return its outer PID (a child of ours)."""
     cmd = [
         sys.executable, "-I", str(NSINIT), str(creds.uid), str(creds.gid),
-        ",".join(str(g) for g in creds.groups), str(log_path),
-        ":".join(c for c in cwds if ":" not in c), "--", *argv,
+        ",".join(str(g) for g in creds.groups), str(log_path), str(shm),
+        json.dumps(list(keep)), ":".join(c for c in cwds if ":" not in c), "--", *argv,
     ]  # fmt: skip
     p = reaper.spawn(
         cmd,
@@ -239,11 +289,12 @@ def _not_ours(pid: int, uid: int) -> str | None:
 
 
 __all__ = [
+    "bind_key",
+    "binds",
     "external_log_keys",
     "is_namespace_init",
     "launch",
     "nspid",
     "same_user_ns",
-    "unreachable",
     "wanted",
 ]

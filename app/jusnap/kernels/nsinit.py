@@ -9,9 +9,13 @@ What it does (docs/fork-design.md, "Recommended design", measured to dump and re
 1. ``unshare(CLONE_NEWPID | CLONE_NEWNS)`` and makes every mount private (nothing the kernel
    namespace does propagates back to the host);
 2. forks the kernel-to-be, which is PID 1 of the new PID namespace; in it, still as root:
-   unmounts everything but ``/`` and ``/dev`` (detached, deepest first), mounts a ``/proc`` of
-   the new namespace (nosuid, nodev, noexec), remounts ``/`` nosuid (in this namespace only),
-   checks that exactly the tree ``/``, ``/dev``, ``/proc`` is left, opens its stdio *inside*
+   unmounts everything but ``/``, ``/dev`` and the host mounts the daemon names (those that
+   hold the kernel's working directory, home, interpreter or the daemon's socket; each kept
+   without the mounts below it and remounted nosuid,nodev), detached, deepest first; mounts
+   a ``/proc`` of the new namespace (nosuid, nodev, noexec), remounts ``/`` nosuid (in this
+   namespace only), binds the kernel's own shm directory at ``/dev/shm`` (nosuid, nodev:
+   ``multiprocessing`` needs it), checks that exactly the tree ``/``, ``/dev``,
+   ``/dev/shm``, ``/proc`` and the kept mounts is left, opens its stdio *inside*
    the new mount namespace (``/dev/null``, and the kernel's log, append-only: a descriptor
    opened in the host's mount namespace fails the dump with "Can't lookup mount"), sets
    no_new_privs, starts a new session, drops to the kernel's uid, gid and groups (no
@@ -22,7 +26,8 @@ What it does (docs/fork-design.md, "Recommended design", measured to dump and re
    kernel is then re-parented to the daemon, a child subreaper, which read the PID from this
    root process's stdout, never from a file the kernel's user can write.
 
-Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG CWD[:CWD...] -- ARGV...
+Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG SHM KEEP(JSON list of [host
+mount point, read-only] to keep) CWD[:CWD...] -- ARGV...
 with the kernel's environment as a JSON object on stdin (this root process runs with an
 empty one, and ``python -I``: nothing the launch request names reaches root).
 """
@@ -46,7 +51,11 @@ PR_SET_NO_NEW_PRIVS = 38
 _ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME,
              2048: MS_NODIRATIME, 4096: MS_RELATIME}  # fmt: skip
 #: The mount tree a namespaced kernel sees, and the only one its snapshots may carry.
-TREE = ("/", "/dev", "/proc")
+TREE = ("/", "/dev", "/dev/shm", "/proc")
+#: Where the kernel's own /dev/shm comes from: a directory of the kernel's uid (mode 0700)
+#: under a root-owned 0711 parent in the state directory, bound nosuid,nodev (CRIU: external
+#: mount ``shm``, bound back from the restoring kernel's own directory).
+SHM = "/dev/shm"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,10 +90,21 @@ def mountpoints() -> list[str]:
         return [_unescape(line.split()[4]) for line in fh if line.strip()]
 
 
-def _trim_tree() -> None:
-    """Leave ``/`` and ``/dev`` only, then the namespace's own ``/proc``; ``/`` nosuid."""
+def _flags_of(path: str) -> int:
+    keep = 0
+    for bit, ms in _ST_TO_MS.items():
+        if os.statvfs(path).f_flag & bit:
+            keep |= ms
+    return keep
+
+
+def _trim_tree(keep: list[tuple[str, bool]]) -> None:
+    """Leave ``/``, ``/dev`` and the host mounts in ``keep`` only (each remounted nosuid,nodev
+    in this namespace, read-only when so marked), then the namespace's own ``/proc``; ``/``
+    nosuid."""
+    kept = [mp for mp, _ in keep]
     for _ in range(16):  # stacked mounts (a second /dev/shm over the first) take passes
-        extra = [m for m in mountpoints() if m not in ("/", "/dev", "/proc")]
+        extra = [m for m in mountpoints() if m not in ("/", "/dev", "/proc", *kept)]
         if not extra:
             break
         for mp in sorted(extra, key=lambda m: (-m.count("/"), m)):
@@ -93,23 +113,48 @@ def _trim_tree() -> None:
     for _ in range(mountpoints().count("/proc")):  # the host's /proc goes last: it lists them
         _check(_libc.umount2(b"/proc", MNT_DETACH), "umount /proc")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    keep = 0
-    for bit, ms in _ST_TO_MS.items():
-        if os.statvfs("/").f_flag & bit:
-            keep |= ms
-    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_NOSUID | keep)
-    left = sorted(mountpoints())
-    if left != sorted(TREE):
-        raise OSError(0, f"mount tree is {left}, not {sorted(TREE)}")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_NOSUID | _flags_of("/"))
+    for mp, ro in keep:
+        flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if ro else 0) | _flags_of(mp)
+        _mount(None, mp, None, MS_REMOUNT | MS_BIND | flags)
 
 
-def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
+def _bind_shm(shm: str, uid: int) -> None:
+    """Bind the kernel's own shm directory at /dev/shm: non-recursive, nosuid, nodev.
+
+    The directory is checked through an ``O_PATH|O_NOFOLLOW`` descriptor (a directory of the
+    kernel's uid, not a link) and bound through that descriptor, so a name the user could
+    swap is never followed by root (its root-owned parent already forbids the swap).
+    """
+    fd = os.open(shm, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            raise OSError(0, f"{shm} is not a directory of uid {uid}")
+        _mount(f"/proc/self/fd/{fd}", SHM, None, MS_BIND)
+    finally:
+        os.close(fd)
+    flags = _flags_of(SHM) & ~MS_RDONLY
+    _mount(None, SHM, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | flags)
+
+
+def _check_tree(keep: list[tuple[str, bool]]) -> None:
+    left, want = sorted(mountpoints()), sorted([*TREE, *(mp for mp, _ in keep)])
+    if left != want:
+        raise OSError(0, f"mount tree is {left}, not {want}")
+
+
+def _child(uid: int, gid: int, groups: list[int], log: str, shm: str,
+           keep: list[tuple[str, bool]],
+           cwds: list[str],
            argv: list[str], env: dict[str, str], errpipe: int) -> None:  # fmt: skip
     # Nothing opened outside the kernel's mount namespace may reach it (CRIU could not dump
     # it: "Can't lookup mount"); the error pipe closes itself at exec.
     os.closerange(3, errpipe)
     os.closerange(errpipe + 1, os.sysconf("SC_OPEN_MAX"))
-    _trim_tree()
+    _trim_tree(keep)
+    _bind_shm(shm, uid)
+    _check_tree(keep)
     null = os.open("/dev/null", os.O_RDONLY)
     checked = os.open(log, os.O_PATH | os.O_NOFOLLOW)  # never through a link
     if not stat.S_ISREG(os.fstat(checked).st_mode):
@@ -141,13 +186,19 @@ def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
 def main(args: list[str]) -> int:
     try:
         sep = args.index("--")
-        uid_s, gid_s, groups_s, log, cwds_s = args[:sep]
+        uid_s, gid_s, groups_s, log, shm, keep_s, cwds_s = args[:sep]
+        keep = [(m, ro) for m, ro in json.loads(keep_s)]
+        if not all(
+            isinstance(m, str) and m.startswith("/") and m not in TREE and isinstance(ro, bool)
+            for m, ro in keep
+        ):
+            raise ValueError("bad mount list")
         argv = args[sep + 1 :]
         uid, gid = int(uid_s), int(gid_s)
         groups = [int(g) for g in groups_s.split(",") if g]
         cwds = [c for c in cwds_s.split(":") if c]
     except ValueError:
-        print("error: usage: nsinit.py UID GID GROUPS LOG CWDS -- ARGV...", flush=True)
+        print("error: usage: nsinit.py UID GID GROUPS LOG SHM KEEP CWDS -- ARGV...", flush=True)
         return 2
     try:
         # The kernel's environment comes on stdin, never as this root process's own: it
@@ -174,7 +225,7 @@ def main(args: list[str]) -> int:
     if pid == 0:
         os.close(r)
         try:
-            _child(uid, gid, groups, log, cwds, argv, env, w)
+            _child(uid, gid, groups, log, shm, keep, cwds, argv, env, w)
         except BaseException as exc:  # reported to the parent, whatever it is
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             os.write(w, (why or type(exc).__name__).encode(errors="replace")[:500])

@@ -23,6 +23,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -171,6 +172,45 @@ class Supervisor:
     def kernel_dir(self, kernel_id: str) -> Path:
         return self.kernels_dir / kernel_id
 
+    def shm_dir(self, kernel_id: str) -> Path:
+        """The kernel's own ``/dev/shm`` when namespaced (``multiprocessing`` semaphores,
+        joblib's memmaps): ``<state_dir>/shm/<kernel id>``."""
+        return self.settings.state_dir / "shm" / kernel_id
+
+    def prepare_shm(self, k: Kernel) -> Path:
+        """Make ``k``'s shm directory (kept when it is already a directory of its uid): root
+        owns the 0711 parent, so the user can never swap the name for a link; the directory
+        is the user's, 0700. Files the kernel left there stay (a restore needs those that
+        were open at the dump)."""
+        parent = self.settings.state_dir / "shm"
+        self._make_private_dir(parent, os.geteuid(), os.getegid())
+        parent.chmod(0o711)
+        path = self.shm_dir(k.id)
+        try:
+            st = path.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != k.run_uid:
+                raise JusnapError(f"{path} is not a directory of uid {k.run_uid}")
+        except FileNotFoundError:
+            path.mkdir(mode=0o700)
+            os.chown(path, k.run_uid, k.run_gid)
+        return path
+
+    def seed_shm(self, k: Kernel, from_id: str) -> None:
+        """Copy kernel ``from_id``'s shm files into ``k``'s (a snapshot restored into another
+        kernel, or a fork: files open in /dev/shm at the dump must be there), as ``k``'s user
+        (root would follow the links the user planted), never over a file ``k`` already has.
+        Nothing to copy when the source kernel is gone; a copy that fails is logged (CRIU
+        then refuses the restore if it needed the file, and the restore is undone)."""
+        src = self.shm_dir(from_id)
+        if from_id == k.id or not src.is_dir():
+            return
+        argv = ["cp", "-R", "-n", "--no-dereference", "--preserve=mode,timestamps", "--",
+                f"{src}/.", f"{self.shm_dir(k.id)}/"]  # fmt: skip
+        try:
+            self._as_user(self.creds(k), argv, "copy /dev/shm")
+        except JusnapError as exc:
+            log.warning("kernel %s: /dev/shm of %s not copied: %s", k.id, from_id, exc)
+
     def creds(self, k: Kernel) -> Creds:
         return Creds.of_user(k.run_uid, k.run_gid)
 
@@ -275,6 +315,7 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.registry.delete_kernel(k.id)
             shutil.rmtree(kdir, ignore_errors=True)
+            shutil.rmtree(self.shm_dir(k.id), ignore_errors=True)
             self.logs.remove(k.id)
             raise
         return k
@@ -322,11 +363,15 @@ class Supervisor:
         if shutil.which(argv[0], path=env["PATH"]) is None:
             raise InvalidRequest(f"cannot start kernel {argv[0]!r}: no such program")
         out = self.logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
-        why_plain = self._why_plain(k, argv, env, [cwd, home])
+        keep, why_plain = self._namespace_plan(k)
         if why_plain is None:
             os.close(out)  # the launcher opens it again inside the kernel's mount namespace
-            self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace)")
-            pid = namespace.launch(self.reaper, argv, creds, self.logs.path(k.id), [cwd, "/"], env)
+            kept = f"; host mounts kept: {', '.join(mp for mp, _ in keep)}" if keep else ""
+            self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace{kept})")
+            shm = self.prepare_shm(k)
+            pid = namespace.launch(
+                self.reaper, argv, creds, self.logs.path(k.id), shm, keep, [cwd, "/"], env
+            )
         else:
             if why_plain:
                 log.warning("kernel %s: plain launch, no namespace: %s", k.id, why_plain)
@@ -356,28 +401,42 @@ class Supervisor:
         self.registry.put_kernel(k)
         log.info("kernel %s started as pid %s (uid %s)", k.id, k.pid, k.run_uid)
 
-    def _why_plain(
-        self, k: Kernel, argv: list[str], env: dict[str, str], dirs: list[str]
-    ) -> str | None:
-        """None when ``k`` starts in its own namespaces; else why not ("" when namespaces are
-        off or the daemon is no root: nothing worth a warning)."""
+    def _program(self, k: Kernel) -> str:
+        path = k.env.get("PATH", os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+        return shutil.which(k.argv[0], path=path) or k.argv[0]
+
+    def kept_mounts(self, k: Kernel) -> tuple[list[tuple[str, bool]], str | None]:
+        """The host mounts a namespaced ``k`` keeps (``namespace.binds``) for what it needs
+        under the daemon's current configuration: its interpreter, working directory, home
+        and the daemon's socket directory (the IPython extension asks for automatic
+        snapshots there; on systemd hosts it is on the tmpfs /run; read-only when kept for it
+        alone); or why it cannot be namespaced. The same answer at launch, dump, image check
+        and restore."""
+        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
+        home = self._home(k.run_uid)
+        keep, why = namespace.binds([self._program(k), k.cwd or home, home], [socket_dir])
+        if why:
+            return [], why
+        # The state directory (images, log, /dev/shm directories) stays on / itself.
+        state = os.path.realpath(self.settings.state_dir)
+        off_root, why = namespace.binds([state, str(self.logs.path(k.id))])
+        if off_root or why:
+            return [], f"the state directory {state} is not on the root file system"
+        if state == "/tmp" or state.startswith("/tmp/"):
+            # A namespaced restore gives CRIU a private /tmp, which would hide the images.
+            return [], f"the state directory {state} is under /tmp"
+        return keep, None
+
+    def _namespace_plan(self, k: Kernel) -> tuple[list[tuple[str, bool]], str | None]:
+        """(kept host mounts, None) when ``k`` starts in its own namespaces; else ([], why
+        not): "" when namespaces are off or the daemon is no root (nothing worth a warning)."""
         setting = self.settings.jusnap.kernels.namespaces
         if not namespace.wanted(setting) or k.run_uid == 0:
-            return ""
-        program = shutil.which(argv[0], path=env["PATH"]) or argv[0]
-        # The daemon's socket too: the IPython extension asks for automatic snapshots there
-        # (where /run is a tmpfs of its own, a namespaced kernel would not see it).
-        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
-        why = namespace.unreachable(
-            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id)), socket_dir]
-        )
-        state = os.path.realpath(self.settings.state_dir)
-        if not why and (state == "/tmp" or state.startswith("/tmp/")):
-            # A namespaced restore gives CRIU a private /tmp, which would hide the images.
-            why = f"the state directory {state} is under /tmp"
+            return [], ""
+        keep, why = self.kept_mounts(k)
         if why and setting == "on":
             raise JusnapError(f"cannot start kernel in its own namespace: {why}")
-        return why
+        return keep, why
 
     # ---- state ---------------------------------------------------------------------------
     def alive(self, k: Kernel) -> bool:
@@ -460,4 +519,5 @@ class Supervisor:
         self.stop(k)
         self.registry.delete_kernel(k.id)
         shutil.rmtree(self.kernel_dir(k.id), ignore_errors=True)
+        shutil.rmtree(self.shm_dir(k.id), ignore_errors=True)  # fd-based: follows no link
         self.logs.remove(k.id)
