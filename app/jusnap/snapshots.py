@@ -517,10 +517,15 @@ class Engine:
 
     def _retain(self, snap: Snapshot) -> None:
         """Retention (and gc) after a snapshot, outside the kernel's lock; fails it only when
-        it does not fit the owner's quota (QuotaExceeded: the snapshot is gone again)."""
+        it does not fit the owner's quota (QuotaExceeded: the snapshot is gone again).
+
+        A kernel's snapshots are left for the next pass while an operation that may read one
+        of them runs on it (a restore, a fork, a trim of its hot tier); a snapshot being taken
+        reads none, and sparing a whole burst's snapshots let a busy notebook's list grow past
+        ``keep_auto`` until it went idle."""
         try:
             self.storage.after_snapshot(
-                self.registry, snap, lambda kid: self.locks.current(kid) is not None
+                self.registry, snap, lambda kid: self.locks.current(kid) not in (None, "snapshot")
             )
         except QuotaExceeded:
             raise
