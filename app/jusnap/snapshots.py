@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import autosnap, failpoints, heap
+from . import autosnap, failpoints, heap, lazyrestore
 from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
@@ -67,7 +67,6 @@ from .kernels.channels import (
 from .kernels.locks import USER_WAIT, OperationLocks
 from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
-from .lazyrestore import serve_lazily
 from .proc import Reaper, check_restored, cpu_seconds, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.hot import HotEntry, HotTier
@@ -144,6 +143,7 @@ class Engine:
             dump_timeout=c.dump_timeout,
             restore_timeout=c.restore_timeout,
             unprivileged=c.unprivileged,
+            lazy_unprivileged=st.lazy_unprivileged,
         )
         self.registry: Registry
         self.kernels: KernelService
@@ -155,6 +155,7 @@ class Engine:
         # Snapshots being committed in the background: id -> (thread, kernel id, owner uid).
         self._commits: dict[str, tuple[threading.Thread, str, int]] = {}
         self._commits_lock = threading.Lock()
+        self._lazy = lazyrestore.LazyServers()  # lazy restores still receiving pages
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> Engine:
@@ -570,6 +571,9 @@ class Engine:
                 f"kernel {k.id} is not running; restart it or restore a snapshot"
             )
         assert k.pid is not None
+        # A lazily restored kernel still missing pages: its image would lack them.
+        if not self._lazy.wait(k.id, self._lazy_timeout()):
+            raise SnapshotFailed("snapshot failed: the kernel's lazy restore has not finished")
         sid = new_snapshot_id()
         created = time.time()
         active = self.hooks.for_pid(k.pid)
@@ -974,7 +978,7 @@ class Engine:
             creds = self.supervisor.creds(k)
             lazy = self.storage.lazy_for(snap, self.criu.lazy_capable(creds))
             want_history = snap.has_history and bool(k.history_file)
-            entry = None if lazy else self.hot.get(snap.id)  # lazy restores move the images
+            entry = self.hot.get(snap.id)  # a lazy restore links a hot entry's images
             history: Path | None = None
             if entry is not None:
                 images = entry.images
@@ -1016,6 +1020,7 @@ class Engine:
         self.supervisor.stop(k)
         failpoints.reached("restore:kernel-stopped")
         restored_pid: int | None = None
+        server: lazyrestore.LazyServer | None = None
         try:
             creds = self.supervisor.creds(k)
             if staged.history is not None and k.history_file:
@@ -1024,21 +1029,25 @@ class Engine:
                 self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
             if start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
-            images, lazy = staged.images, False
+            images, work = staged.images, staged.work
             if staged.lazy:
-                timeout = max(600.0, self.criu.restore_timeout * 5)
-                images, lazy = serve_lazily(self.criu, images, self.work_dir, creds, timeout), True
+                # The server's own copy of the images and work directory (it listens there,
+                # and the restore connects there): lazyrestore's docstring says why.
+                home = self.work_dir / f"{staged.work.parent.name}-lazy"
+                server = lazyrestore.prepare(images, home, creds, linked=staged.hot)
+                lazyrestore.start(self.criu, server, creds)
+                images, work = server.images, server.work
             not_before = ticks_now()
-            # The lazy-pages server listens in its work directory (its images'), and the
-            # restore must look there: only privileged CRIU restores lazily (root's files).
-            work = images if lazy else staged.work
             failpoints.reached_soon("restore:criu-running", 0.1)
-            result = self._criu_restore(k, snap, images, work, lazy)
+            result = self._criu_restore(k, snap, images, work, server is not None)
             why = check_restored(snap.pid, k.run_uid, not_before)
             if why is not None:
                 log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
                 raise RestoreFailed(f"restore failed: {why}")
             restored_pid = snap.pid
+            if server is not None:
+                self._watch_lazy(k, server, restored_pid, start_time(restored_pid))
+                server = None  # the watcher cleans up from now on
             failpoints.reached("restore:criu-restored")
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
@@ -1071,6 +1080,8 @@ class Engine:
                 started = start_time(restored_pid)
                 kill_tree(restored_pid, started)
                 self.reaper.wait_gone(restored_pid, started, 10)
+            if server is not None:
+                lazyrestore.stop(self.criu, server)
             k.status = "dead"
             self.registry.put_kernel(k)
             if isinstance(exc, JusnapError):
@@ -1079,6 +1090,25 @@ class Engine:
         k.execution_count = snap.execution_count
         self.registry.put_kernel(k)
         return result.seconds, hs
+
+    def _lazy_timeout(self) -> float:
+        return max(600.0, self.criu.restore_timeout * 5)
+
+    def _watch_lazy(
+        self, k: Kernel, server: lazyrestore.LazyServer, pid: int, started: int | None
+    ) -> None:
+        """Follow a lazy restore's server; if it fails, the kernel it left without pages is
+        killed (it would read zeros where its memory should be), never left running."""
+
+        def broken(why: str) -> None:
+            kill_tree(pid, started)
+            self.supervisor.logs.note(
+                k.id, f"lazy restore failed ({why}): the kernel lost memory and was stopped;"
+                " restore a snapshot"
+            )  # fmt: skip
+
+        self._lazy.add(k.id, server)
+        lazyrestore.watch(self.criu, server, self._lazy_timeout(), broken)
 
     def _criu_restore(
         self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool
