@@ -1053,7 +1053,10 @@ class Engine:
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
-            hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
+            hs = handshake(
+                k.connection, self.settings.jusnap.ipython.handshake_timeout,
+                lambda pid=snap.pid, t=k.started: start_time(pid) == t,
+            )  # fmt: skip
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
