@@ -1055,7 +1055,7 @@ class Engine:
             failpoints.reached("restore:handshake")
             hs = handshake(
                 k.connection, self.settings.jusnap.ipython.handshake_timeout,
-                lambda pid=snap.pid, t=k.started: start_time(pid) == t,
+                lambda pid=restored_pid, t=k.started: start_time(pid) == t,
             )  # fmt: skip
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
