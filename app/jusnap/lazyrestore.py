@@ -17,12 +17,19 @@ exit status is collected and anything but 0 kills the restored kernel (``on_brok
 user sees a dead kernel and restores again, never a silently wrong one. While the server
 runs, the kernel is not snapshotted (:meth:`LazyServers.wait`): the images would be of pages
 still missing.
+
+A daemon that dies meanwhile leaves the server running (its own session) with nobody to see
+how it ends. ``server.json`` (root's, in the root-owned home) names the kernel, the server and,
+once known, the restored process; the next daemon finds the directory, kills that server and
+that kernel (:func:`leftover`): the pages cannot be proven complete, and a stopped kernel with
+a notice is better than one computing on zeros.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -34,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .criu import Criu
-from .proc import Creds
+from .fsutil import write_json
+from .proc import Creds, check_restored, kill_tree, start_time, ticks_now
+from .untrusted import read_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ class LazyServer:
     process: subprocess.Popen[bytes] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     ok: bool = False
+    record: dict[str, object] = field(default_factory=dict)
 
     @property
     def images(self) -> Path:
@@ -89,20 +99,58 @@ def prepare(images: Path, home: Path, creds: Creds, linked: bool) -> LazyServer:
     return LazyServer(home)
 
 
-def start(criu: Criu, server: LazyServer, creds: Creds) -> None:
-    """Start the lazy-pages server (it listens once this returns)."""
+RECORD = "server.json"
+
+
+def start(criu: Criu, server: LazyServer, creds: Creds, kernel_id: str) -> None:
+    """Start the lazy-pages server (it listens once this returns) and record it."""
+    not_before = ticks_now()
     server.process = criu.lazy_pages(server.images, server.work, creds)
+    pid = server.process.pid
+    server.record = {"kernel": kernel_id, "uid": creds.uid, "not_before": not_before,
+                     "server": [pid, start_time(pid)]}  # fmt: skip
+    write_json(server.home / RECORD, server.record, durable=False)
 
 
-def stop(criu: Criu, server: LazyServer) -> None:
-    """Kill a server whose restore did not happen, and remove its directory."""
-    p = server.process
-    if p is not None:
-        _kill(p)
-        p.wait()
-        criu.reaper.release(p)
-    shutil.rmtree(server.home, ignore_errors=True)
-    server.done.set()
+def restored(server: LazyServer, pid: int, started: int | None) -> None:
+    """Record the process the server feeds (a restored namespace init has a new PID)."""
+    server.record["kernel_pid"] = [pid, started]
+    write_json(server.home / RECORD, server.record, durable=False)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What a lazy restore the daemon died in left running, now killed."""
+
+    kernel_id: str
+    killed: tuple[tuple[int, int], ...]  # (pid, start time) of the kernel processes killed
+
+
+def leftover(home: Path, pid_of: Callable[[str], int | None]) -> Leftover | None:
+    """Kill the server and the kernel of a lazy restore a dead daemon left (see the module's
+    docstring). ``pid_of(kernel_id)``: the kernel's PID as the registry has it, used when the
+    restored PID was not recorded yet (it is the dumped PID for a plain kernel). A process is
+    killed only if it is the kernel uid's and started after the server."""
+    data = read_untrusted(home / RECORD, 4096)  # root's file in a root-owned directory
+    try:
+        rec = json.loads(data or b"")
+        kernel_id, uid, not_before = str(rec["kernel"]), int(rec["uid"]), int(rec["not_before"])
+        spid, sstarted = (int(x) for x in rec["server"])
+        kpid = tuple(int(x) for x in rec["kernel_pid"]) if rec.get("kernel_pid") else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    kill_tree(spid, sstarted)
+    candidates = [kpid[0]] if kpid else []
+    registry_pid = pid_of(kernel_id)
+    if registry_pid is not None:
+        candidates.append(registry_pid)
+    killed = []
+    for pid in dict.fromkeys(candidates):
+        started = start_time(pid)
+        if started is not None and check_restored(pid, uid, not_before, any_parent=True) is None:
+            kill_tree(pid, started)
+            killed.append((pid, started))
+    return Leftover(kernel_id, tuple(killed))
 
 
 def watch(criu: Criu, server: LazyServer, timeout: float, on_broken: Callable[[str], None]) -> None:

@@ -244,6 +244,8 @@ class Engine:
     def _recover(self) -> None:
         """Undo whatever a crash left half done."""
         for entry in self.work_dir.iterdir():
+            if entry.name.endswith("-lazy"):
+                self._lazy_leftover(entry)
             shutil.rmtree(entry, ignore_errors=True)
         known = self.registry.all_snapshot_ids()
         removed = self.store.recover(known)
@@ -1035,7 +1037,7 @@ class Engine:
                 # and the restore connects there): lazyrestore's docstring says why.
                 home = self.work_dir / f"{staged.work.parent.name}-lazy"
                 server = lazyrestore.prepare(images, home, creds, linked=staged.hot)
-                lazyrestore.start(self.criu, server, creds)
+                lazyrestore.start(self.criu, server, creds, k.id)
                 images, work = server.images, server.work
             not_before = ticks_now()
             failpoints.reached_soon("restore:criu-running", 0.1)
@@ -1094,6 +1096,29 @@ class Engine:
         self.registry.put_kernel(k)
         return result.seconds, hs
 
+    def _lazy_leftover(self, home: Path) -> None:
+        """A lazy restore this daemon's predecessor died in: its kernel may lack pages."""
+
+        def pid_of(kernel_id: str) -> int | None:
+            k = self.registry.get_kernel(kernel_id)
+            return k.pid if k else None
+
+        left = lazyrestore.leftover(home, pid_of)
+        if left is None or not left.killed:
+            return
+        for pid, started in left.killed:
+            self.reaper.wait_gone(pid, started, 10)
+        note = (
+            "the daemon restarted while the kernel's memory was still arriving (lazy restore);"
+            " it was stopped, since that memory may be incomplete"
+        )
+        log.warning("kernel %s: %s", left.kernel_id, note)
+        k = self.registry.get_kernel(left.kernel_id)
+        if k is not None:
+            self.supervisor.logs.note(k.id, note)
+            k.notice = note
+            self.registry.put_kernel(k)
+
     def _lazy_timeout(self) -> float:
         return max(600.0, self.criu.restore_timeout * 5)
 
@@ -1110,6 +1135,7 @@ class Engine:
                 " restore a snapshot"
             )  # fmt: skip
 
+        lazyrestore.restored(server, pid, started)
         self._lazy.add(k.id, server)
         lazyrestore.watch(self.criu, server, self._lazy_timeout(), broken)
 

@@ -9,6 +9,7 @@ half-way does not leave a kernel running on missing (zero) pages.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,8 @@ from jusnap.proc import start_time
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 
-from tests.conftest import KernelSession, shutdown_all
-from tests.helpers import wait_until
+from tests.conftest import Daemon, KernelSession, shutdown_all
+from tests.helpers import connect, nudge, run_cell, wait_until
 
 CELL = (
     "import hashlib, os; b = bytearray(os.urandom(200 * 2**20));"
@@ -155,3 +156,37 @@ def test_lazy_server_dying_half_way_never_leaves_a_kernel_on_missing_pages(make_
     finally:
         ks.close()
         shutdown_all(e)
+
+
+def test_daemon_killed_during_a_lazy_restore_never_leaves_a_kernel_on_missing_pages(
+    daemon: Daemon,
+) -> None:
+    """kill -9 of the daemon right after a lazy restore (its server still handing pages over,
+    nobody left to see how it ends): the next daemon stops that server and that kernel, and
+    its restore journal brings back the state from before the restore, whole."""
+    daemon.stop()
+    daemon.flags = ("--jusnap.store.lazy_pages=true", "--jusnap.store.lazy_unprivileged=true")
+    daemon.start()
+    info = json.loads(daemon.cli("--json", "start").stdout)
+    kc = connect(info["connection"])
+    try:
+        run_cell(kc, CELL)
+        snap = json.loads(daemon.cli("--json", "snapshot", info["id"]).stdout)["snapshot"]
+        run_cell(kc, "tag = 'current'")
+        daemon.stop()
+        daemon.start(env={"JUSNAP_FAILPOINT": "restore:handshake"})
+        daemon.died_under("restore", snap["id"])
+        k = json.loads(daemon.cli("--json", "kernels").stdout)[0]
+        assert k["status"] == "running", (k, daemon.log.read_text()[-3000:])
+        assert "before it" in (k["notice"] or ""), k  # the pre-restore state came back
+        assert "memory was still arriving" in daemon.log.read_text(), daemon.log.read_text()[-3000:]
+        nudge(kc)
+        assert run_cell(kc, "print(tag)").strip() == "current"
+        assert run_cell(kc, "print(hashlib.sha256(b).hexdigest() == want)").strip() == "True"
+        wait_until(
+            lambda: not list((daemon.state_dir / "work").glob("*-lazy")),
+            60,
+            what="the lazy-pages directories to go",
+        )
+    finally:
+        kc.stop_channels()
