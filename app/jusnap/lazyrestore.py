@@ -127,7 +127,7 @@ class Leftover:
 
 
 def leftover(home: Path, pid_of: Callable[[str], int | None]) -> Leftover | None:
-    """Kill the server and the kernel of a lazy restore a dead daemon left (see the module's
+    """Kill the kernel and the server of a lazy restore a dead daemon left (see the module's
     docstring). ``pid_of(kernel_id)``: the kernel's PID as the registry has it, used when the
     restored PID was not recorded yet (it is the dumped PID for a plain kernel). A process is
     killed only if it is the kernel uid's and started after the server."""
@@ -139,7 +139,6 @@ def leftover(home: Path, pid_of: Callable[[str], int | None]) -> Leftover | None
         kpid = tuple(int(x) for x in rec["kernel_pid"]) if rec.get("kernel_pid") else None
     except (ValueError, TypeError, KeyError):
         return None
-    kill_tree(spid, sstarted)
     candidates = [kpid[0]] if kpid else []
     registry_pid = pid_of(kernel_id)
     if registry_pid is not None:
@@ -150,6 +149,11 @@ def leftover(home: Path, pid_of: Callable[[str], int | None]) -> Leftover | None
         if started is not None and check_restored(pid, uid, not_before, any_parent=True) is None:
             kill_tree(pid, started)
             killed.append((pid, started))
+    if killed:
+        kill_tree(spid, sstarted)
+    # Else the server's client is unknown (a namespaced kernel's new PID not recorded yet,
+    # which the restore journal may adopt): the server is left to finish; it exits by itself
+    # once the pages are in or its client is gone.
     return Leftover(kernel_id, tuple(killed))
 
 
