@@ -40,7 +40,7 @@ from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
 from .criu import Criu, CriuResult
-from .criu_images import Identity, ImageCheck, needs_bytes
+from .criu_images import EXTERNAL_FILE, Identity, ImageCheck, external_files, needs_bytes
 from .errors import (
     Busy,
     Forbidden,
@@ -58,6 +58,7 @@ from .errors import (
 from .fsutil import readable_dir
 from .hooks import HookSet
 from .ids import check_snapshot_id, new_snapshot_id
+from .kernels import namespace
 from .kernels.channels import (
     established_peers,
     execute_silently,
@@ -186,19 +187,21 @@ class Engine:
             target = self.registry.get_snapshot(j.snapshot_id)
             if k is None or target is None:
                 return
-            if self.supervisor.alive(k) and k.pid != target.pid:
+            restored = self._find_restored(k, target, j.started_ticks)
+            if restored is None and self.supervisor.alive(k):
                 note = "a restore was interrupted before it changed anything"
-            elif check_restored(target.pid, k.run_uid, j.started_ticks, any_parent=True) is None:
+            elif restored is not None:
                 # CRIU had brought the snapshot back: adopt it (its clients reconnect alone).
-                self.hooks.after_restore(target.pid, target.hooks)
-                k.pid, k.started, k.status = target.pid, start_time(target.pid), "running"
+                self.hooks.after_restore(restored, target.hooks)
+                k.pid, k.started, k.status = restored, start_time(restored), "running"
                 k.execution_count = target.execution_count
                 self.registry.put_kernel(k)
                 self.kernels.watch(k)
                 note = f"the daemon restarted during a restore; snapshot {target.id} was restored"
             elif pre := self.registry.get_snapshot(j.pre_restore_id or ""):
                 self.registry.end_restore(k.id)
-                # The stopped kernel's zombie went to PID 1, which may reap it slowly.
+                # The stopped kernel's zombie went to PID 1, which may reap it slowly (a
+                # namespaced one comes back at a new PID: nothing to wait for).
                 self.reaper.wait_gone(pre.pid, None, 10)
                 try:
                     self.restore(j.pre_restore_id, into=k.id)
@@ -221,6 +224,43 @@ class Engine:
             log.exception("finishing the interrupted restore of kernel %s failed", j.kernel_id)
         finally:
             self.registry.end_restore(j.kernel_id)
+
+    def _find_restored(self, k: Kernel, target: Snapshot, not_before: int) -> int | None:
+        """The process an interrupted restore of ``target`` into ``k`` left running, if any.
+
+        A plain snapshot comes back at its dumped PID. A namespaced one comes back as PID 1 of
+        a new PID namespace, at a PID nobody wrote down before the daemon died: the one
+        process of the kernel's uid, in our user namespace, PID 1 one level down, started
+        after the restore began, listening on this kernel's shell port (a restore keeps the
+        kernel's ports), that is no other kernel's (the kernel's user cannot make such a
+        process: a PID namespace owned by our user namespace needs CAP_SYS_ADMIN). Its
+        parent is whoever adopted it when the daemon died.
+        """
+        shell_port = int(k.connection["shell_port"])
+        if check_restored(
+            target.pid, k.run_uid, not_before, any_parent=True
+        ) is None and namespace.listens_on(target.pid, shell_port):
+            return target.pid
+        others = {o.pid for o in self.registry.kernels() if o.id != k.id and o.pid}
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in others:
+                continue
+            pid = int(entry.name)
+            if (
+                namespace.is_namespace_init(pid)
+                and namespace.same_user_ns(pid)
+                and check_restored(pid, k.run_uid, not_before, any_parent=True) is None
+                and namespace.listens_on(pid, shell_port)
+            ):
+                found.append(pid)
+        if k.pid in found:
+            return k.pid  # recorded before the daemon died
+        if len(found) > 1:
+            log.error("kernel %s: %d candidate restored processes %s; adopting none",
+                      k.id, len(found), found)  # fmt: skip
+            return None
+        return found[0] if found else None
 
     @property
     def supervisor(self) -> Supervisor:
@@ -590,12 +630,20 @@ class Engine:
             if k.history_file:
                 env.update(JUSNAP_HISTORY_SRC=k.history_file, JUSNAP_HISTORY_DST=str(history_copy))
             self._prepare(k, active)
+            namespaced = namespace.is_namespace_init(k.pid)
+            # A namespaced kernel's log: external, handed back on restore (_criu_restore).
+            external = (
+                namespace.external_log_keys(k.pid, self.supervisor.logs.path(k.id))
+                if namespaced
+                else []
+            )
             try:
                 t_hooks, t_request = time.monotonic(), time.time()
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
                     result = self.criu.dump(
-                        k.pid, images, work, creds, str(self.action_script), env
-                    )
+                        k.pid, images, work, creds, str(self.action_script), env,
+                        namespaced=namespaced, external_files=external,
+                    )  # fmt: skip
                 hooked_seconds = time.monotonic() - t_hooks
             except JusnapError:
                 raise
@@ -999,15 +1047,19 @@ class Engine:
                     )  # fmt: skip
                     history = scratch / "history" / HISTORY_NAME
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
+            # Checked above to be exactly the launcher's tree, with no_new_privs throughout.
+            namespaced = any(images.glob("mountpoints-*.img"))
         except JusnapError as exc:
             raise _Untouched(exc) from None
-        return _Staged(images, history, work, hot=entry is not None, lazy=lazy)
+        return _Staged(images, history, work, entry is not None, lazy, namespaced)
 
-    def _check_staged(self, k: Kernel, images: Path) -> None:
+    def _check_staged(self, k: Kernel, images: Path) -> bool:
+        """Check a dump's images; returns whether they hold a namespaced kernel."""
         check = ImageCheck(self._identity(k))
         for path in sorted(images.iterdir()):
             check.feed(path.name, path.read_bytes() if needs_bytes(path.name) else None)
         check.done()
+        return check.namespaced
 
     def _replace(
         self, k: Kernel, snap: Snapshot, staged: _Staged, peers: int
@@ -1029,7 +1081,7 @@ class Engine:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
                 # "moved" and turns the restored kernel's history read-only.
                 self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
-            if start_time(snap.pid) is not None:
+            if not staged.namespaced and start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
             images, work = staged.images, staged.work
             if staged.lazy:
@@ -1041,12 +1093,22 @@ class Engine:
                 images, work = server.images, server.work
             not_before = ticks_now()
             failpoints.reached_soon("restore:criu-running", 0.1)
-            result = self._criu_restore(k, snap, images, work, server is not None)
-            why = check_restored(snap.pid, k.run_uid, not_before)
+            result = self._criu_restore(
+                k, snap, images, work, server is not None, staged.namespaced
+            )
+            pid = result.pid if staged.namespaced else snap.pid
+            why = (
+                "CRIU named no restored process"
+                if pid is None
+                else _not_restored(pid, k.run_uid, not_before, staged.namespaced)
+            )
             if why is not None:
+                if pid is not None and staged.namespaced and namespace.is_namespace_init(pid):
+                    kill_tree(pid, start_time(pid))  # its own namespace: nobody else's
                 log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
                 raise RestoreFailed(f"restore failed: {why}")
-            restored_pid = snap.pid
+            assert pid is not None
+            restored_pid = pid
             if server is not None:
                 self._watch_lazy(k, server, restored_pid, start_time(restored_pid))
                 server = None  # the watcher cleans up from now on
@@ -1140,27 +1202,56 @@ class Engine:
         lazyrestore.watch(self.criu, server, self._lazy_timeout(), broken)
 
     def _criu_restore(
-        self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool
-    ) -> CriuResult:
+        self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool,
+        namespaced: bool = False,
+    ) -> CriuResult:  # fmt: skip
         """Run CRIU's restore with the kernel's log handed over as an inherited descriptor.
 
         The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
         size"). The snapshot names the log of the kernel it was taken from, which is this one's
         unless the snapshot is restored into another kernel: either name gets this kernel's log.
+
+        A namespaced kernel's descriptors of its log were dumped as external files
+        (``file[<mnt_id>:<inode>]``, see ``namespace.external_log_keys``): a path lookup would
+        need the file's mount inside the dumped namespace, which a descriptor the daemon
+        handed over on an earlier restore is not on ("Can't lookup mount"). Each such key gets
+        this kernel's log; the images may name no other external file.
         """
         logs = self.supervisor.logs
-        keys = list(dict.fromkeys((logs.criu_key(snap.kernel_id), logs.criu_key(k.id))))
+        if namespaced:
+            keys = external_files((images / "files.img").read_bytes())
+            if not all(EXTERNAL_FILE.match(key) for key in keys):
+                raise RestoreFailed("restore failed: the snapshot names external files it may not")
+            if not keys:  # a kernel that closed its stdio: nothing to hand over
+                return self.criu.restore(images, work, self.supervisor.creds(k), lazy, (), True)
+        else:
+            keys = [logs.criu_key(snap.kernel_id), logs.criu_key(k.id)]
+        keys = list(dict.fromkeys(keys))
         fd = logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
         # One descriptor per name: CRIU closes each after taking it into its fd store.
         fds = [fd] + [os.dup(fd) for _ in keys[1:]]
         try:
             inherit = list(zip(fds, keys, strict=True))
-            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit)
+            result = self.criu.restore(
+                images, work, self.supervisor.creds(k), lazy, inherit, namespaced=namespaced
+            )
         finally:
             for f in fds:
                 os.close(f)
-        logs.note(k.id, f"restored snapshot {snap.id}")
+        where = f" (new namespace, pid {result.pid})" if namespaced else ""
+        logs.note(k.id, f"restored snapshot {snap.id}{where}")
         return result
+
+
+def _not_restored(pid: int, uid: int, not_before: int, namespaced: bool) -> str | None:
+    """Why ``pid`` is not the tree a restore just brought back (None: it is)."""
+    why = check_restored(pid, uid, not_before)
+    if why is None and namespaced:
+        if not namespace.is_namespace_init(pid):
+            why = f"process {pid} is not PID 1 of a new namespace"
+        elif not namespace.same_user_ns(pid):
+            why = f"process {pid} is in another user namespace"
+    return why
 
 
 @dataclass(frozen=True)
@@ -1172,6 +1263,7 @@ class _Staged:
     work: Path  # the kernel user's: CRIU's logs
     hot: bool
     lazy: bool
+    namespaced: bool = False  # a kernel in its own PID + mount namespace: a new PID back
 
 
 class _Untouched(Exception):

@@ -36,10 +36,15 @@ from ..ids import new_kernel_id
 from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
 from ..registry import Kernel, Registry
 from ..signames import SIGNALS
+from . import namespace
+from .channels import request_shutdown
 from .logs import KernelLogs
 
 log = logging.getLogger(__name__)
 
+# Seconds a namespaced kernel that acknowledged a shutdown_request gets to exit (see
+# Supervisor._ask_to_exit) before it is killed.
+ACKED_EXIT = 2.0
 PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _SAFE_ENV = ("LANG", "LC_ALL", "TZ")
 
@@ -317,30 +322,62 @@ class Supervisor:
         if shutil.which(argv[0], path=env["PATH"]) is None:
             raise InvalidRequest(f"cannot start kernel {argv[0]!r}: no such program")
         out = self.logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
-        try:
-            self.logs.note(k.id, f"kernel {k.id} starting")
-            p = self.reaper.spawn(
-                ["env", f"--chdir={cwd}", "--", *argv],
-                creds,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                close_fds=True,
-                cwd="/",
-                env=env,
-            )
-        except OSError as exc:
-            raise InvalidRequest(f"cannot start kernel {argv[0]!r}: {exc.strerror}") from None
-        finally:
-            os.close(out)
-        self.reaper.release(p)  # the reaper owns it from now on
-        k.pid = p.pid
-        k.started = start_time(p.pid)
+        why_plain = self._why_plain(k, argv, env, [cwd, home])
+        if why_plain is None:
+            os.close(out)  # the launcher opens it again inside the kernel's mount namespace
+            self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace)")
+            pid = namespace.launch(self.reaper, argv, creds, self.logs.path(k.id), [cwd, "/"], env)
+        else:
+            if why_plain:
+                log.warning("kernel %s: plain launch, no namespace: %s", k.id, why_plain)
+            try:
+                self.logs.note(k.id, f"kernel {k.id} starting")
+                p = self.reaper.spawn(
+                    ["env", f"--chdir={cwd}", "--", *argv],
+                    creds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd="/",
+                    env=env,
+                )
+            except OSError as exc:
+                raise InvalidRequest(f"cannot start kernel {argv[0]!r}: {exc.strerror}") from None
+            finally:
+                os.close(out)
+            self.reaper.release(p)  # the reaper owns it from now on
+            pid = p.pid
+        k.pid = pid
+        k.started = start_time(pid)
         k.status = "running"
         k.execution_count = 0
         self.registry.put_kernel(k)
         log.info("kernel %s started as pid %s (uid %s)", k.id, k.pid, k.run_uid)
+
+    def _why_plain(
+        self, k: Kernel, argv: list[str], env: dict[str, str], dirs: list[str]
+    ) -> str | None:
+        """None when ``k`` starts in its own namespaces; else why not ("" when namespaces are
+        off or the daemon is no root: nothing worth a warning)."""
+        setting = self.settings.jusnap.kernels.namespaces
+        if not namespace.wanted(setting) or k.run_uid == 0:
+            return ""
+        program = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        # The daemon's socket too: the IPython extension asks for automatic snapshots there
+        # (where /run is a tmpfs of its own, a namespaced kernel would not see it).
+        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
+        why = namespace.unreachable(
+            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id)), socket_dir]
+        )
+        state = os.path.realpath(self.settings.state_dir)
+        if not why and (state == "/tmp" or state.startswith("/tmp/")):
+            # A namespaced restore gives CRIU a private /tmp, which would hide the images.
+            why = f"the state directory {state} is under /tmp"
+        if why and setting == "on":
+            raise JusnapError(f"cannot start kernel in its own namespace: {why}")
+        return why
 
     # ---- state ---------------------------------------------------------------------------
     def alive(self, k: Kernel) -> bool:
@@ -371,6 +408,14 @@ class Supervisor:
         if not self.alive(k):
             raise KernelNotRunning(f"kernel {k.id} is not running")
         assert k.pid is not None
+        if (
+            sig not in (signal.SIGKILL, signal.SIGSTOP)
+            and namespace.is_namespace_init(k.pid)
+            and not namespace.handles(k.pid, sig)
+        ):
+            # PID 1 of its namespace would drop it; every signal offered here ends a plain
+            # process that does not handle it (their default action), so it ends this one.
+            sig = signal.SIGKILL
         os.kill(k.pid, sig)
 
     def stop(self, k: Kernel, timeout: float = 10.0) -> None:
@@ -383,11 +428,33 @@ class Supervisor:
         self.registry.put_kernel(k)
 
     def terminate(self, k: Kernel, grace: float) -> None:
-        """Polite shutdown: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """Polite shutdown, then SIGKILL after ``grace`` seconds: SIGTERM for a plain kernel;
+        a namespaced one (PID 1 of its namespace ignores SIGTERM, which it has no handler
+        for) gets ipykernel's ``shutdown_request``. SIGKILL of a namespace's init ends every
+        process in it."""
         if k.pid is not None and self.alive(k):
-            kill_tree(k.pid, k.started, signal.SIGTERM)
-            self.reaper.wait_gone(k.pid, k.started, grace)
+            if namespace.is_namespace_init(k.pid):
+                self._ask_to_exit(k, grace)
+            else:
+                kill_tree(k.pid, k.started, signal.SIGTERM)
+                self.reaper.wait_gone(k.pid, k.started, grace)
         self.stop(k)
+
+    def _ask_to_exit(self, k: Kernel, grace: float) -> None:
+        """``shutdown_request`` until the kernel acknowledges it (a request whose connection
+        was not up within a second is dropped with the socket), then a little while for its
+        exit: ipykernel replies once its shutdown work is done, but its interpreter then
+        sometimes waits forever on a thread reading its own stdout pipe (measured: 1 run in
+        3), so after ``ACKED_EXIT`` seconds the caller's SIGKILL ends it."""
+        assert k.pid is not None
+        deadline = time.monotonic() + grace
+        while (left := deadline - time.monotonic()) > 0:
+            acked = False
+            with contextlib.suppress(Exception):  # a kernel that never answers: killed
+                acked = request_shutdown(k.connection, timeout=min(left, 1.0))
+            wait = min(left, ACKED_EXIT) if acked else min(max(left, 0.0), 0.5)
+            if self.reaper.wait_gone(k.pid, k.started, wait) or acked:
+                return
 
     def remove(self, k: Kernel) -> None:
         self.stop(k)
