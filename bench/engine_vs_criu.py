@@ -104,6 +104,7 @@ class Phases:
             self.wrap(engine, "_state_held_by", during("held_check"))
         self.wrap(engine.registry, "begin_restore", "journal")
         self.wrap(engine.kernels, "unwatch", "unwatch")
+        self.wrap(snapshots_mod.lazyrestore, "start", "lazy_start")
 
     def take(self, t0: float, settle: float = 0.0) -> dict[str, float]:
         """Seconds per phase since ``t0`` (summed when a phase ran more than once); waits
@@ -173,16 +174,24 @@ def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float,
     return frozen_seconds(images) or wall, wall
 
 
-def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> float:
-    """Kill the kernel, restore it with plain criu, time to the first answered execute."""
+def raw_restore(
+    engine: Engine, k: Any, creds: Any, images: Path, kc: Any, lazy: bool = False
+) -> tuple[float, float]:
+    """Kill the kernel, restore it with plain criu (``lazy``: behind ``criu lazy-pages``);
+    seconds to the first answered execute, and until every page is in (lazy-pages exited)."""
     t0 = time.monotonic()
     kill_tree(k.pid, k.started, signal.SIGKILL)
     engine.reaper.wait_gone(k.pid, k.started, 30)
-    engine.criu.restore(images, images.parent, creds)  # the same PIDs come back
+    server = engine.criu.lazy_pages(images, images.parent, creds) if lazy else None
+    engine.criu.restore(images, images.parent, creds, lazy)  # the same PIDs come back
     k.started = start_time(k.pid)
     engine.registry.put_kernel(k)
     first_execute(kc)
-    return time.monotonic() - t0
+    answered = time.monotonic() - t0
+    if server is not None:
+        server.wait(600)
+        engine.reaper.release(server)
+    return answered, time.monotonic() - t0
 
 
 def bench_size(
@@ -205,7 +214,8 @@ def bench_size(
     rows: dict[str, list[float]] = {key: [] for key in (
         "jusnap_freeze", "jusnap_snapshot_wall", "jusnap_snapshot_stored", "jusnap_restore_to_execute",
         "criu_freeze", "criu_dump_wall", "criu_restore_to_execute", "image_bytes",
-        "pre_restore_dumped")}  # fmt: skip
+        "pre_restore_dumped", "jusnap_restore_all_pages", "criu_restore_all_pages")}  # fmt: skip
+    lazy = engine.storage.lazy_for  # the engine's own decision, recorded per restore
     for i in range(repeat):
         snap = engine.snapshot(k.id)
         rows["jusnap_freeze"].append(snap.frozen_seconds)
@@ -230,11 +240,15 @@ def bench_size(
         phases.take(0.0)  # drop the spans of the raw run's helpers
         phases.restoring = True
         t0 = time.monotonic()
+        was_lazy = lazy(snap, engine.criu.lazy_capable(creds))
         result = engine.restore(snap.id)
         first_execute(kc)
         done = time.monotonic()
         phases.restoring = False
         rows["jusnap_restore_to_execute"].append(done - t0)
+        engine._lazy.wait(k.id, 600)  # every page in (at once when eager)
+        rows["jusnap_restore_all_pages"].append(time.monotonic() - t0)
+        rows.setdefault("jusnap_lazy", []).append(float(was_lazy))
         spent = phases.take(t0, settle=120.0)
         if "stop_at" in spent:
             spent["kernel_down"] = done - t0 - spent.pop("stop_at")
@@ -247,9 +261,11 @@ def bench_size(
             engine.delete_snapshot(snap2.id)
         engine.delete_snapshot(snap.id)
 
-        rows["criu_restore_to_execute"].append(
-            raw_restore(engine, engine.kernels.get(k.id), creds, raw / "img", kc)
+        answered, all_in = raw_restore(
+            engine, engine.kernels.get(k.id), creds, raw / "img", kc, was_lazy
         )
+        rows["criu_restore_to_execute"].append(answered)
+        rows["criu_restore_all_pages"].append(all_in)
         shutil.rmtree(raw)
         print(
             f"  {size >> 20} MiB run {i + 1}/{repeat}: "
@@ -298,6 +314,11 @@ def main() -> int:
         help="keep the newest snapshot (the kernel's current state) while an older one is"
         " restored: the common case with automatic snapshots, where no pre-restore dump is needed",
     )  # fmt: skip
+    ap.add_argument(
+        "--lazy", action="store_true",
+        help="restore with lazy pages (jusnap.store.lazy_pages: true, lazy_unprivileged: true;"
+        " needs the criu role's patched CRIU); raw criu then restores lazily too",
+    )  # fmt: skip
     ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
@@ -305,6 +326,7 @@ def main() -> int:
     settings = load_settings(None, {
         "jusnap.state_dir": str(state), "jusnap.criu.binary": args.criu, "jusnap.os.uid": args.user,
         "jusnap.ipython.python_interpreter": sys.executable, "jusnap.http.socket": str(state / "s.sock"),
+        **({"jusnap.store.lazy_pages": "true", "jusnap.store.lazy_unprivileged": "true"} if args.lazy else {}),
     })  # fmt: skip
     engine = Engine(settings).start()
     phases = Phases()
@@ -332,7 +354,7 @@ def main() -> int:
         "cpu": _cpu(), "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3),
         "kernel": platform.release(), "criu": subprocess.run([args.criu, "--version"], capture_output=True, text=True).stdout.split()[1],
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "data": args.data, "tier": args.tier, "keep_newest": args.keep_newest, "loadavg_before": [round(x, 2) for x in load],
+        "data": args.data, "tier": args.tier, "keep_newest": args.keep_newest, "lazy": args.lazy, "loadavg_before": [round(x, 2) for x in load],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -354,21 +376,22 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
     lines = [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux {machine['kernel']}, CRIU {machine['criu']}, {machine['date']}. Median of runs.",
         "",
-        "| kernel data | image | freeze: Jusnap / raw criu | snapshot recorded (stored): Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
-        "|---|---|---|---|---|",
+        "| kernel data | image | freeze: Jusnap / raw criu | snapshot recorded (stored): Jusnap / raw criu | restore to first execute: Jusnap / raw criu | all pages in: Jusnap / raw criu |",
+        "|---|---|---|---|---|---|",
     ]
     for size, r in results.items():
         lines.append(
             f"| {size} | {r['image_bytes'] / 1024**2:.0f} MiB "
             f"| {r['jusnap_freeze']:.3f} s / {r['criu_freeze']:.3f} s ({_pct(r['jusnap_freeze'], r['criu_freeze'])}) "
             f"| {r['jusnap_snapshot_wall']:.2f} s ({r.get('jusnap_snapshot_stored', r['jusnap_snapshot_wall']):.2f} s) / {r['criu_dump_wall']:.2f} s "
-            f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
+            f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s "
+            f"| {r.get('jusnap_restore_all_pages', 0):.2f} s / {r.get('criu_restore_all_pages', 0):.2f} s |"
         )
     return "\n".join(lines)
 
 
 RESTORE_PHASES = ("pre_held_check", "journal", "unwatch", "pre_dump", "pre_hot_put", "pre_commit", "stage", "hot_verify", "check", "stop",
-                  "criu_restore", "handshake", "peers", "kernel_down")  # fmt: skip
+                  "lazy_start", "criu_restore", "handshake", "peers", "kernel_down")  # fmt: skip
 SNAPSHOT_PHASES = ("dump", "hot_put", "commit")
 
 

@@ -153,10 +153,14 @@ class StoreSettings:
     # Run garbage collection of unreferenced chunks after retention removed snapshots.
     gc_after_retention: bool = True
     # Restore with CRIU's lazy pages ("auto": when the image holds at least lazy_threshold_mb
-    # and CRIU runs privileged; see docs/storage.md for why not in --unprivileged mode).
+    # and CRIU can serve them: privileged, or --unprivileged with lazy_unprivileged below).
     lazy_pages: str = "auto"
     # Image size from which "auto" restores lazily, in MB.
     lazy_threshold_mb: int = 1024
+    # New: lazy restore for kernels CRIU restores --unprivileged (every non-root kernel). Needs
+    # the criu role's userfaultfd patch (checked once with `criu check --feature uffd-noncoop`;
+    # without it restores stay eager). Off by default.
+    lazy_unprivileged: bool = False
     # Snapshots per kernel also kept as plain images (the hot tier), the ones taken or restored
     # last: restoring one skips rebuilding it from the store, at the cost of its full size on
     # disk. 0 keeps none (a restore's safety copy still stays until it is stored).

@@ -19,12 +19,17 @@ is never believed (the engine checks the restored process itself).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import select
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .criu_images import stats_field
@@ -37,6 +42,7 @@ RESTORE_LOG = "restore.log"
 LAZY_LOG = "lazy-pages.log"
 STATS_DUMP = "stats-dump"
 LOG_LIMIT = 1024 * 1024  # the tail of a CRIU log worth reading
+log = logging.getLogger(__name__)
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
 # What CRIU needs in --unprivileged mode (criu/crtools.c, measured here): checkpoint_restore
@@ -124,6 +130,9 @@ class Criu:
     dump_timeout: float = 120.0
     restore_timeout: float = 120.0
     unprivileged: str = "auto"
+    # Lazy restore of --unprivileged kernels (needs the criu role's userfaultfd patch).
+    lazy_unprivileged: bool = False
+    _uffd_unprivileged: bool | None = field(default=None, init=False, repr=False)
 
     def _mode_flags(self, creds: Creds) -> list[str]:
         use = self.unprivileged == "true" or (self.unprivileged == "auto" and creds.uid != 0)
@@ -257,33 +266,65 @@ class Criu:
     def lazy_capable(self, creds: Creds) -> bool:
         """Whether CRIU can serve lazy pages for these credentials.
 
-        CRIU 4.2.1 turns userfaultfd off in ``--unprivileged`` mode (``kerndat_uffd`` in
-        criu/kerndat.c returns early), so ``criu lazy-pages`` exits at once there: lazy restore
-        needs CRIU running privileged (a root kernel, or ``unprivileged: false``).
+        Privileged CRIU always can. Stock CRIU 4.2.1 turns userfaultfd off in
+        ``--unprivileged`` mode (``kerndat_uffd`` in criu/kerndat.c returns early); the criu
+        role's patch lets it probe instead, and with CAP_SYS_PTRACE (RESTORE_CAPS) the kernel
+        grants it. So unprivileged lazy restore needs ``lazy_unprivileged`` (opt-in) and a
+        binary that reports ``uffd-noncoop`` under the restore's capabilities (asked once).
         """
-        return not self._mode_flags(creds)
+        if not self._mode_flags(creds):
+            return True
+        if not self.lazy_unprivileged:
+            return False
+        if self._uffd_unprivileged is None:
+            argv = [self.binary, "check", "--feature", "uffd-noncoop", *self._mode_flags(creds)]
+            rc, out = self._run(argv, creds, RESTORE_CAPS, 60, merge_stdout=True)
+            self._uffd_unprivileged = rc == 0
+            if rc != 0:
+                text = out.decode(errors="replace").strip().splitlines()
+                log.warning(
+                    "lazy pages off for unprivileged kernels: %s lacks userfaultfd in"
+                    " --unprivileged mode (%s); the criu role's patch adds it",
+                    self.binary, (text or ["?"])[-1][:200],
+                )  # fmt: skip
+        return self._uffd_unprivileged
 
-    def lazy_pages(self, images_dir: Path, creds: Creds) -> int:
-        """Start ``criu lazy-pages`` as a daemon serving ``images_dir``; return its PID.
+    def lazy_pages(self, images_dir: Path, work_dir: Path, creds: Creds) -> subprocess.Popen[bytes]:
+        """Start ``criu lazy-pages`` serving ``images_dir``; return it once it listens.
 
-        It exits by itself once the restored process has all its pages; the images must stay
-        until then.
+        It runs in the foreground as the daemon's child (its PID is known, not read from a
+        file), reports readiness on ``--status-fd``, listens on ``lazy-pages.socket`` in
+        ``work_dir`` (where the restore looks for it: its ``-W``) and exits by itself once
+        the restored process has all its pages: the images must stay until then. The
+        caller collects its exit status (``Reaper.release`` after the wait).
         """
-        pidfile = images_dir / "lazy-pages.pid"
+        r, w = os.pipe()
         argv = [
-            self.binary, "lazy-pages", "-D", str(images_dir), "-d", "--pidfile", str(pidfile),
-            "-o", LAZY_LOG, *self._mode_flags(creds),
+            self.binary, "lazy-pages", "-D", str(images_dir), "-W", str(work_dir),
+            "--status-fd", str(w), "-o", LAZY_LOG, *self._mode_flags(creds),
         ]  # fmt: skip
-        rc, err = self._run(argv, creds, RESTORE_CAPS, self.restore_timeout)
-        if rc != 0:
-            fallback = _stderr_line(err) or f"criu lazy-pages exited {rc}"
-            why = explain(images_dir / LAZY_LOG, fallback)
-            raise RestoreFailed(f"restore failed: lazy pages: {why}")
-        data = read_untrusted(pidfile, 32)  # privileged mode only: a root-owned directory
+        if creds.uid != 0 and os.geteuid() == 0:
+            argv = with_capabilities(argv, creds, RESTORE_CAPS)
         try:
-            return int((data or b"").strip())
-        except ValueError:
-            raise RestoreFailed("restore failed: criu lazy-pages wrote no pid file") from None
+            p = self.reaper.spawn(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=(w,),
+            )  # fmt: skip
+        finally:
+            os.close(w)
+        try:
+            ready, _, _ = select.select([r], [], [], self.restore_timeout)
+            ok = bool(ready) and os.read(r, 1) == b"\0"
+        finally:
+            os.close(r)
+        if not ok:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            rc = p.wait()
+            self.reaper.release(p)
+            why = explain(work_dir / LAZY_LOG, f"criu lazy-pages exited {rc}")
+            raise RestoreFailed(f"restore failed: lazy pages: {why}")
+        return p
 
     def check(self, creds: Creds | None = None) -> str:
         """``criu check`` as the kernel user; returns its verdict line ("Looks good.")."""

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import autosnap, failpoints, heap
+from . import autosnap, failpoints, heap, lazyrestore
 from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
@@ -75,7 +75,6 @@ from .kernels.channels import (
 from .kernels.locks import USER_WAIT, OperationLocks
 from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
-from .lazyrestore import serve_lazily
 from .proc import Reaper, check_restored, cpu_seconds, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.hot import HotEntry, HotTier
@@ -152,6 +151,7 @@ class Engine:
             dump_timeout=c.dump_timeout,
             restore_timeout=c.restore_timeout,
             unprivileged=c.unprivileged,
+            lazy_unprivileged=st.lazy_unprivileged,
         )
         self.registry: Registry
         self.kernels: KernelService
@@ -163,6 +163,7 @@ class Engine:
         # Snapshots being committed in the background: id -> (thread, kernel id, owner uid).
         self._commits: dict[str, tuple[threading.Thread, str, int]] = {}
         self._commits_lock = threading.Lock()
+        self._lazy = lazyrestore.LazyServers()  # lazy restores still receiving pages
 
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> Engine:
@@ -290,6 +291,8 @@ class Engine:
     def _recover(self) -> None:
         """Undo whatever a crash left half done."""
         for entry in self.work_dir.iterdir():
+            if entry.name.endswith("-lazy"):
+                self._lazy_leftover(entry)
             shutil.rmtree(entry, ignore_errors=True)
         known = self.registry.all_snapshot_ids()
         removed = self.store.recover(known)
@@ -622,6 +625,9 @@ class Engine:
                 f"kernel {k.id} is not running; restart it or restore a snapshot"
             )
         assert k.pid is not None
+        # A lazily restored kernel still missing pages: its image would lack them.
+        if not self._lazy.wait(k.id, self._lazy_timeout()):
+            raise SnapshotFailed("snapshot failed: the kernel's lazy restore has not finished")
         sid = new_snapshot_id()
         created = time.time()
         active = self.hooks.for_pid(k.pid)
@@ -1038,7 +1044,7 @@ class Engine:
             creds = self.supervisor.creds(k)
             lazy = self.storage.lazy_for(snap, self.criu.lazy_capable(creds))
             want_history = snap.has_history and bool(k.history_file)
-            entry = None if lazy else self.hot.get(snap.id)  # lazy restores move the images
+            entry = self.hot.get(snap.id)  # a lazy restore links a hot entry's images
             history: Path | None = None
             if entry is not None:
                 images = entry.images
@@ -1091,6 +1097,7 @@ class Engine:
         self.supervisor.stop(k)
         failpoints.reached("restore:kernel-stopped")
         restored_pid: int | None = None
+        server: lazyrestore.LazyServer | None = None
         try:
             creds = self.supervisor.creds(k)
             if staged.history is not None and k.history_file:
@@ -1099,16 +1106,19 @@ class Engine:
                 self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
             if not staged.namespaced and start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
-            images, lazy = staged.images, False
+            images, work = staged.images, staged.work
             if staged.lazy:
-                timeout = max(600.0, self.criu.restore_timeout * 5)
-                images, lazy = serve_lazily(self.criu, images, self.work_dir, creds, timeout), True
+                # The server's own copy of the images and work directory (it listens there,
+                # and the restore connects there): lazyrestore's docstring says why.
+                home = self.work_dir / f"{staged.work.parent.name}-lazy"
+                server = lazyrestore.prepare(images, home, creds, linked=staged.hot)
+                lazyrestore.start(self.criu, server, creds, k.id)
+                images, work = server.images, server.work
             not_before = ticks_now()
-            # The lazy-pages server listens in its work directory (its images'), and the
-            # restore must look there: only privileged CRIU restores lazily (root's files).
-            work = images if lazy else staged.work
             failpoints.reached_soon("restore:criu-running", 0.1)
-            result = self._criu_restore(k, snap, images, work, lazy, staged.namespaced)
+            result = self._criu_restore(
+                k, snap, images, work, server is not None, staged.namespaced
+            )
             pid = result.pid if staged.namespaced else snap.pid
             why = (
                 "CRIU named no restored process"
@@ -1122,12 +1132,18 @@ class Engine:
                 raise RestoreFailed(f"restore failed: {why}")
             assert pid is not None
             restored_pid = pid
+            if server is not None:
+                self._watch_lazy(k, server, restored_pid, start_time(restored_pid))
+                server = None  # the watcher cleans up from now on
             failpoints.reached("restore:criu-restored")
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
-            hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
+            hs = handshake(
+                k.connection, self.settings.jusnap.ipython.handshake_timeout,
+                lambda pid=restored_pid, t=k.started: start_time(pid) == t,
+            )  # fmt: skip
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
@@ -1154,6 +1170,8 @@ class Engine:
                 started = start_time(restored_pid)
                 kill_tree(restored_pid, started)
                 self.reaper.wait_gone(restored_pid, started, 10)
+            if server is not None:
+                lazyrestore.stop(self.criu, server)
             k.status = "dead"
             self.registry.put_kernel(k)
             if isinstance(exc, JusnapError):
@@ -1162,6 +1180,49 @@ class Engine:
         k.execution_count = snap.execution_count
         self.registry.put_kernel(k)
         return result.seconds, hs
+
+    def _lazy_leftover(self, home: Path) -> None:
+        """A lazy restore this daemon's predecessor died in: its kernel may lack pages."""
+
+        def pid_of(kernel_id: str) -> int | None:
+            k = self.registry.get_kernel(kernel_id)
+            return k.pid if k else None
+
+        left = lazyrestore.leftover(home, pid_of)
+        if left is None or not left.killed:
+            return
+        for pid, started in left.killed:
+            self.reaper.wait_gone(pid, started, 10)
+        note = (
+            "the daemon restarted while the kernel's memory was still arriving (lazy restore);"
+            " it was stopped, since that memory may be incomplete"
+        )
+        log.warning("kernel %s: %s", left.kernel_id, note)
+        k = self.registry.get_kernel(left.kernel_id)
+        if k is not None:
+            self.supervisor.logs.note(k.id, note)
+            k.notice = note
+            self.registry.put_kernel(k)
+
+    def _lazy_timeout(self) -> float:
+        return max(600.0, self.criu.restore_timeout * 5)
+
+    def _watch_lazy(
+        self, k: Kernel, server: lazyrestore.LazyServer, pid: int, started: int | None
+    ) -> None:
+        """Follow a lazy restore's server; if it fails, the kernel it left without pages is
+        killed (it would read zeros where its memory should be), never left running."""
+
+        def broken(why: str) -> None:
+            kill_tree(pid, started)
+            self.supervisor.logs.note(
+                k.id, f"lazy restore failed ({why}): the kernel lost memory and was stopped;"
+                " restore a snapshot"
+            )  # fmt: skip
+
+        lazyrestore.restored(server, pid, started)
+        self._lazy.add(k.id, server)
+        lazyrestore.watch(self.criu, server, self._lazy_timeout(), broken)
 
     def _criu_restore(
         self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool,

@@ -224,16 +224,16 @@ def test_quota_refuses_a_snapshot_that_cannot_fit(make_settings) -> None:
 
 
 def test_lazy_restore_end_to_end(make_settings) -> None:
-    """Lazy pages need CRIU running privileged (CRIU 4.2.1 has no uffd in --unprivileged)."""
+    """Lazy restore of a kernel CRIU restores privileged (root); unprivileged: test_lazy.py."""
     e = Engine(
         make_settings(**{"jusnap.os.uid": "root", "jusnap.store.lazy_pages": "true"})
     ).start()
     used = []
     real = e.criu.lazy_pages
 
-    def spy(images: Path, creds: object) -> int:
+    def spy(images: Path, work: Path, creds: object) -> object:
         used.append(images)
-        return real(images, creds)  # type: ignore[arg-type]
+        return real(images, work, creds)  # type: ignore[arg-type]
 
     e.criu.lazy_pages = spy  # type: ignore[method-assign]
     ks = KernelSession(e)
@@ -255,7 +255,13 @@ def test_lazy_restore_end_to_end(make_settings) -> None:
 
 
 def test_unprivileged_kernel_falls_back_to_eager_restore(make_settings) -> None:
+    """Without jusnap.store.lazy_unprivileged (the default) a --unprivileged restore is eager."""
     e = Engine(make_settings(**{"jusnap.store.lazy_pages": "true"})).start()
+
+    def no_lazy(*args: object) -> object:
+        raise AssertionError("criu lazy-pages started for an unprivileged kernel")
+
+    e.criu.lazy_pages = no_lazy  # type: ignore[method-assign]
     ks = KernelSession(e)
     try:
         ks.run("y = 'kept'")

@@ -172,10 +172,13 @@ def _interpret(msg: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def handshake(conn: dict[str, Any], timeout: float) -> float:
+def handshake(
+    conn: dict[str, Any], timeout: float, alive: Callable[[], bool] | None = None
+) -> float:
     """Resend kernel_info every 0.25 s until a reply *and* an IOPub status arrive.
 
-    Returns the seconds it took. Raises RestoreFailed when the kernel stays silent.
+    Returns the seconds it took. Raises RestoreFailed when the kernel stays silent, or at
+    once when ``alive`` says it is gone (a lazy restore whose pages stopped coming).
     """
     # A private context, terminated on return: its sockets are then really closed, and do not
     # count as one of the clients the restore waits for (see wait_for_peers).
@@ -204,6 +207,8 @@ def handshake(conn: dict[str, Any], timeout: float) -> float:
                         status = True
             if reply and status:
                 return time.monotonic() - t0
+            if alive is not None and not alive():
+                raise RestoreFailed("the restored kernel exited before it answered")
         raise RestoreFailed(f"the restored kernel did not answer within {timeout:.0f}s")
     finally:
         kc.stop_channels()

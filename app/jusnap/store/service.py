@@ -157,6 +157,10 @@ class StoreService:
         mode = self.settings.lazy_pages
         if mode == "false" or not capable:
             if mode == "true" and not capable:
-                log.warning("lazy pages requested but CRIU runs --unprivileged; restoring eagerly")
+                log.warning(
+                    "lazy pages requested but CRIU cannot serve them for this kernel"
+                    " (--unprivileged: needs jusnap.store.lazy_unprivileged and the criu"
+                    " role's patch); restoring eagerly"
+                )
             return False
         return mode == "true" or snap.size_bytes >= self.settings.lazy_threshold_mb * 1024 * 1024
