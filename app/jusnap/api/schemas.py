@@ -137,7 +137,9 @@ class SnapshotOut(Schema):
     execution_count = Integer(allow_none=True)
     has_history = Boolean()
     hooks = Dict()
-    restorable = Boolean(metadata={"description": "fits the kernel's ports (in a kernel's list)"})
+    restorable = Boolean(
+        metadata={"description": "can be restored into the kernel now (in a kernel's list)"}
+    )
     kernel_alive = Boolean(
         metadata={"description": "its kernel still exists (in the list of all snapshots)"}
     )
