@@ -29,7 +29,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1092,13 +1092,21 @@ class Engine:
         return str(origin.connection["key"]) if origin is not None else None
 
     def _criu_restore(
-        self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool
+        self,
+        k: Kernel,
+        snap: Snapshot,
+        images: Path,
+        work: Path,
+        lazy: bool,
+        extra: Sequence[tuple[int, str]] = (),
+        namespaced: bool = False,
     ) -> CriuResult:
         """Run CRIU's restore with the kernel's log handed over as an inherited descriptor.
 
         The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
         size"). The snapshot names the log of the kernel it was taken from, which is this one's
         unless the snapshot is restored into another kernel: either name gets this kernel's log.
+        ``extra``: more (descriptor, name) pairs to inherit (a fork's history copy).
         """
         logs = self.supervisor.logs
         keys = list(dict.fromkeys((logs.criu_key(snap.kernel_id), logs.criu_key(k.id))))
@@ -1106,8 +1114,9 @@ class Engine:
         # One descriptor per name: CRIU closes each after taking it into its fd store.
         fds = [fd] + [os.dup(fd) for _ in keys[1:]]
         try:
-            inherit = list(zip(fds, keys, strict=True))
-            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit)
+            inherit = [*zip(fds, keys, strict=True), *extra]
+            ns = {"namespaced": True} if namespaced else {}
+            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit, **ns)
         finally:
             for f in fds:
                 os.close(f)

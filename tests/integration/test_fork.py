@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 
 from jusnap.criu_images import FILES_MAGIC, Message, entries, image
+from jusnap.fork import ForkResult
+from jusnap.fork import fork as fork_snapshot
 from jusnap.ports import served_ports
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
@@ -78,5 +80,34 @@ def test_restore_into_a_kernel_with_other_ports(engine: Engine) -> None:
         # the fixup left nothing in the user's namespace, history or count
         assert b.value("[n for n in ('_fixup', 'ARGS') if n in globals()]") == "[]"
         assert b.value("[c for c in In if '<jusnap' + '-fixup>' in c]") == "[]"
+    finally:
+        b.close()
+
+
+def fork(engine: Engine, snap: Snapshot, **options: object) -> tuple[ForkResult, KernelSession]:
+    """Fork ``snap`` and connect a client to the fork, as the notebook copy would."""
+    result = fork_snapshot(engine, snap.id, None, **options)  # type: ignore[arg-type]
+    return result, KernelSession.attach(engine, result.kernel.id)
+
+
+def test_fork_of_a_stopped_kernels_snapshot(engine: Engine) -> None:
+    """Any kernel's snapshot forks once its PID is free; the fork is a kernel of its own."""
+    a = KernelSession(engine)
+    a.run("x = 1\ngen = iter(range(10)); next(gen)")
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    a.close()
+    engine.kernels.shutdown(a.id)
+    result, b = fork(engine, snap, reseed=False)
+    try:
+        k = result.kernel
+        assert (k.parent_kernel_id, k.parent_snapshot_id) == (a.id, snap.id)
+        assert k.id != a.id and k.status == "running"
+        public = result.public()
+        assert public["parent_snapshot_id"] == snap.id
+        assert set(public["ports_moved"]) >= {str(p) for p in ports_of(snap.ports)}
+        assert b.value("(x, next(gen))") == "(1, 1)"
+        assert listening(k.pid).isdisjoint(ports_of(snap.ports))
+        assert engine.list_snapshots(k.id) == []
     finally:
         b.close()
