@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequest, KernelExists, Refused, RestoreFailed
 from .ids import check_kernel_id, new_kernel_id
 from .kernels.channels import handshake
+from .kernels.locks import USER_WAIT
 from .kernels.supervisor import new_connection
 from .proc import check_restored, kill_tree, start_time, ticks_now
 from .registry import Kernel, Snapshot
@@ -105,12 +106,17 @@ def fork(
         )
     engine.hooks.preflight_restore(snap.hooks)
     k = _new_kernel(engine, snap, kernel_id or new_kernel_id(), notebook_path, key)
-    with engine.locks.exclusive(k.id, "fork"):
-        try:
+    try:
+        # The original's lock (not its process): its hot entry, which the fork may restore
+        # from, is neither trimmed nor replaced meanwhile; its snapshots wait or are retried.
+        with (
+            engine.locks.exclusive(k.id, "fork"),
+            engine.locks.exclusive(snap.kernel_id, "fork", wait=USER_WAIT),
+        ):
             moved, criu_s = _bring_up(engine, k, snap, reseed)
-        except BaseException:
-            _discard(engine, k)
-            raise
+    except BaseException:
+        _discard(engine, k)
+        raise
     if notebook_path:
         engine.registry.set_notebook_connection(k.owner_uid, notebook_path, k.connection)
     log.info("kernel %s forked from snapshot %s of kernel %s", k.id, snap.id, snap.kernel_id)

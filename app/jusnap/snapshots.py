@@ -966,15 +966,14 @@ class Engine:
     ) -> tuple[Path, dict[int, int]]:
         """Staged images whose served ports are moved: the Jupyter ones as ``fixed`` says,
         the others to fresh ports. Images staged from the store are edited where they are;
-        a hot entry's are linked into ``scratch`` first (its own files stay as they are)."""
+        a hot entry's are reached through symbolic links in ``scratch`` (root's directory),
+        and its ``files.img`` replaced there by the rewritten copy: the entry's own files
+        stay as they are (no hard link either: the store refuses files with more than one)."""
         if images.parent != scratch:
-            copy = self._readable_dir(scratch / "img-ports", k.run_gid)
+            links = self._readable_dir(scratch / "img-ports", k.run_gid)
             for path in images.iterdir():
-                try:
-                    os.link(path, copy / path.name)
-                except OSError:
-                    shutil.copy2(path, copy / path.name)
-            images = copy
+                (links / path.name).symlink_to(path)
+            images = links
         try:
             moved = move_ports(images / "files.img", fixed)
         except FileNotFoundError:

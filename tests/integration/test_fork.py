@@ -4,6 +4,8 @@ a snapshot restored into a kernel whose ports differ, and forks beside a running
 from __future__ import annotations
 
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from jusnap.criu_images import FILES_MAGIC, Message, entries, image
 from jusnap.fork import ForkResult
@@ -111,3 +113,129 @@ def test_fork_of_a_stopped_kernels_snapshot(engine: Engine) -> None:
         assert engine.list_snapshots(k.id) == []
     finally:
         b.close()
+
+
+SETUP = r"""
+import os, tempfile, threading, random
+x = 1
+def counter():
+    i = 0
+    while True:
+        yield i
+        i += 1
+gen = counter()
+[next(gen) for _ in range(10)]
+path = os.path.join(tempfile.mkdtemp(), "data.txt")
+with open(path, "w") as w:
+    w.write("".join(f"line{i}\n" for i in range(10)))
+fh = open(path)
+fh.readline()
+ticks = []
+stop = threading.Event()
+def work():
+    while not stop.is_set():
+        ticks.append(1)
+        stop.wait(0.01)
+worker = threading.Thread(target=work, daemon=True)
+worker.start()
+"""
+CONTINUES = r"""
+import time
+t0 = len(ticks); time.sleep(0.2)
+print(next(gen), fh.readline().strip(), worker.is_alive() and len(ticks) > t0)
+"""
+
+
+def no_connection_into(pid: int, ports: set[int], timeout: float = 5.0) -> list[str]:
+    """The fork's connections into the original's ports, once ZeroMQ closed dropped ones."""
+    deadline = time.monotonic() + timeout
+    while (cross := connected_to(pid, ports)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return cross
+
+
+def test_fork_beside_a_running_kernel(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run(SETUP)
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    a_session = a.value("get_ipython().kernel.session.session")
+    a.run("x = 100")
+    a_pid = engine.kernels.get(a.id).pid
+    result, b = fork(engine, snap)
+    try:
+        k = result.kernel
+        assert k.pid != a_pid and engine.supervisor.alive(engine.kernels.get(a.id))
+        assert b.value("x") == "1" and a.value("x") == "100"
+        # both run cells at the same time, and their states diverge
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(s.run, "import time; time.sleep(1); x += 1") for s in (a, b)]
+            t0 = time.monotonic()
+            for r in runs:
+                r.result()
+        assert time.monotonic() - t0 < 1.9, "the two cells did not run concurrently"
+        assert (a.value("x"), b.value("x")) == ("101", "2")
+        # the generator, the open file and the thread continue from the snapshot in the fork
+        assert b.run(CONTINUES).split() == ["10", "line1", "True"]
+        assert a.run(CONTINUES).split() == ["10", "line1", "True"]
+        # an identity of its own, and nothing of the original's
+        assert b.value("get_ipython().kernel.session.session") != a_session
+        a_ports = ports_of(engine.kernels.get(a.id).ports())
+        assert listening(k.pid).isdisjoint(listening(a_pid))
+        assert no_connection_into(k.pid, a_ports) == []
+        assert engine.list_snapshots(k.id) == []
+        assert [s.id for s in engine.list_snapshots(a.id)] == [snap.id]
+    finally:
+        b.close()
+        a.close()
+
+
+def test_fork_of_a_fork_and_deleting_either_side(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run("x = 'a'")
+    snap_a = engine.snapshot(a.id)
+    assert isinstance(snap_a, Snapshot)
+    _r, b = fork(engine, snap_a)
+    c: KernelSession | None = None
+    try:
+        b.run("x = 'b'")
+        snap_b = engine.snapshot(b.id)
+        assert isinstance(snap_b, Snapshot)
+        result_c, c = fork(engine, snap_b)
+        assert result_c.kernel.parent_kernel_id == b.id
+        assert c.value("x") == "'b'"
+        assert [s.id for s in engine.list_snapshots(b.id)] == [snap_b.id]
+        assert [s.id for s in engine.list_snapshots(a.id)] == [snap_a.id]
+        # the original and its snapshots go: the forks do not notice
+        a.close()
+        engine.kernels.shutdown(a.id)
+        engine.delete_snapshot(snap_a.id)
+        b.run("x += '!'")
+        assert b.value("x") == "'b!'"
+        # the fork's snapshot goes: its own fork runs on
+        engine.delete_snapshot(snap_b.id)
+        c.run("x += '?'")
+        assert c.value("x") == "'b?'"
+        assert engine.kernels.get(c.id).status == "running"
+    finally:
+        b.close()
+        if c is not None:
+            c.close()
+
+
+def test_fork_while_the_original_is_busy(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run("x = 7")
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    busy = a.client.execute("import time\nfor _ in range(40): time.sleep(0.1)\nx = 8")
+    _r, b = fork(engine, snap)
+    try:
+        assert b.value("x") == "7"
+        reply = a.client.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == busy
+        assert reply["content"]["status"] == "ok"
+        assert a.value("x") == "8" and b.value("x") == "7"
+    finally:
+        b.close()
+        a.close()
