@@ -1100,8 +1100,8 @@ class Engine:
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
             old_key = self._snapshot_key(snap) or str(k.connection["key"])
-            if staged.ports_moved or old_key != k.connection["key"]:
-                # A snapshot of another connection: it must learn its new ports (and key).
+            if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
+                # Another kernel's snapshot: it must learn its new ports, key and files.
                 self._fixup(k, reseed=False, old_key=old_key)
             hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
             self.kernels.reset_live(
@@ -1143,7 +1143,7 @@ class Engine:
         """Give a restored copy its own identity (``kernels/fixup.py``) before it is used."""
         timeout = self.settings.jusnap.ipython.handshake_timeout
         cfile = str(self.supervisor.connection_file(k))
-        apply_fixup(k.connection, cfile, reseed, timeout, old_key)
+        apply_fixup(k.connection, cfile, reseed, timeout, old_key, k.history_file)
 
     def _snapshot_key(self, snap: Snapshot) -> str | None:
         """The signing key the snapshot's kernel had (recorded with snapshots since schema 3;
