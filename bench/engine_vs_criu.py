@@ -56,6 +56,7 @@ import jusnap.snapshots as snapshots_mod
 from jupyter_client.blocking import BlockingKernelClient
 from jusnap.config import load_settings
 from jusnap.criu import frozen_seconds
+from jusnap.kernels.namespace import is_namespace_init
 from jusnap.proc import kill_tree, start_time
 from jusnap.snapshots import Engine
 
@@ -170,7 +171,7 @@ def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float,
     os.chown(images, creds.uid, creds.gid)
     os.chown(images.parent, creds.uid, creds.gid)  # criu's work dir: logs
     t0 = time.monotonic()
-    engine.criu.dump(pid, images, images.parent, creds)
+    engine.criu.dump(pid, images, images.parent, creds, namespaced=is_namespace_init(pid))
     wall = time.monotonic() - t0
     return frozen_seconds(images) or wall, wall
 
@@ -180,7 +181,10 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
     t0 = time.monotonic()
     kill_tree(k.pid, k.started, signal.SIGKILL)
     engine.reaper.wait_gone(k.pid, k.started, 30)
-    engine.criu.restore(images, images.parent, creds)  # the same PIDs come back
+    # A plain kernel comes back at its PIDs, a namespaced one as PID 1 of a new namespace.
+    ns = any(images.glob("mountpoints-*.img"))
+    result = engine.criu.restore(images, images.parent, creds, namespaced=ns)
+    k.pid = result.pid if ns and result.pid else k.pid
     k.started = start_time(k.pid)
     engine.registry.put_kernel(k)
     first_execute(kc)
@@ -365,11 +369,7 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
             f"| {r['jusnap_freeze']:.3f} s / {r['criu_freeze']:.3f} s ({_pct(r['jusnap_freeze'], r['criu_freeze'])}) "
             f"| {r['jusnap_snapshot_wall']:.2f} s ({r.get('jusnap_snapshot_stored', r['jusnap_snapshot_wall']):.2f} s) / {r['criu_dump_wall']:.2f} s "
             f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
-            + (
-                f" fork: {r['jusnap_fork_to_execute']:.2f} s |"
-                if "jusnap_fork_to_execute" in r
-                else ""
-            )
+            + (f" {r['jusnap_fork_to_execute']:.2f} s |" if forked else "")
         )
     return "\n".join(lines)
 

@@ -211,9 +211,10 @@ def _bring_up(
             engine.hooks.after_restore(pid, snap.hooks)
             k.pid, k.started, k.status = pid, start_time(pid), "running"
             engine.registry.put_kernel(k)
-            timeout = engine.settings.jusnap.ipython.handshake_timeout
-            engine._fixup(k, reseed=reseed)  # before anyone else can know its ports
-            handshake(k.connection, timeout)
+            # It answers (a request sent at once may be lost, hence the handshake's polling),
+            # then it takes its own identity, before anyone else can know its ports.
+            handshake(k.connection, engine.settings.jusnap.ipython.handshake_timeout)
+            engine._fixup(k, reseed=reseed)
             engine.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )

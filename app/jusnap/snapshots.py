@@ -1100,10 +1100,13 @@ class Engine:
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
             old_key = self._snapshot_key(snap) or str(k.connection["key"])
+            # It answers (on k's ports) with the key it was dumped with until the fixup.
+            hs = handshake(
+                {**k.connection, "key": old_key}, self.settings.jusnap.ipython.handshake_timeout
+            )
             if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
                 # Another kernel's snapshot: it must learn its new ports, key and files.
                 self._fixup(k, reseed=False, old_key=old_key)
-            hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
