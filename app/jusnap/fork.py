@@ -262,8 +262,7 @@ def _discard(engine: Engine, k: Kernel) -> None:
     """A fork that failed leaves nothing: no record, no directory, no log, no process."""
     with contextlib.suppress(Exception):
         engine.kernels.unwatch(k)
-    with contextlib.suppress(Exception):
+    try:
         engine.supervisor.remove(k)
-    with contextlib.suppress(Exception):
-        engine.kernels.reset_live(k.id)
-        engine.kernels._live.pop(k.id, None)
+    except Exception:  # the original error matters more; say what is left
+        log.exception("removing the failed fork %s", k.id)

@@ -17,6 +17,7 @@ from jupyter_client.blocking import BlockingKernelClient
 from jusnap.client import ApiError, Client
 from jusnap.config import Settings
 from jusnap.criu_images import FILES_MAGIC, Message, entries, image
+from jusnap.errors import ImageRefused
 from jusnap.fork import ForkResult
 from jusnap.fork import fork as fork_snapshot
 from jusnap.kernels.supervisor import PORT_KEYS
@@ -25,6 +26,7 @@ from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 
 from tests.conftest import Daemon, KernelSession, shutdown_all
+from tests.criu_craft import edit_creds, rewrite_hot, with_caps
 from tests.helpers import connect, run_cell
 
 
@@ -338,3 +340,24 @@ def test_a_fork_keeps_its_own_history_file(make_settings: Callable[..., Settings
             a.close()
     finally:
         shutdown_all(e)
+
+
+def test_a_refused_fork_leaves_nothing_and_the_original_untouched(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run("x = 'original'")
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    engine.wait_stored()  # the hot entry then records its images' hashes
+    entry = engine.hot.get(snap.id)
+    assert entry is not None
+    core = next(entry.images.glob("core-*.img")).name
+    rewrite_hot(entry.path, core, lambda b: edit_creds(b, with_caps()))  # as an attacker could
+    pid = engine.kernels.get(a.id).pid
+    before = {k.id for k in engine.registry.kernels()}
+    with pytest.raises(ImageRefused, match="capabilities"):
+        fork_snapshot(engine, snap.id, None, kernel_id=str(uuid.uuid4()))
+    assert {k.id for k in engine.registry.kernels()} == before
+    assert sorted(p.name for p in engine.supervisor.kernels_dir.iterdir()) == sorted(before)
+    assert engine.kernels.get(a.id).pid == pid
+    assert a.value("x") == "'original'"
+    a.close()
