@@ -1146,7 +1146,7 @@ class Engine:
         """Give a restored copy its own identity (``kernels/fixup.py``) before it is used."""
         timeout = self.settings.jusnap.ipython.handshake_timeout
         cfile = str(self.supervisor.connection_file(k))
-        apply_fixup(k.connection, cfile, reseed, timeout, old_key, k.history_file)
+        apply_fixup(k.connection, cfile, reseed, timeout, old_key, k.history_file, k.id)
 
     def _snapshot_key(self, snap: Snapshot) -> str | None:
         """The signing key the snapshot's kernel had (recorded with snapshots since schema 3;

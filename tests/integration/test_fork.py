@@ -167,8 +167,13 @@ def no_connection_into(pid: int, ports: set[int], timeout: float = 5.0) -> list[
     return cross
 
 
+AUTOSNAP = "__import__('sys').modules['jusnap_jupyter.autosnap']._instance.kernel_id"
+
+
 def test_fork_beside_a_running_kernel(engine: Engine) -> None:
-    a = KernelSession(engine)
+    argv = [*engine.settings.kernel_argv(), "--ext=jusnap_jupyter.autosnap"]
+    a = KernelSession(engine, argv=argv)
+    assert a.value(AUTOSNAP) == repr(a.id)
     a.run(SETUP)
     snap = engine.snapshot(a.id)
     assert isinstance(snap, Snapshot)
@@ -196,7 +201,16 @@ def test_fork_beside_a_running_kernel(engine: Engine) -> None:
         a_ports = ports_of(engine.kernels.get(a.id).ports())
         assert listening(k.pid).isdisjoint(listening(a_pid))
         assert no_connection_into(k.pid, a_ports) == []
+        # its automatic snapshots are its own, not the original's
+        assert b.value(AUTOSNAP) == repr(k.id)
+        assert b.value("__import__('os').environ['JUSNAP_KERNEL_ID']") == repr(k.id)
         assert engine.list_snapshots(k.id) == []
+        assert [s.id for s in engine.list_snapshots(a.id)] == [snap.id]
+        # the fork goes: the original runs on, with its snapshots
+        b.close()
+        engine.kernels.shutdown(k.id)
+        a.run("x += 1")
+        assert a.value("x") == "102"
         assert [s.id for s in engine.list_snapshots(a.id)] == [snap.id]
     finally:
         b.close()

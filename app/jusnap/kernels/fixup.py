@@ -12,6 +12,8 @@ CRIU copies a kernel's memory bit for bit, and with it things that are one kerne
   ``disconnect()`` + ``connect()`` left the old connection up in 1 of 3 runs) cleared it in 6
   of 6 runs (docs/fork-design.md);
 * ``IPKernelApp.connection_file`` and its port attributes, which ``%connect_info`` shows;
+* the kernel id its automatic-snapshot extension asks the daemon about (and
+  ``JUSNAP_KERNEL_ID``): left alone, the copy's cells would snapshot the original kernel;
 * IPython's history database: the copy restores with its own copy of the file open, but
   SQLite names its journal after the path it opened, the original's: the history manager is
   reopened on the copy's own path (IPython's own stop/restart of its saving thread);
@@ -38,7 +40,7 @@ from .channels import _session, _url
 from .supervisor import PORT_KEYS
 
 _BODY = """
-def _fixup(session, reseed, connection_file, ports, shell_url, key, history_file):
+def _fixup(session, reseed, connection_file, ports, shell_url, key, history_file, kernel_id):
     import random, sys
     import zmq
     from IPython import get_ipython
@@ -74,6 +76,12 @@ def _fixup(session, reseed, connection_file, ports, shell_url, key, history_file
         if debugger is not None and getattr(debugger, "shell_socket", None) is old:
             debugger.shell_socket = new
         old.close(linger=0)
+    if kernel_id is not None:
+        import os
+        os.environ["JUSNAP_KERNEL_ID"] = kernel_id
+        autosnap = sys.modules.get("jusnap_jupyter.autosnap")
+        if getattr(autosnap, "_instance", None) is not None:
+            autosnap._instance.kernel_id = kernel_id
     hm = getattr(get_ipython(), "history_manager", None)
     if history_file and getattr(hm, "enabled", False) and str(hm.hist_file) != history_file:
         hm._stop_save_thread()
@@ -96,10 +104,11 @@ def fixup_code(
     reseed: bool,
     key: str | None = None,
     history_file: str | None = None,
+    kernel_id: str | None = None,
 ) -> str:
     """The code that gives a restored kernel its own identity (see the module doc);
     ``key``: the kernel's new signing key, when it changes; ``history_file``: its own IPython
-    history database (None: none)."""
+    history database (None: none); ``kernel_id``: the daemon's id for it."""
     args = {
         "session": str(uuid.uuid4()),
         "reseed": bool(reseed),
@@ -108,6 +117,7 @@ def fixup_code(
         "shell_url": f"tcp://{connection['ip']}:{int(connection['shell_port'])}",
         "key": key,
         "history_file": history_file,
+        "kernel_id": kernel_id,
     }
     return (
         "__import__('builtins').exec(__import__('builtins').compile("
@@ -122,6 +132,7 @@ def apply_fixup(
     timeout: float,
     old_key: str | None = None,
     history_file: str | None = None,
+    kernel_id: str | None = None,
 ) -> None:
     """Run the fixup in the restored kernel, which listens on ``connection``'s ports and signs
     with ``old_key`` (None: ``connection``'s key already); RestoreFailed if it fails or does
@@ -129,8 +140,9 @@ def apply_fixup(
     new_key = str(connection["key"])
     switch = old_key is not None and old_key != new_key
     code = fixup_code(
-        connection, connection_file, reseed, new_key if switch else None, history_file
-    )
+        connection, connection_file, reseed, new_key if switch else None, history_file,
+        kernel_id,
+    )  # fmt: skip
     sender = {**connection, "key": old_key} if switch else connection
     reply = _execute(sender, connection, code, timeout)
     if reply is None:
