@@ -151,6 +151,7 @@ class Criu:
         action_script: str | None = None,
         env: dict[str, str] | None = None,
         namespaced: bool = False,
+        external_files: Sequence[str] = (),
     ) -> CriuResult:
         """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed.
 
@@ -168,6 +169,8 @@ class Criu:
             argv += ["--action-script", action_script]
         if namespaced:
             argv += NS_DUMP_ARGS
+        for key in external_files:  # restored from an inherited descriptor (--inherit-fd)
+            argv += ["--external", key]
         t0 = time.monotonic()
         rc, err = self._run(argv, creds, DUMP_CAPS, self.dump_timeout, env=env)
         elapsed = time.monotonic() - t0

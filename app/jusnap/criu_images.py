@@ -389,6 +389,22 @@ def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> N
             raise _refuse(name, f"mount {point} does not hang on /")
 
 
+_REG, _FILE_REG, _REG_NAME, _REG_EXT = 1, 3, 6, 9
+EXTERNAL_FILE = re.compile(r"file\[[0-9a-f]{1,8}:[0-9a-f]{1,16}\]\Z")
+
+
+def external_files(data: bytes) -> list[str]:
+    """The names of the regular files a dump declared external (``--external file[...]``):
+    CRIU restores them only from descriptors handed over with ``--inherit-fd``."""
+    out = []
+    for entry in entries(data, FILES_MAGIC):
+        fe = Message.parse(entry)
+        reg = fe.message(_FILE_REG) if fe.scalar(_FILE_TYPE) == _REG else None
+        if reg is not None and reg.scalar(_REG_EXT):
+            out.append(_string(reg, _REG_NAME) or "")
+    return sorted(set(out))
+
+
 def check_name(name: str) -> None:
     if not _ALLOWED.match(name):
         raise _refuse(name, "not an image kind a kernel's dump contains")

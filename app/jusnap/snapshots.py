@@ -40,7 +40,7 @@ from . import criu as criu_mod
 from .autosnap import Skipped
 from .config import Settings
 from .criu import Criu, CriuResult
-from .criu_images import Identity, ImageCheck, needs_bytes
+from .criu_images import EXTERNAL_FILE, Identity, ImageCheck, external_files, needs_bytes
 from .errors import (
     Busy,
     Forbidden,
@@ -588,13 +588,19 @@ class Engine:
             if k.history_file:
                 env.update(JUSNAP_HISTORY_SRC=k.history_file, JUSNAP_HISTORY_DST=str(history_copy))
             self._prepare(k, active)
+            namespaced = namespace.is_namespace_init(k.pid)
+            # A namespaced kernel's log: external, handed back on restore (_criu_restore).
+            external = (
+                namespace.external_log_keys(k.pid, self.supervisor.logs.path(k.id))
+                if namespaced
+                else []
+            )
             try:
                 t_hooks, t_request = time.monotonic(), time.time()
-                namespaced = namespace.is_namespace_init(k.pid)
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
                     result = self.criu.dump(
                         k.pid, images, work, creds, str(self.action_script), env,
-                        namespaced=namespaced,
+                        namespaced=namespaced, external_files=external,
                     )  # fmt: skip
                 hooked_seconds = time.monotonic() - t_hooks
             except JusnapError:
@@ -1005,19 +1011,17 @@ class Engine:
         """Staged images of another kernel's snapshot made to fit ``k`` (a fork, a restore
         into another kernel): its served ports moved to ``k``'s (``ports.py``; the others to
         fresh ones), and, for a namespaced kernel (which opens its files by path in its own
-        mount tree), its log and history files named as ``k``'s. Checked again after.
+        mount tree), its history file named as ``k``'s (its log is an external file, handed
+        over by :meth:`_criu_restore`). Checked again after.
 
         Images staged from the store are edited where they are; a hot entry's are reached
         through symbolic links in ``scratch`` (root's directory), and ``files.img`` replaced
         there: the entry's own files stay as they are (no hard link either: the store refuses
         files with more than one)."""
         renames: dict[str, str] = {}
-        if namespaced and snap.kernel_id != k.id:
-            logs = self.supervisor.logs
-            renames[str(logs.path(snap.kernel_id))] = str(logs.path(k.id))
-            if snap.has_history and k.history_file:
-                old = self.supervisor.kernel_dir(snap.kernel_id) / HISTORY_NAME
-                renames[str(old)] = k.history_file
+        if namespaced and snap.kernel_id != k.id and snap.has_history and k.history_file:
+            old = self.supervisor.kernel_dir(snap.kernel_id) / HISTORY_NAME
+            renames[str(old)] = k.history_file
         if snap.ports == k.ports() and not renames:
             return images, {}
         if images.parent != scratch:
@@ -1171,32 +1175,37 @@ class Engine:
         The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
         size"). The snapshot names the log of the kernel it was taken from, which is this one's
         unless the snapshot is restored into another kernel: either name gets this kernel's log.
-        ``extra``: more (descriptor, name) pairs to inherit (plain kernels only).
+        ``extra``: more (descriptor, name) pairs to inherit (a plain fork's history copy).
 
-        A namespaced kernel's log is not handed over: a descriptor the daemon opened lives in
-        the host's mount namespace, and the restored kernel's next dump would fail on it
-        ("Can't lookup mount"). CRIU opens it by path inside the restored namespace instead;
-        it is append-only and write-only, which CRIU does not size-check (files-reg.c,
-        ``should_check_size``).
+        A namespaced kernel's descriptors of its log were dumped as external files
+        (``file[<mnt_id>:<inode>]``, see ``namespace.external_log_keys``): a path lookup would
+        need the file's mount inside the dumped namespace, which a descriptor the daemon
+        handed over on an earlier restore is not on ("Can't lookup mount"). Each such key gets
+        this kernel's log; the images may name no other external file.
         """
         logs = self.supervisor.logs
         if namespaced:
-            result = self.criu.restore(
-                images, work, self.supervisor.creds(k), lazy, (), namespaced=True
-            )
-            logs.note(k.id, f"restored snapshot {snap.id} (new namespace, pid {result.pid})")
-            return result
-        keys = list(dict.fromkeys((logs.criu_key(snap.kernel_id), logs.criu_key(k.id))))
+            keys = external_files((images / "files.img").read_bytes())
+            if not all(EXTERNAL_FILE.match(key) for key in keys):
+                raise RestoreFailed("restore failed: the snapshot names external files it may not")
+            if not keys:  # a kernel that closed its stdio: nothing to hand over
+                return self.criu.restore(images, work, self.supervisor.creds(k), lazy, (), True)
+        else:
+            keys = [logs.criu_key(snap.kernel_id), logs.criu_key(k.id)]
+        keys = list(dict.fromkeys(keys))
         fd = logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
         # One descriptor per name: CRIU closes each after taking it into its fd store.
         fds = [fd] + [os.dup(fd) for _ in keys[1:]]
         try:
-            inherit = [*zip(fds, keys, strict=True), *extra]
-            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit)
+            inherit = [*zip(fds, keys, strict=True), *(() if namespaced else extra)]
+            result = self.criu.restore(
+                images, work, self.supervisor.creds(k), lazy, inherit, namespaced=namespaced
+            )
         finally:
             for f in fds:
                 os.close(f)
-        logs.note(k.id, f"restored snapshot {snap.id}")
+        where = f" (new namespace, pid {result.pid})" if namespaced else ""
+        logs.note(k.id, f"restored snapshot {snap.id}{where}")
         return result
 
 

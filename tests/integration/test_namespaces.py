@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -230,3 +231,33 @@ def test_multiprocessing_in_a_namespaced_kernel(kernel: KernelSession) -> None:
     # The empty /dev/shm directory of / (root's, 0755) is all there is: no POSIX semaphore.
     assert "shm False" in out, out
     assert "pool failed PermissionError" in out, out
+
+
+def test_a_launch_requests_environment_never_reaches_root(
+    engine: Engine, kernel_user: pwd.struct_passwd, tmp_path: Path
+) -> None:
+    """The launcher runs as root: LD_PRELOAD from the request must act in the kernel only."""
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.fail("a C compiler is needed (build-essential, installed for CRIU)")
+    lib_dir = Path(tempfile.mkdtemp(prefix="jusnap-preload-", dir="/var/tmp"))
+    try:
+        src, lib = lib_dir / "p.c", lib_dir / "p.so"
+        marks = lib_dir / "marks"
+        src.write_text(
+            "#include <stdio.h>\n#include <unistd.h>\n"
+            "__attribute__((constructor)) static void mark(void) {\n"
+            f'  FILE *f = fopen("{marks}", "a"); if (f) {{ fprintf(f, "%d\\n", (int)getuid());'
+            " fclose(f); }\n}\n"
+        )
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+        marks.touch()
+        os.chmod(lib_dir, 0o755)
+        os.chmod(marks, 0o666)
+        k = engine.kernels.launch(owner_uid=0, env={"LD_PRELOAD": str(lib)})
+        assert k.pid is not None and namespace.nspid(k.pid) == [k.pid, 1]
+        uids = {int(v) for v in marks.read_text().split()}
+        assert uids == {kernel_user.pw_uid}, uids  # the kernel's processes only, never root
+    finally:
+        shutil.rmtree(lib_dir, ignore_errors=True)

@@ -65,3 +65,34 @@ def test_a_failed_request_is_printed_once_and_the_sender_goes_on(capsys) -> None
         wait_until(lambda: not ext._sending, 5, what="the request")
     assert ext.asked == [1, 2]
     assert capsys.readouterr().err.count("automatic snapshot failed: daemon away") == 1
+
+
+class _Daemon:
+    def __init__(self, kernels: list[dict]) -> None:
+        self._kernels = kernels
+
+    def kernels(self) -> list[dict]:
+        return self._kernels
+
+
+def test_the_extension_finds_its_kernel_by_pid_or_by_pid_namespace(monkeypatch) -> None:
+    """A plain kernel is known to the daemon by its PID; a namespaced one is PID 1 inside,
+    and is found by the inode of its PID namespace instead (as the daemon lists it)."""
+    import os
+    from pathlib import Path
+
+    import pytest
+    from jusnap.errors import KernelNotFound
+
+    mine = Path("/proc/self/ns/pid").stat().st_ino
+    listing = [
+        {"id": "dead", "status": "dead", "pid": os.getpid(), "pid_namespace": mine},
+        {"id": "plain", "status": "running", "pid": os.getpid(), "pid_namespace": None},
+        {"id": "ns", "status": "running", "pid": 4242, "pid_namespace": mine},
+    ]
+    ext = AutoSnapshot(None)
+    assert ext._find_self(_Daemon(listing)) == "plain"  # type: ignore[arg-type]
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    assert ext._find_self(_Daemon(listing)) == "ns"  # type: ignore[arg-type]
+    with pytest.raises(KernelNotFound):
+        ext._find_self(_Daemon(listing[:2]))  # type: ignore[arg-type]

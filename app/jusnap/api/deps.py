@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 
+from ..kernels import namespace
 from ..registry import Kernel
 from ..snapshots import Engine
 
@@ -20,4 +21,5 @@ def kernel_view(k: Kernel) -> dict[str, Any]:
     d["auto"] = e.auto_status(k)
     last = e.last_snapshot(k)
     d["last_snapshot"] = last.public() if last else None
+    d["pid_namespace"] = namespace.pid_namespace(k.pid) if k.status == "running" else None
     return d

@@ -150,6 +150,13 @@ class KernelOut(Schema):
     owner_uid = Integer(required=True)
     run_uid = Integer(required=True)
     pid = Integer(allow_none=True)
+    pid_namespace = Integer(
+        allow_none=True,
+        metadata={
+            "description": "inode of the PID namespace the kernel is PID 1 of (a namespaced"
+            " kernel: its own pid is 1 inside, this is how it finds its record); null if none"
+        },
+    )
     status = String(required=True, validate=OneOf(["running", "dead", "stopped"]))
     notebook_path = String(allow_none=True)
     auto_snapshot = Boolean(allow_none=True)

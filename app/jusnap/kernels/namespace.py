@@ -14,6 +14,7 @@ the kernel), PID 1 inside, the kernel's uid.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -84,6 +85,18 @@ def is_namespace_init(pid: int) -> bool:
     return ids is not None and len(ids) == 2 and ids[1] == 1
 
 
+def pid_namespace(pid: int | None) -> int | None:
+    """The inode of the PID namespace ``pid`` is the init of (None: not a namespaced kernel).
+    The kernel sees the same number (``os.stat("/proc/self/ns/pid").st_ino``), whereas its
+    own PID inside is 1: the IPython extension finds its kernel record by it."""
+    if pid is None or not is_namespace_init(pid):
+        return None
+    try:
+        return Path(f"/proc/{pid}/ns/pid").stat().st_ino
+    except OSError:
+        return None
+
+
 def same_user_ns(pid: int) -> bool:
     """``pid`` is in our user namespace: a PID namespace it sits in was then made by a
     holder of CAP_SYS_ADMIN here (the launcher or CRIU), not by the kernel's user inside a
@@ -92,6 +105,37 @@ def same_user_ns(pid: int) -> bool:
         return Path(f"/proc/{pid}/ns/user").readlink() == Path("/proc/self/ns/user").readlink()
     except OSError:
         return False
+
+
+def external_log_keys(pid: int, log_path: Path) -> list[str]:
+    """CRIU's ``file[<mnt_id>:<inode>]`` keys of every descriptor of the kernel's log held in
+    ``pid``'s PID namespace, to dump them as external files and hand the log back on restore
+    (``--inherit-fd``) whatever mount they were opened on (the launcher's namespace, or the
+    daemon's for a restored kernel), and into whichever kernel the snapshot is restored.
+    Read from /proc as root: nothing the kernel's user writes."""
+    try:
+        want = log_path.stat()
+        ns = Path(f"/proc/{pid}/ns/pid").readlink()
+    except OSError:
+        return []
+    keys: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "ns" / "pid").readlink() != ns:
+                continue
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    st = fd.stat()
+                    if (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
+                        continue
+                    info = (entry / "fdinfo" / fd.name).read_text()
+                    mnt = next(
+                        ln.split()[1] for ln in info.splitlines() if ln.startswith("mnt_id:")
+                    )
+                    keys.add(f"file[{int(mnt):x}:{st.st_ino:x}]")
+    return sorted(keys)
 
 
 def launch(
@@ -111,17 +155,17 @@ def launch(
     p = reaper.spawn(
         cmd,
         None,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
         cwd="/",
-        env=env,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},  # root's; the kernel's goes on stdin
     )
     try:
         try:
-            out, err = p.communicate(timeout=LAUNCH_TIMEOUT)
+            out, err = p.communicate(json.dumps(env).encode(), timeout=LAUNCH_TIMEOUT)
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()
@@ -155,4 +199,12 @@ def _not_ours(pid: int, uid: int) -> str | None:
     return None
 
 
-__all__ = ["is_namespace_init", "launch", "nspid", "same_user_ns", "unreachable", "wanted"]
+__all__ = [
+    "external_log_keys",
+    "is_namespace_init",
+    "launch",
+    "nspid",
+    "same_user_ns",
+    "unreachable",
+    "wanted",
+]

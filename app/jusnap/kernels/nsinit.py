@@ -23,12 +23,14 @@ What it does (docs/fork-design.md, "Recommended design", measured to dump and re
    root process's stdout, never from a file the kernel's user can write.
 
 Usage: nsinit.py UID GID GROUPS(comma list, may be empty) LOG CWD[:CWD...] -- ARGV...
-(the environment is the kernel's).
+with the kernel's environment as a JSON object on stdin (this root process runs with an
+empty one, and ``python -I``: nothing the launch request names reaches root).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import stat
 import sys
@@ -102,16 +104,20 @@ def _trim_tree() -> None:
 
 
 def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
-           argv: list[str], errpipe: int) -> None:  # fmt: skip
+           argv: list[str], env: dict[str, str], errpipe: int) -> None:  # fmt: skip
     # Nothing opened outside the kernel's mount namespace may reach it (CRIU could not dump
     # it: "Can't lookup mount"); the error pipe closes itself at exec.
     os.closerange(3, errpipe)
     os.closerange(errpipe + 1, os.sysconf("SC_OPEN_MAX"))
     _trim_tree()
     null = os.open("/dev/null", os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY)
-    if not stat.S_ISREG(os.fstat(out).st_mode):
+    checked = os.open(log, os.O_PATH | os.O_NOFOLLOW)  # never through a link
+    if not stat.S_ISREG(os.fstat(checked).st_mode):
         raise OSError(0, f"{log} is not a regular file")
+    # Reopened through the checked descriptor, so that the open flags CRIU records (and
+    # applies when it reopens the file on restore, through /proc/self/fd) hold no O_NOFOLLOW.
+    out = os.open(f"/proc/self/fd/{checked}", os.O_WRONLY | os.O_APPEND | os.O_NOCTTY)
+    os.close(checked)
     for fd, target in ((null, 0), (out, 1), (out, 2)):
         os.dup2(fd, target)
     os.close(null)
@@ -129,7 +135,7 @@ def _child(uid: int, gid: int, groups: list[int], log: str, cwds: list[str],
             continue
     else:
         os.chdir("/")
-    os.execvpe(argv[0], argv, dict(os.environ))  # noqa: S606 - a list argv, no shell
+    os.execvpe(argv[0], argv, env)  # noqa: S606 - a list argv, no shell
 
 
 def main(args: list[str]) -> int:
@@ -142,6 +148,17 @@ def main(args: list[str]) -> int:
         cwds = [c for c in cwds_s.split(":") if c]
     except ValueError:
         print("error: usage: nsinit.py UID GID GROUPS LOG CWDS -- ARGV...", flush=True)
+        return 2
+    try:
+        # The kernel's environment comes on stdin, never as this root process's own: it
+        # holds what the launch request named (LD_PRELOAD would run the user's code as root).
+        env = json.loads(sys.stdin.buffer.read())
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError("environment is not an object of strings")
+    except ValueError as exc:
+        print(f"error: bad environment: {exc}", flush=True)
         return 2
     if not argv or uid == 0:
         print("error: no kernel command, or a root kernel", flush=True)
@@ -157,7 +174,7 @@ def main(args: list[str]) -> int:
     if pid == 0:
         os.close(r)
         try:
-            _child(uid, gid, groups, log, cwds, argv, w)
+            _child(uid, gid, groups, log, cwds, argv, env, w)
         except BaseException as exc:  # reported to the parent, whatever it is
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             os.write(w, (why or type(exc).__name__).encode(errors="replace")[:500])

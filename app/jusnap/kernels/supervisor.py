@@ -362,8 +362,11 @@ class Supervisor:
         if not namespace.wanted(setting) or k.run_uid == 0:
             return ""
         program = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        # The daemon's socket too: the IPython extension asks for automatic snapshots there
+        # (where /run is a tmpfs of its own, a namespaced kernel would not see it).
+        socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
         why = namespace.unreachable(
-            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id))]
+            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id)), socket_dir]
         )
         state = os.path.realpath(self.settings.state_dir)
         if not why and (state == "/tmp" or state.startswith("/tmp/")):
@@ -420,12 +423,24 @@ class Supervisor:
         process in it."""
         if k.pid is not None and self.alive(k):
             if namespace.is_namespace_init(k.pid):
-                with contextlib.suppress(Exception):  # a kernel that does not answer: killed
-                    request_shutdown(k.connection, timeout=min(grace, 1.0))
+                self._ask_to_exit(k, grace)
             else:
                 kill_tree(k.pid, k.started, signal.SIGTERM)
-            self.reaper.wait_gone(k.pid, k.started, grace)
+                self.reaper.wait_gone(k.pid, k.started, grace)
         self.stop(k)
+
+    def _ask_to_exit(self, k: Kernel, grace: float) -> None:
+        """``shutdown_request`` until the kernel acknowledges it (a request whose connection
+        was not up within a second is dropped with the socket), then wait for its exit."""
+        assert k.pid is not None
+        deadline = time.monotonic() + grace
+        acked = False
+        while (left := deadline - time.monotonic()) > 0:
+            if not acked:
+                with contextlib.suppress(Exception):  # a kernel that never answers: killed
+                    acked = request_shutdown(k.connection, timeout=min(left, 1.0))
+            if self.reaper.wait_gone(k.pid, k.started, min(max(left, 0.0), 0.5)):
+                return
 
     def remove(self, k: Kernel) -> None:
         self.stop(k)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from jusnap.client import Client
@@ -104,8 +105,14 @@ class AutoSnapshot:
 
     def _find_self(self, daemon: Client) -> str:
         pid = os.getpid()
+        # PID 1 of its own namespace (the daemon knows it by another PID): by the namespace.
+        pidns = Path("/proc/self/ns/pid").stat().st_ino if pid == 1 else None
         for k in daemon.kernels():
-            if k.get("pid") == pid and k.get("status") == "running":
+            if k.get("status") != "running":
+                continue
+            if (pidns is not None and k.get("pid_namespace") == pidns) or (
+                pidns is None and k.get("pid") == pid
+            ):
                 return str(k["id"])
         raise KernelNotFound("this kernel is not one of the daemon's kernels")
 
