@@ -258,6 +258,15 @@ def _history(
         os.close(fd)
 
 
+def forget_unfinished(engine: Engine) -> None:
+    """At the daemon's start: a fork it died in the middle of (a record made, no process
+    adopted yet) is removed like a failed one; the user can fork again."""
+    for k in engine.registry.kernels():
+        if k.parent_snapshot_id is not None and k.pid is None and k.status == "stopped":
+            log.warning("removing kernel %s: the daemon stopped while forking it", k.id)
+            _discard(engine, k)
+
+
 def _discard(engine: Engine, k: Kernel) -> None:
     """A fork that failed leaves nothing: no record, no directory, no log, no process."""
     with contextlib.suppress(Exception):

@@ -55,6 +55,7 @@ from .errors import (
     SnapshotFailed,
     SnapshotNotFound,
 )
+from .fork import forget_unfinished
 from .hooks import HookSet
 from .ids import check_snapshot_id, new_snapshot_id
 from .kernels import namespace
@@ -172,6 +173,7 @@ class Engine:
         self.kernels = KernelService(self.settings, self.registry, self.reaper, self.locks)
         self._recover()
         self.kernels.adopt_all()
+        forget_unfinished(self)
         for journal in self.registry.restores():
             self._resume_restore(journal)
         return self

@@ -22,7 +22,7 @@ from jusnap.fork import ForkResult
 from jusnap.fork import fork as fork_snapshot
 from jusnap.kernels.supervisor import PORT_KEYS
 from jusnap.ports import served_ports
-from jusnap.registry import Snapshot
+from jusnap.registry import Kernel, Snapshot
 from jusnap.snapshots import Engine
 
 from tests.conftest import Daemon, KernelSession, shutdown_all
@@ -375,3 +375,24 @@ def test_a_refused_fork_leaves_nothing_and_the_original_untouched(engine: Engine
     assert engine.kernels.get(a.id).pid == pid
     assert a.value("x") == "'original'"
     a.close()
+
+
+def test_a_fork_the_daemon_died_in_is_forgotten_at_start(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    e = Engine(settings).start()
+    k = Kernel(
+        id=str(uuid.uuid4()), owner_uid=0, run_uid=0, run_gid=0, pid=None, started=None,
+        status="stopped", argv=["python"], env={}, cwd="/", connection={}, created_at=1.0,
+        parent_kernel_id=str(uuid.uuid4()), parent_snapshot_id="01" + "0" * 24,
+    )  # fmt: skip
+    e.registry.put_kernel(k)
+    e.supervisor.kernel_dir(k.id).mkdir(parents=True)
+    e.close()
+    e = Engine(settings).start()
+    try:
+        assert e.registry.get_kernel(k.id) is None
+        assert not e.supervisor.kernel_dir(k.id).exists()
+    finally:
+        shutdown_all(e)
