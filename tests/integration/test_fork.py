@@ -326,17 +326,31 @@ def test_fork_through_the_api_and_the_cli(daemon: Daemon) -> None:
             c.stop_channels()
 
 
-def test_a_fork_keeps_its_own_history_file(make_settings: Callable[..., Settings]) -> None:
-    e = Engine(make_settings(**{"jusnap.ipython.history_enabled": "True"})).start()
+@pytest.mark.parametrize("namespaces", ["on", "off"])
+def test_a_fork_keeps_its_own_history_file(
+    make_settings: Callable[..., Settings], namespaces: str
+) -> None:
+    """Namespaced: the staged image names the fork's copy; plain (once the original's PID is
+    free): the copy is handed over as an inherited descriptor."""
+    e = Engine(
+        make_settings(**{"jusnap.ipython.history_enabled": "True",
+                         "jusnap.kernels.namespaces": namespaces})
+    ).start()  # fmt: skip
     try:
         a = KernelSession(e)
         a.run("x = 'in both histories'")
         snap = e.snapshot(a.id)
         assert isinstance(snap, Snapshot) and snap.has_history
+        assert snap.namespaced == (namespaces == "on")
+        if not snap.namespaced:
+            e.kernels.shutdown(a.id, forget=False)  # its PID must be free; its files stay
+            a.close()
+            a = KernelSession(e)
+            a.run("z = 'original only'")
         result, b = fork(e, snap)
         try:
             k = result.kernel
-            original = e.kernels.get(a.id).history_file
+            original = e.kernels.get(snap.kernel_id).history_file
             assert k.history_file and k.history_file != original
             b.run("y = 'fork only'")
             a.run("z = 'original only'")
