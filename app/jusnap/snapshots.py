@@ -230,11 +230,15 @@ class Engine:
         A plain snapshot comes back at its dumped PID. A namespaced one comes back as PID 1 of
         a new PID namespace, at a PID nobody wrote down before the daemon died: the one
         process of the kernel's uid, in our user namespace, PID 1 one level down, started
-        after the restore began, that is no other kernel's (the kernel's user cannot make
-        such a process: a PID namespace owned by our user namespace needs CAP_SYS_ADMIN).
-        Its parent is whoever adopted it when the daemon died.
+        after the restore began, listening on this kernel's shell port (a restore keeps the
+        kernel's ports), that is no other kernel's (the kernel's user cannot make such a
+        process: a PID namespace owned by our user namespace needs CAP_SYS_ADMIN). Its
+        parent is whoever adopted it when the daemon died.
         """
-        if check_restored(target.pid, k.run_uid, not_before, any_parent=True) is None:
+        shell_port = int(k.connection["shell_port"])
+        if check_restored(
+            target.pid, k.run_uid, not_before, any_parent=True
+        ) is None and namespace.listens_on(target.pid, shell_port):
             return target.pid
         others = {o.pid for o in self.registry.kernels() if o.id != k.id and o.pid}
         found = []
@@ -246,6 +250,7 @@ class Engine:
                 namespace.is_namespace_init(pid)
                 and namespace.same_user_ns(pid)
                 and check_restored(pid, k.run_uid, not_before, any_parent=True) is None
+                and namespace.listens_on(pid, shell_port)
             ):
                 found.append(pid)
         if k.pid in found:

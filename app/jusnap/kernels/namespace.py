@@ -97,6 +97,29 @@ def pid_namespace(pid: int | None) -> int | None:
         return None
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether ``pid`` itself holds a listening TCP socket on ``port`` (its descriptors'
+    socket inodes against its network namespace's tables)."""
+    inodes: set[str] = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = str(fd.readlink())
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                f = line.split()
+                listening = len(f) > 9 and f[3] == "0A"
+                if listening and int(f[1].rsplit(":", 1)[1], 16) == port and f[9] in inodes:
+                    return True
+    return False
+
+
 def same_user_ns(pid: int) -> bool:
     """``pid`` is in our user namespace: a PID namespace it sits in was then made by a
     holder of CAP_SYS_ADMIN here (the launcher or CRIU), not by the kernel's user inside a
