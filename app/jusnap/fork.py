@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import failpoints
 from .errors import InvalidRequest, KernelExists, Refused, RestoreFailed
 from .ids import check_kernel_id, new_kernel_id
 from .kernels import namespace
@@ -200,6 +201,7 @@ def _bring_up(
                     k, snap, staged.images, staged.work, staged.lazy, ns, extra
                 )
             pid = result.pid if ns else snap.pid
+            failpoints.reached("fork:criu-restored")
             if pid is None:
                 raise RestoreFailed("fork failed: CRIU did not say which process it restored")
             why = _not_restored(pid, k.run_uid, not_before, ns)
@@ -260,11 +262,21 @@ def _history(
 
 def forget_unfinished(engine: Engine) -> None:
     """At the daemon's start: a fork it died in the middle of (a record made, no process
-    adopted yet) is removed like a failed one; the user can fork again."""
+    adopted yet) is removed like a failed one, and the copy CRIU may already have restored
+    is found as an interrupted restore's is (``Engine._find_restored``: a namespace init of
+    the kernel's uid listening on the fork's own shell port) and killed: its fixup never ran.
+    The user can fork again."""
     for k in engine.registry.kernels():
-        if k.parent_snapshot_id is not None and k.pid is None and k.status == "stopped":
-            log.warning("removing kernel %s: the daemon stopped while forking it", k.id)
-            _discard(engine, k)
+        if k.parent_snapshot_id is None or k.pid is not None or k.status != "stopped":
+            continue
+        log.warning("removing kernel %s: the daemon stopped while forking it", k.id)
+        snap = engine.registry.get_snapshot(k.parent_snapshot_id)
+        pid = engine._find_restored(k, snap, 0) if snap is not None else None
+        if pid is not None:
+            started = start_time(pid)
+            kill_tree(pid, started)
+            engine.reaper.wait_gone(pid, started, 10)
+        _discard(engine, k)
 
 
 def _discard(engine: Engine, k: Kernel) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -27,7 +28,7 @@ from jusnap.snapshots import Engine
 
 from tests.conftest import Daemon, KernelSession, shutdown_all
 from tests.criu_craft import edit_creds, rewrite_hot, with_caps
-from tests.helpers import connect, run_cell
+from tests.helpers import connect, nudge, run_cell
 
 
 def listening(pid: int) -> set[int]:
@@ -410,3 +411,42 @@ def test_a_fork_the_daemon_died_in_is_forgotten_at_start(
         assert not e.supervisor.kernel_dir(k.id).exists()
     finally:
         shutdown_all(e)
+
+
+def test_daemon_killed_mid_fork_leaves_no_fork_behind(daemon: Daemon) -> None:
+    """kill -9 of the daemon once CRIU restored the fork, before it was adopted: the next
+    daemon removes the fork's record and kills the copy (its fixup never ran); the original
+    runs on."""
+    k = json.loads(daemon.cli("--json", "start").stdout)
+    kc = connect(k["connection"])
+    try:
+        run_cell(kc, "x = 'original'")
+        sid = daemon.cli("snapshot", k["id"]).stdout.split()[0]
+        daemon.stop()
+        daemon.start(env={"JUSNAP_FAILPOINT": "fork:criu-restored"})
+        r = daemon.cli("fork", sid, timeout=60)
+        assert r.returncode != 0  # the daemon died under the request
+        assert daemon.proc is not None
+        daemon.proc.wait(timeout=30)
+        db = sqlite3.connect(daemon.state_dir / "jusnap.db")
+        (row,) = db.execute(
+            "SELECT id, connection FROM kernels WHERE parent_snapshot_id IS NOT NULL"
+        ).fetchall()
+        db.close()
+        fork_id, shell_port = row[0], json.loads(row[1])["shell_port"]
+        assert any("pid=" in ln for ln in _listeners(shell_port)), "CRIU had restored it"
+        daemon.start()
+        assert [x["id"] for x in Client(daemon.socket).kernels()] == [k["id"]]
+        assert not (daemon.state_dir / "kernels" / fork_id).exists()
+        assert _listeners(shell_port) == []
+        nudge(kc)
+        assert run_cell(kc, "print(x)").strip() == "original"
+    finally:
+        kc.stop_channels()
+
+
+def _listeners(port: int) -> list[str]:
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return [ln for ln in out.splitlines() if ln.strip()]
