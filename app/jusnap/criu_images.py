@@ -330,10 +330,10 @@ def launcher_tree() -> tuple[MountEntry, ...]:
     import os
 
     with open("/proc/self/mountinfo") as fh:
-        source = next(
-            (ln.split(" - ", 1)[1].split()[1] for ln in fh if ln.split()[4] == "/" and " - " in ln),
-            "",
-        )
+        # The last "/" listed is the one on top (the root the kernel and CRIU see).
+        roots = [ln.split(" - ", 1)[1].split()[1] for ln in fh
+                 if ln.split()[4] == "/" and " - " in ln]  # fmt: skip
+    source = roots[-1] if roots else ""
     dev_flags = _ms_flags(os.statvfs("/dev").f_flag)
     proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
     return (
