@@ -261,3 +261,16 @@ def test_a_launch_requests_environment_never_reaches_root(
         assert uids == {kernel_user.pw_uid}, uids  # the kernel's processes only, never root
     finally:
         shutil.rmtree(lib_dir, ignore_errors=True)
+
+
+def test_a_signal_the_kernel_does_not_handle_still_ends_it(
+    kernel: KernelSession, engine: Engine
+) -> None:
+    """PID 1 drops SIGTERM (no handler in ipykernel); sent through Jusnap it ends the kernel
+    as it ends a plain one. A handled one (SIGINT) is delivered as it is."""
+    pid = engine.kernels.get(kernel.id).pid
+    assert pid is not None and not namespace.handles(pid, 15) and namespace.handles(pid, 2)
+    engine.kernels.signal(kernel.id, "SIGINT")
+    assert kernel.value("1 + 1") == "2"  # interrupting an idle kernel harms nothing
+    engine.kernels.signal(kernel.id, "SIGTERM")
+    assert engine.reaper.wait_gone(pid, None, 5), "SIGTERM did not end the namespaced kernel"

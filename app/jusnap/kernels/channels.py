@@ -319,16 +319,19 @@ def ping_control(conn: dict[str, Any], timeout: float = 1.0) -> bool:
 def request_shutdown(conn: dict[str, Any], timeout: float = 1.0) -> bool:
     """Ask the kernel to exit (``shutdown_request`` on control, as Jupyter does); True when
     it acknowledged. The polite stop of a kernel that is its PID namespace's init: such a
-    process never gets a signal it has no handler for (SIGTERM included) from outside."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(_url(conn, "control_port"))
+    process never gets a signal it has no handler for (SIGTERM included) from outside.
+
+    A private context, destroyed on return: its descriptors are all closed then (a shared
+    one's reaper thread closes them later, which reads as a descriptor leak)."""
+    ctx = zmq.Context()
     try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(_url(conn, "control_port"))
         _session(conn).send(sock, "shutdown_request", {"restart": False})
         return bool(sock.poll(int(timeout * 1000)))
     finally:
-        sock.close(0)
+        ctx.destroy(linger=0)
 
 
 def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:

@@ -120,6 +120,22 @@ def listens_on(pid: int, port: int) -> bool:
     return False
 
 
+def handles(pid: int, sig: int) -> bool:
+    """Whether ``pid`` catches or ignores ``sig`` (``SigCgt``/``SigIgn``): a namespace's init
+    gets from outside only the signals it handles (and SIGKILL, SIGSTOP); any other is
+    dropped, where a plain process would have taken the default action."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if (
+                line.startswith(("SigCgt:", "SigIgn:"))
+                and int(line.split()[1], 16) >> (sig - 1) & 1
+            ):
+                return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
 def same_user_ns(pid: int) -> bool:
     """``pid`` is in our user namespace: a PID namespace it sits in was then made by a
     holder of CAP_SYS_ADMIN here (the launcher or CRIU), not by the kernel's user inside a

@@ -42,6 +42,9 @@ from .logs import KernelLogs
 
 log = logging.getLogger(__name__)
 
+# Seconds a namespaced kernel that acknowledged a shutdown_request gets to exit (see
+# Supervisor._ask_to_exit) before it is killed.
+ACKED_EXIT = 2.0
 PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _SAFE_ENV = ("LANG", "LC_ALL", "TZ")
 
@@ -405,6 +408,14 @@ class Supervisor:
         if not self.alive(k):
             raise KernelNotRunning(f"kernel {k.id} is not running")
         assert k.pid is not None
+        if (
+            sig not in (signal.SIGKILL, signal.SIGSTOP)
+            and namespace.is_namespace_init(k.pid)
+            and not namespace.handles(k.pid, sig)
+        ):
+            # PID 1 of its namespace would drop it; every signal offered here ends a plain
+            # process that does not handle it (their default action), so it ends this one.
+            sig = signal.SIGKILL
         os.kill(k.pid, sig)
 
     def stop(self, k: Kernel, timeout: float = 10.0) -> None:
@@ -431,15 +442,18 @@ class Supervisor:
 
     def _ask_to_exit(self, k: Kernel, grace: float) -> None:
         """``shutdown_request`` until the kernel acknowledges it (a request whose connection
-        was not up within a second is dropped with the socket), then wait for its exit."""
+        was not up within a second is dropped with the socket), then a little while for its
+        exit: ipykernel replies once its shutdown work is done, but its interpreter then
+        sometimes waits forever on a thread reading its own stdout pipe (measured: 1 run in
+        3), so after ``ACKED_EXIT`` seconds the caller's SIGKILL ends it."""
         assert k.pid is not None
         deadline = time.monotonic() + grace
-        acked = False
         while (left := deadline - time.monotonic()) > 0:
-            if not acked:
-                with contextlib.suppress(Exception):  # a kernel that never answers: killed
-                    acked = request_shutdown(k.connection, timeout=min(left, 1.0))
-            if self.reaper.wait_gone(k.pid, k.started, min(max(left, 0.0), 0.5)):
+            acked = False
+            with contextlib.suppress(Exception):  # a kernel that never answers: killed
+                acked = request_shutdown(k.connection, timeout=min(left, 1.0))
+            wait = min(left, ACKED_EXIT) if acked else min(max(left, 0.0), 0.5)
+            if self.reaper.wait_gone(k.pid, k.started, wait) or acked:
                 return
 
     def remove(self, k: Kernel) -> None:
