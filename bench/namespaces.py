@@ -11,6 +11,7 @@ and the whole call to the answered handshake). Prints medians.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -67,6 +68,7 @@ def main() -> None:
         for e, ks in stacks.values():
             ks.close()
             shutdown_all(e)
+            shutil.rmtree(e.state_dir, ignore_errors=True)
     print(f"{args.mb} MiB kernel, median of {args.repeat} (s)")
     print("| kernel | " + " | ".join(rows["off"]) + " |")
     print("|---" * (len(rows["off"]) + 1) + "|")
