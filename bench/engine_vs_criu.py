@@ -23,6 +23,10 @@ snapshot ``dump`` against ``commit``. Phases may overlap (background commits, co
 staging): each is reported with its own wall time, and ``kernel_down`` is the time from the
 kernel's stop to its first answered execute.
 
+``--fork`` adds a fork of the same snapshot per run, beside the running kernel (``fork.py``):
+``jusnap_fork_to_execute`` is the time from the call to the fork's first answered execute
+(staging, port rewrite, CRIU, fixup and handshake included); the fork is shut down after.
+
 Prints a Markdown table and writes JSON next to it (``--out``).
 """
 
@@ -47,9 +51,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import jusnap.fork as fork_mod
 import jusnap.snapshots as snapshots_mod
+from jupyter_client.blocking import BlockingKernelClient
 from jusnap.config import load_settings
 from jusnap.criu import frozen_seconds
+from jusnap.kernels.namespace import is_namespace_init
 from jusnap.proc import kill_tree, start_time
 from jusnap.snapshots import Engine
 
@@ -169,7 +176,7 @@ def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float,
     os.chown(images, creds.uid, creds.gid)
     os.chown(images.parent, creds.uid, creds.gid)  # criu's work dir: logs
     t0 = time.monotonic()
-    engine.criu.dump(pid, images, images.parent, creds)
+    engine.criu.dump(pid, images, images.parent, creds, namespaced=is_namespace_init(pid))
     wall = time.monotonic() - t0
     return frozen_seconds(images) or wall, wall
 
@@ -183,7 +190,12 @@ def raw_restore(
     kill_tree(k.pid, k.started, signal.SIGKILL)
     engine.reaper.wait_gone(k.pid, k.started, 30)
     server = engine.criu.lazy_pages(images, images.parent, creds) if lazy else None
-    engine.criu.restore(images, images.parent, creds, lazy)  # the same PIDs come back
+    # A plain kernel comes back at its PIDs, a namespaced one as PID 1 of a new namespace,
+    # with its own /dev/shm bound back.
+    ns = any(images.glob("mountpoints-*.img"))
+    shm = engine.supervisor.prepare_shm(k) if ns else None
+    result = engine.criu.restore(images, images.parent, creds, lazy, (), ns, shm)
+    k.pid = result.pid if ns and result.pid else k.pid
     k.started = start_time(k.pid)
     engine.registry.put_kernel(k)
     first_execute(kc)
@@ -203,6 +215,7 @@ def bench_size(
     data: str,
     tier: str,
     keep_newest: bool = False,
+    fork: bool = False,
 ) -> dict[str, Any]:
     # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
@@ -259,6 +272,8 @@ def bench_size(
             _wait_deletable(engine, result.pre_restore.id)
         if keep_newest:
             engine.delete_snapshot(snap2.id)
+        if fork:
+            rows.setdefault("jusnap_fork_to_execute", []).append(fork_to_execute(engine, snap.id))
         engine.delete_snapshot(snap.id)
 
         answered, all_in = raw_restore(
@@ -276,6 +291,21 @@ def bench_size(
     kc.stop_channels()
     engine.kernels.shutdown(k.id)
     return {key: statistics.median(v) for key, v in rows.items()}
+
+
+def fork_to_execute(engine: Engine, snapshot_id: str) -> float:
+    """Fork the snapshot beside the running kernel; seconds to the fork's first execute."""
+    t0 = time.monotonic()
+    result = fork_mod.fork(engine, snapshot_id, None)
+    kc = BlockingKernelClient()
+    kc.load_connection_info(result.kernel.connection)
+    kc.start_channels()
+    try:
+        first_execute(kc)
+        return time.monotonic() - t0
+    finally:
+        kc.stop_channels()
+        engine.kernels.shutdown(result.kernel.id)
 
 
 def _add(rows: dict[str, list[float]], prefix: str, spent: dict[str, float]) -> None:
@@ -319,6 +349,8 @@ def main() -> int:
         help="restore with lazy pages (jusnap.store.lazy_pages: true, lazy_unprivileged: true;"
         " needs the criu role's patched CRIU); raw criu then restores lazily too",
     )  # fmt: skip
+    ap.add_argument("--fork", action="store_true",
+                    help="also fork each snapshot beside the running kernel (fork latency)")  # fmt: skip
     ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
@@ -345,6 +377,7 @@ def main() -> int:
                 args.data,
                 args.tier,
                 args.keep_newest,
+                args.fork,
             )
     finally:
         engine.close()
@@ -379,6 +412,10 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
         "| kernel data | image | freeze: Jusnap / raw criu | snapshot recorded (stored): Jusnap / raw criu | restore to first execute: Jusnap / raw criu | all pages in: Jusnap / raw criu |",
         "|---|---|---|---|---|---|",
     ]
+    forked = all("jusnap_fork_to_execute" in r for r in results.values())
+    if forked:
+        lines[2] += " fork to first execute (beside the kernel) |"
+        lines[3] += "---|"
     for size, r in results.items():
         lines.append(
             f"| {size} | {r['image_bytes'] / 1024**2:.0f} MiB "
@@ -386,6 +423,7 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
             f"| {r['jusnap_snapshot_wall']:.2f} s ({r.get('jusnap_snapshot_stored', r['jusnap_snapshot_wall']):.2f} s) / {r['criu_dump_wall']:.2f} s "
             f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s "
             f"| {r.get('jusnap_restore_all_pages', 0):.2f} s / {r.get('criu_restore_all_pages', 0):.2f} s |"
+            + (f" {r['jusnap_fork_to_execute']:.2f} s |" if forked else "")
         )
     return "\n".join(lines)
 

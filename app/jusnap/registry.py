@@ -18,7 +18,7 @@ from typing import Any
 
 from .fsutil import connect_wal, immediate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +97,9 @@ class Kernel:
     created_at: float = 0.0
     execution_count: int | None = None
     notice: str | None = None  # what the daemon did to the kernel on its own (crash recovery)
+    # A fork's origin: the kernel and snapshot it was copied from (None: launched).
+    parent_kernel_id: str | None = None
+    parent_snapshot_id: str | None = None
     # runtime only (not stored)
     execution_state: str | None = field(default=None, compare=False)
     operation: str | None = field(default=None, compare=False)  # snapshot, restore, ... in progress
@@ -130,11 +133,17 @@ class Snapshot:
     ports: str
     has_history: bool
     hooks: dict[str, Any]
+    # The kernel's message-signing key at the dump (None: a snapshot from before schema 3): a
+    # copy restored under another connection is told its new key with the old one.
+    connection_key: str | None = None
+    # Taken of a kernel in its own PID + mount namespace (comes back at a new PID; False for
+    # snapshots from before schema 3, which were all of plain kernels).
+    namespaced: bool = False
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("ports")
-        d.pop("pid")
+        for hidden in ("ports", "pid", "connection_key", "namespaced"):
+            d.pop(hidden)
         return d
 
 
@@ -164,6 +173,16 @@ class Registry:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(kernels)")}
             if "notice" not in columns:  # schema 1 -> 2
                 self._db.execute("ALTER TABLE kernels ADD COLUMN notice TEXT")
+            for column in ("parent_kernel_id", "parent_snapshot_id"):  # schema 2 -> 3: forks
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE kernels ADD COLUMN {column} TEXT")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(snapshots)")}
+            if "connection_key" not in columns:
+                self._db.execute("ALTER TABLE snapshots ADD COLUMN connection_key TEXT")
+            if "namespaced" not in columns:
+                self._db.execute(
+                    "ALTER TABLE snapshots ADD COLUMN namespaced INTEGER NOT NULL DEFAULT 0"
+                )
             self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def schema_version(self) -> int:
@@ -239,6 +258,7 @@ class Registry:
         row = asdict(s)
         row["hooks"] = json.dumps(row["hooks"])
         row["has_history"] = int(row["has_history"])
+        row["namespaced"] = int(row["namespaced"])
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._tx() as db:
@@ -248,6 +268,7 @@ class Registry:
         d = dict(row)
         d["hooks"] = json.loads(d["hooks"])
         d["has_history"] = bool(d["has_history"])
+        d["namespaced"] = bool(d["namespaced"])
         return Snapshot(**d)
 
     # ---- restores in progress ---------------------------------------------------------------

@@ -29,9 +29,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from .errors import (
     SnapshotFailed,
     SnapshotNotFound,
 )
+from .fork import forget_unfinished
 from .fsutil import readable_dir
 from .hooks import HookSet
 from .ids import check_snapshot_id, new_snapshot_id
@@ -72,9 +73,11 @@ from .kernels.channels import (
     handshake,
     wait_for_peers,
 )
+from .kernels.fixup import apply_fixup
 from .kernels.locks import USER_WAIT, OperationLocks
 from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
+from .ports import move_ports, rename_file
 from .proc import Reaper, check_restored, cpu_seconds, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.hot import HotEntry, HotTier
@@ -182,6 +185,7 @@ class Engine:
         self.kernels = KernelService(self.settings, self.registry, self.reaper, self.locks)
         self._recover()
         self.kernels.adopt_all()
+        forget_unfinished(self)
         for journal in self.registry.restores():
             self._resume_restore(journal)
         return self
@@ -706,6 +710,8 @@ class Engine:
             ports=k.ports(),
             has_history=entry.history is not None,
             hooks=hook_meta,
+            connection_key=str(k.connection["key"]),
+            namespaced=namespaced,
         )
         return snap, entry
 
@@ -895,10 +901,15 @@ class Engine:
     ) -> RestoreResult:
         snap = self.snapshot_info(snapshot_id, owner_uid)
         k = self.kernels.get(into or snap.kernel_id, owner_uid)
-        if snap.ports != k.ports():
+        if not self.restorable(snap, k):
             raise Refused(
-                "this snapshot was taken with other kernel ports than the kernel's current ones;"
-                " it cannot be restored into this kernel"
+                f"this snapshot needs its process id {snap.pid}, which another process holds now"
+                " (the snapshot's own kernel still runs, or the id was reused); nothing was touched"
+            )
+        if snap.ports != k.ports() and self._snapshot_key(snap) is None:
+            raise Refused(
+                "this snapshot is older than Jusnap's record of connection keys and its kernel"
+                " is gone: it restores only into a kernel with the ports it was taken with"
             )
         self.hooks.preflight_restore(snap.hooks)
         t0 = time.monotonic()
@@ -937,6 +948,12 @@ class Engine:
             k.notice = None  # the user has moved on from whatever recovery said
             self.registry.put_kernel(k)
         return RestoreResult(snap, k, pre, time.monotonic() - t0, criu_s, hs_s)
+
+    def restorable(self, snap: Snapshot, k: Kernel) -> bool:
+        """Whether ``snap`` can be restored into ``k`` now: its ports are moved if they differ
+        (``ports.py``); a namespaced kernel comes back as PID 1 of a new namespace, a plain
+        one with the PID it had, which must be free once ``k`` is stopped."""
+        return snap.namespaced or snap.pid == k.pid or start_time(snap.pid) is None
 
     def _pre_restore(self, k: Kernel) -> Snapshot:
         """Save the running kernel's state before a restore stops it: dumped, taken into a
@@ -1036,9 +1053,10 @@ class Engine:
         readable through the kernel's group; checked for this kernel's identity.
 
         A hot entry is used as it is; otherwise the snapshot is verified and copied out of the
-        store into ``scratch``. This happens before the running kernel is stopped: a damaged
-        or crafted snapshot fails here, with the kernel untouched (raised as
-        :class:`_Untouched`).
+        store into ``scratch``. A snapshot taken with other ports than ``k``'s connection has
+        its served ports moved (``ports.py``) in a copy of its own, checked again. This
+        happens before the running kernel is stopped: a damaged or crafted snapshot fails
+        here, with the kernel untouched (raised as :class:`_Untouched`).
         """
         try:
             creds = self.supervisor.creds(k)
@@ -1062,12 +1080,46 @@ class Engine:
                         k.run_gid, only={HISTORY_NAME}, mode=0o440,
                     )  # fmt: skip
                     history = scratch / "history" / HISTORY_NAME
-            work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
             # Checked above to be exactly the launcher's tree, with no_new_privs throughout.
             namespaced = any(images.glob("mountpoints-*.img"))
+            images, moved = self._retarget(k, snap, images, scratch, namespaced)
+            work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
         except JusnapError as exc:
             raise _Untouched(exc) from None
-        return _Staged(images, history, work, entry is not None, lazy, namespaced)
+        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved)
+
+    def _retarget(
+        self, k: Kernel, snap: Snapshot, images: Path, scratch: Path, namespaced: bool
+    ) -> tuple[Path, dict[int, int]]:
+        """Staged images of another kernel's snapshot made to fit ``k`` (a fork, a restore
+        into another kernel): its served ports moved to ``k``'s (``ports.py``; the others to
+        fresh ones), and, for a namespaced kernel (which opens its files by path in its own
+        mount tree), its history file named as ``k``'s (its log is an external file, handed
+        over by :meth:`_criu_restore`). Checked again after.
+
+        Images staged from the store are edited where they are; a hot entry's are reached
+        through symbolic links in ``scratch`` (root's directory), and ``files.img`` replaced
+        there: the entry's own files stay as they are (no hard link either: the store refuses
+        files with more than one)."""
+        renames: dict[str, str] = {}
+        if namespaced and snap.kernel_id != k.id and snap.has_history and k.history_file:
+            old = self.supervisor.kernel_dir(snap.kernel_id) / HISTORY_NAME
+            renames[str(old)] = k.history_file
+        if snap.ports == k.ports() and not renames:
+            return images, {}
+        if images.parent != scratch:
+            links = readable_dir(scratch / "img-own", k.run_gid)
+            for path in images.iterdir():
+                (links / path.name).symlink_to(path)
+            images = links
+        files = images / "files.img"
+        if not files.exists():
+            raise ImageRefused("snapshot image refused: files.img is missing")
+        moved = move_ports(files, port_map(snap.ports, k)) if snap.ports != k.ports() else {}
+        for old, new in renames.items():
+            rename_file(files, old, new)
+        self._check_staged(k, images)
+        return images, moved
 
     def _image_check(self, who: Identity, k: Kernel | None) -> ImageCheck:
         """A check of a dump whose namespaced tree may bind a kernel's own /dev/shm and keep
@@ -1140,10 +1192,15 @@ class Engine:
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
+            old_key = self._snapshot_key(snap) or str(k.connection["key"])
+            # It answers (on k's ports) with the key it was dumped with until the fixup.
             hs = handshake(
-                k.connection, self.settings.jusnap.ipython.handshake_timeout,
+                {**k.connection, "key": old_key}, self.settings.jusnap.ipython.handshake_timeout,
                 lambda pid=restored_pid, t=k.started: start_time(pid) == t,
             )  # fmt: skip
+            if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
+                # Another kernel's snapshot: it must learn its new ports, key and files.
+                self._fixup(k, reseed=False, old_key=old_key)
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
@@ -1224,15 +1281,36 @@ class Engine:
         self._lazy.add(k.id, server)
         lazyrestore.watch(self.criu, server, self._lazy_timeout(), broken)
 
+    def _fixup(self, k: Kernel, reseed: bool, old_key: str | None = None) -> None:
+        """Give a restored copy its own identity (``kernels/fixup.py``) before it is used."""
+        timeout = self.settings.jusnap.ipython.handshake_timeout
+        cfile = str(self.supervisor.connection_file(k))
+        apply_fixup(k.connection, cfile, reseed, timeout, old_key, k.history_file, k.id)
+
+    def _snapshot_key(self, snap: Snapshot) -> str | None:
+        """The signing key the snapshot's kernel had (recorded with snapshots since schema 3;
+        for older ones, its kernel's if that still exists)."""
+        if snap.connection_key is not None:
+            return snap.connection_key
+        origin = self.registry.get_kernel(snap.kernel_id)
+        return str(origin.connection["key"]) if origin is not None else None
+
     def _criu_restore(
-        self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool,
+        self,
+        k: Kernel,
+        snap: Snapshot,
+        images: Path,
+        work: Path,
+        lazy: bool,
         namespaced: bool = False,
-    ) -> CriuResult:  # fmt: skip
+        extra: Sequence[tuple[int, str]] = (),
+    ) -> CriuResult:
         """Run CRIU's restore with the kernel's log handed over as an inherited descriptor.
 
         The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
         size"). The snapshot names the log of the kernel it was taken from, which is this one's
         unless the snapshot is restored into another kernel: either name gets this kernel's log.
+        ``extra``: more (descriptor, name) pairs to inherit (a plain fork's history copy).
 
         A namespaced kernel's descriptors of its log were dumped as external files
         (``file[<mnt_id>:<inode>]``, see ``namespace.external_log_keys``): a path lookup would
@@ -1263,7 +1341,7 @@ class Engine:
         # One descriptor per name: CRIU closes each after taking it into its fd store.
         fds = [fd] + [os.dup(fd) for _ in keys[1:]]
         try:
-            inherit = list(zip(fds, keys, strict=True))
+            inherit = [*zip(fds, keys, strict=True), *(() if namespaced else extra)]
             result = self.criu.restore(
                 images, work, self.supervisor.creds(k), lazy, inherit, namespaced, shm, kept
             )
@@ -1296,6 +1374,14 @@ class _Staged:
     hot: bool
     lazy: bool
     namespaced: bool = False  # a kernel in its own PID + mount namespace: a new PID back
+    ports_moved: dict[int, int] = field(default_factory=dict)  # old -> new (ports.py)
+
+
+def port_map(ports: str, k: Kernel) -> dict[int, int]:
+    """Where a snapshot's Jupyter ports (as recorded with it) go in kernel ``k``."""
+    return dict(
+        zip((int(p) for p in ports.split(",")), map(int, k.ports().split(",")), strict=True)
+    )
 
 
 class _Untouched(Exception):
