@@ -80,7 +80,9 @@ def daemon_target(raw_path: str, prefix: str, query: str) -> str:
     return f"{target}?{query}" if query else target
 
 
-class ProxyHandler(APIHandler):  # type: ignore[misc]
+class JusnapAPIHandler(APIHandler):  # type: ignore[misc]
+    """What every Jusnap handler under Jupyter shares: no CORS, errors in the API's shape."""
+
     auth_resource = "jusnap"
 
     def set_default_headers(self) -> None:
@@ -106,6 +108,8 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": code, "message": message}))
 
+
+class ProxyHandler(JusnapAPIHandler):
     async def _forward(self) -> None:
         prefix = url_path_join(self.base_url, ROUTE) + "/"
         try:
@@ -164,4 +168,9 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
 
 
 def handlers(base_url: str) -> list[tuple[str, type[web.RequestHandler]]]:
-    return [(url_path_join(base_url, ROUTE, "(.*)"), ProxyHandler)]
+    from .fork import FORK_ROUTE, ForkHandler
+
+    return [
+        (url_path_join(base_url, FORK_ROUTE), ForkHandler),
+        (url_path_join(base_url, ROUTE, "(.*)"), ProxyHandler),
+    ]
