@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -137,3 +138,94 @@ def test_a_known_dead_kernel_is_started_again(monkeypatch: pytest.MonkeyPatch) -
     daemon = FakeDaemon({"id": "kid", "status": "dead"})
     _launch(monkeypatch, daemon)
     assert daemon.calls[1] == ("POST", "/kernels/kid/restart")
+
+
+# ---- a failure after the copy removes what the fork made ------------------------------------
+class FakeContents:
+    root_dir = None
+
+    def __init__(self) -> None:
+        self.files = {"a.ipynb"}
+
+    async def get(self, path: str, content: bool = True) -> dict[str, Any]:
+        return {"name": path.rpartition("/")[2], "path": path, "type": "notebook"}
+
+    async def increment_filename(self, name: str, path: str = "", insert: str = "") -> str:
+        return name
+
+    async def copy(self, src: str, dst: str) -> None:
+        self.files.add(dst)
+
+    async def delete(self, path: str) -> None:
+        self.files.discard(path)
+
+
+class FakeKernels:
+    def __init__(self) -> None:
+        self.shut: list[str] = []
+        self.kernel_spec_manager = None
+
+    def cwd_for_path(self, path: str) -> str:
+        return "/nb"
+
+    def __contains__(self, kid: str) -> bool:
+        return False
+
+
+class FakeSessions:
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        return []
+
+    async def create_session(self, **kw: Any) -> dict[str, Any]:
+        raise RuntimeError("no kernel for you")
+
+
+def _failed_fork(monkeypatch: pytest.MonkeyPatch, daemon_refuses: bool) -> tuple[Any, list]:
+    from jusnap_jupyter import fork
+
+    calls: list[tuple[str, str]] = []
+
+    async def call(method: str, path: str, body: Any = None, timeout: float = 0) -> Any:
+        calls.append((method, path))
+        if method == "GET":
+            return {**snap("s"), "notebook_path": "/nb/a.ipynb", "kernel_id": "k0"}
+        if path.endswith("/fork") and daemon_refuses:
+            raise _Refused()
+        return {"parent_snapshot_id": SID}
+
+    monkeypatch.setattr(fork, "_call", call)
+    handler = fork.ForkHandler.__new__(fork.ForkHandler)
+    cm, km, sm = FakeContents(), FakeKernels(), FakeSessions()
+    monkeypatch.setattr(fork.ForkHandler, "contents_manager", cm, raising=False)
+    monkeypatch.setattr(fork.ForkHandler, "kernel_manager", km, raising=False)
+    monkeypatch.setattr(fork.ForkHandler, "session_manager", sm, raising=False)
+    monkeypatch.setattr(fork.ForkHandler, "_kernel_name", lambda *a: "jusnap-python3")
+    monkeypatch.setattr(fork.ForkHandler, "log", logging.getLogger("t"), raising=False)
+    with pytest.raises((ForkRefused, JusnapError)) as e:
+        asyncio.run(handler._fork(SID, "a.ipynb", 0))
+    assert cm.files == {"a.ipynb"}, "the copy is gone"
+    return e.value, calls
+
+
+class _Refused(JusnapError):
+    http_status = 422
+    code = "not_forkable"
+
+    def __init__(self) -> None:
+        super().__init__("not forkable")
+
+
+def test_a_daemon_refusal_removes_the_copy_and_passes_the_refusal_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    err, calls = _failed_fork(monkeypatch, daemon_refuses=True)
+    assert isinstance(err, _Refused)
+    assert not any(m == "DELETE" for m, _ in calls), "no kernel was made"
+
+
+def test_a_session_failure_removes_the_copy_and_the_forked_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    err, calls = _failed_fork(monkeypatch, daemon_refuses=False)
+    assert isinstance(err, ForkRefused) and err.status == 500
+    assert calls[-1][0] == "DELETE" and calls[-1][1].startswith("/kernels/")
