@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from jusnap.config import Settings, load_settings
+from jusnap.registry import Kernel
 from jusnap.snapshots import Engine
 
 from tests.helpers import connect
@@ -153,11 +154,16 @@ def shutdown_all(e: Engine) -> None:
 class KernelSession:
     """A kernel launched by the engine plus a client talking to it, as a notebook would."""
 
-    def __init__(self, engine: Engine, **launch: Any) -> None:
+    def __init__(self, engine: Engine, kernel: Kernel | None = None, **launch: Any) -> None:
         self.engine = engine
-        self.kernel = engine.kernels.launch(owner_uid=0, **launch)
+        self.kernel = kernel or engine.kernels.launch(owner_uid=0, **launch)
         self.id = self.kernel.id
         self.client = connect(self.kernel.connection)
+
+    @classmethod
+    def attach(cls, engine: Engine, kernel_id: str) -> KernelSession:
+        """A client for a kernel the engine made some other way (a fork)."""
+        return cls(engine, engine.kernels.get(kernel_id))
 
     def run(self, code: str, timeout: float = 60) -> str:
         from tests.helpers import run_cell

@@ -309,6 +309,26 @@ def cmd_restore(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def cmd_fork(args: argparse.Namespace, c: Client) -> int:
+    check_snapshot_id(args.snapshot)
+    with Progress(f"forking {args.snapshot}", not args.json):
+        r = c.fork(args.snapshot, notebook_path=args.notebook, reseed=not args.no_reseed)
+    _out(args, r, fork_line)
+    return 0
+
+
+def fork_line(r: dict[str, Any]) -> str:
+    """The new kernel first (scripts take the first word), then where it came from."""
+    k = r["kernel"]
+    moved = ", ".join(f"{old}->{new}" for old, new in r["ports_moved"].items())
+    return (
+        f"{k['id']} forked from snapshot {r['parent_snapshot_id']} of kernel"
+        f" {r['parent_kernel_id']} in {r['seconds']:.2f}s"
+        + (f"; notebook {k['notebook_path']}" if k.get("notebook_path") else "")
+        + (f"; ports moved {moved}" if moved else "")
+    )
+
+
 def cmd_rm(args: argparse.Namespace, c: Client) -> int:
     for sid in args.snapshot:
         check_snapshot_id(sid)
@@ -545,8 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("snapshot")
     sp.add_argument(
-        "--into", metavar="KERNEL", help="restore into this kernel (same ports required)"
-    )
+        "--into", metavar="KERNEL",
+        help="restore into this kernel (its ports and key are given to the restored copy)",
+    )  # fmt: skip
+    sp = add(
+        "fork", cmd_fork,
+        "open a snapshot as a new live kernel beside its original (prints the new kernel id)",
+    )  # fmt: skip
+    sp.add_argument("snapshot")
+    sp.add_argument("--notebook", metavar="PATH", help="the notebook file the new kernel is for")
+    sp.add_argument("--no-reseed", action="store_true",
+                    help="keep the random and numpy.random states as in the snapshot")  # fmt: skip
     sp = add("rm", cmd_rm, "delete snapshots")
     sp.add_argument("snapshot", nargs="+")
     sp = add("clear", cmd_clear, "delete every snapshot of a kernel")

@@ -183,3 +183,18 @@ class Client:
     def restore(self, snapshot_id: str, kernel_id: str | None = None) -> Any:
         body = {"kernel_id": kernel_id} if kernel_id else {}
         return self.request("POST", f"/snapshots/{_q(snapshot_id)}/restore", body)
+
+    def fork(
+        self,
+        snapshot_id: str,
+        kernel_id: str | None = None,
+        notebook_path: str | None = None,
+        reseed: bool = True,
+    ) -> Any:
+        """Open a snapshot as a new live kernel beside its original (``POST .../fork``)."""
+        body: dict[str, Any] = {"reseed": reseed}
+        if kernel_id is not None:
+            body["kernel_id"] = kernel_id
+        if notebook_path is not None:
+            body["notebook_path"] = notebook_path
+        return self.request("POST", f"/snapshots/{_q(snapshot_id)}/fork", body)

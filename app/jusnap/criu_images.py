@@ -16,7 +16,10 @@ those credentials must be the kernel user's, with every capability set empty.
 
 The protobuf reader is deliberately small (varints, length-delimited fields, fixed 32/64
 bit) and follows protobuf's merge rules the way CRIU's protobuf-c does: a repeated embedded
-message field is merged, the last scalar wins, repeated scalars may come packed or not.
+message field is merged, the last scalar wins, repeated scalars may come packed or not. Its
+writer (:meth:`Message.encode`, :func:`image`) re-encodes what the reader parsed, field by
+field, so the daemon can edit its own staged copy of an image (``ports.py``) without a
+protobuf dependency; an image CRIU wrote comes back byte for byte.
 """
 
 from __future__ import annotations
@@ -81,6 +84,20 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def _enc_varint(value: int) -> bytes:
+    if value < 0 or value >= 1 << 64:
+        raise Malformed(f"varint out of range: {value}")
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
 @dataclass
 class Message:
     """A protobuf message as its raw occurrences: field number -> [(wire type, value)]."""
@@ -116,6 +133,33 @@ class Message:
                 raise Malformed("field number 0")
             fields.setdefault(num, []).append((wire, value))
         return cls(fields)
+
+    def encode(self) -> bytes:
+        """The message as protobuf bytes: fields in the order first seen, each field's
+        occurrences in their order (what CRIU's protobuf-c writes comes back unchanged)."""
+        out = bytearray()
+        for num, occurrences in self.fields.items():
+            for wire, value in occurrences:
+                out += _enc_varint(num << 3 | wire)
+                if wire == 0 and isinstance(value, int):
+                    out += _enc_varint(value)
+                elif wire == 1 and isinstance(value, int):
+                    out += struct.pack("<Q", value)
+                elif wire == 2 and isinstance(value, bytes):
+                    out += _enc_varint(len(value)) + value
+                elif wire == 5 and isinstance(value, int):
+                    out += struct.pack("<I", value)
+                else:
+                    raise Malformed(f"field {num}: wire type {wire} cannot hold {value!r}")
+        return bytes(out)
+
+    def set_scalar(self, num: int, value: int) -> None:
+        """Replace a varint field (every occurrence) by one occurrence of ``value``."""
+        self.fields[num] = [(0, value)]
+
+    def set_message(self, num: int, msg: Message) -> None:
+        """Replace an embedded message field (every occurrence, merged) by ``msg``."""
+        self.fields[num] = [(2, msg.encode())]
 
     def has(self, num: int) -> bool:
         return num in self.fields
@@ -176,6 +220,14 @@ def entries(data: bytes, magic: int | None) -> list[bytes]:
         out.append(data[i : i + size])
         i += size
     return out
+
+
+def image(head: bytes, payloads: Iterable[bytes]) -> bytes:
+    """A CRIU image: its 8-byte header (the two magics, kept from the image read) and each
+    entry as a 32-bit little-endian size and its bytes; the inverse of :func:`entries`."""
+    if len(head) != 8:
+        raise Malformed("image header must be 8 bytes")
+    return head + b"".join(struct.pack("<I", len(p)) + p for p in payloads)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,14 @@ class Busy(JusnapError):
     exit_code = 75  # EX_TEMPFAIL
 
 
+class KernelExists(JusnapError):
+    """A new kernel's requested id is taken (a fork with the caller's kernel id)."""
+
+    code = "kernel_exists"
+    http_status = 409
+    exit_code = 64  # EX_USAGE: choose another id
+
+
 class KernelNotRunning(JusnapError):
     code = "kernel_not_running"
     http_status = 409

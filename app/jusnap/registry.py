@@ -18,7 +18,7 @@ from typing import Any
 
 from .fsutil import connect_wal, immediate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +97,9 @@ class Kernel:
     created_at: float = 0.0
     execution_count: int | None = None
     notice: str | None = None  # what the daemon did to the kernel on its own (crash recovery)
+    # A fork's origin: the kernel and snapshot it was copied from (None: launched).
+    parent_kernel_id: str | None = None
+    parent_snapshot_id: str | None = None
     # runtime only (not stored)
     execution_state: str | None = field(default=None, compare=False)
     operation: str | None = field(default=None, compare=False)  # snapshot, restore, ... in progress
@@ -130,11 +133,14 @@ class Snapshot:
     ports: str
     has_history: bool
     hooks: dict[str, Any]
+    # The kernel's message-signing key at the dump (None: a snapshot from before schema 3): a
+    # copy restored under another connection is told its new key with the old one.
+    connection_key: str | None = None
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("ports")
-        d.pop("pid")
+        for hidden in ("ports", "pid", "connection_key"):
+            d.pop(hidden)
         return d
 
 
@@ -164,6 +170,12 @@ class Registry:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(kernels)")}
             if "notice" not in columns:  # schema 1 -> 2
                 self._db.execute("ALTER TABLE kernels ADD COLUMN notice TEXT")
+            for column in ("parent_kernel_id", "parent_snapshot_id"):  # schema 2 -> 3: forks
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE kernels ADD COLUMN {column} TEXT")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(snapshots)")}
+            if "connection_key" not in columns:
+                self._db.execute("ALTER TABLE snapshots ADD COLUMN connection_key TEXT")
             self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def schema_version(self) -> int:

@@ -29,9 +29,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,12 @@ from .kernels.channels import (
     handshake,
     wait_for_peers,
 )
+from .kernels.fixup import apply_fixup
 from .kernels.locks import USER_WAIT, OperationLocks
 from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
 from .lazyrestore import serve_lazily
+from .ports import move_ports
 from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.hot import HotEntry, HotTier
@@ -598,6 +600,7 @@ class Engine:
             ports=k.ports(),
             has_history=entry.history is not None,
             hooks=hook_meta,
+            connection_key=str(k.connection["key"]),
         )
         return snap, entry
 
@@ -786,10 +789,15 @@ class Engine:
     ) -> RestoreResult:
         snap = self.snapshot_info(snapshot_id, owner_uid)
         k = self.kernels.get(into or snap.kernel_id, owner_uid)
-        if snap.ports != k.ports():
+        if not self.restorable(snap, k):
             raise Refused(
-                "this snapshot was taken with other kernel ports than the kernel's current ones;"
-                " it cannot be restored into this kernel"
+                f"this snapshot needs its process id {snap.pid}, which another process holds now"
+                " (the snapshot's own kernel still runs, or the id was reused); nothing was touched"
+            )
+        if snap.ports != k.ports() and self._snapshot_key(snap) is None:
+            raise Refused(
+                "this snapshot is older than Jusnap's record of connection keys and its kernel"
+                " is gone: it restores only into a kernel with the ports it was taken with"
             )
         self.hooks.preflight_restore(snap.hooks)
         t0 = time.monotonic()
@@ -824,6 +832,12 @@ class Engine:
             k.notice = None  # the user has moved on from whatever recovery said
             self.registry.put_kernel(k)
         return RestoreResult(snap, k, pre, time.monotonic() - t0, criu_s, hs_s)
+
+    def restorable(self, snap: Snapshot, k: Kernel) -> bool:
+        """Whether ``snap`` can be restored into ``k`` now: its ports are moved if they differ
+        (``ports.py``), but its process comes back with the PID it had, which must be free
+        once ``k`` is stopped."""
+        return snap.pid == k.pid or start_time(snap.pid) is None
 
     def _pre_restore(self, k: Kernel) -> Snapshot:
         """Save the running kernel's state before a restore stops it: dumped, taken into a
@@ -912,9 +926,10 @@ class Engine:
         readable through the kernel's group; checked for this kernel's identity.
 
         A hot entry is used as it is; otherwise the snapshot is verified and copied out of the
-        store into ``scratch``. This happens before the running kernel is stopped: a damaged
-        or crafted snapshot fails here, with the kernel untouched (raised as
-        :class:`_Untouched`).
+        store into ``scratch``. A snapshot taken with other ports than ``k``'s connection has
+        its served ports moved (``ports.py``) in a copy of its own, checked again. This
+        happens before the running kernel is stopped: a damaged or crafted snapshot fails
+        here, with the kernel untouched (raised as :class:`_Untouched`).
         """
         try:
             creds = self.supervisor.creds(k)
@@ -938,10 +953,33 @@ class Engine:
                         k.run_gid, only={HISTORY_NAME}, mode=0o440,
                     )  # fmt: skip
                     history = scratch / "history" / HISTORY_NAME
+            moved: dict[int, int] = {}
+            if snap.ports != k.ports():
+                images, moved = self._move_ports(k, images, scratch, port_map(snap.ports, k))
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
         except JusnapError as exc:
             raise _Untouched(exc) from None
-        return _Staged(images, history, work, hot=entry is not None, lazy=lazy)
+        return _Staged(images, history, work, hot=entry is not None, lazy=lazy, ports_moved=moved)
+
+    def _move_ports(
+        self, k: Kernel, images: Path, scratch: Path, fixed: dict[int, int]
+    ) -> tuple[Path, dict[int, int]]:
+        """Staged images whose served ports are moved: the Jupyter ones as ``fixed`` says,
+        the others to fresh ports. Images staged from the store are edited where they are;
+        a hot entry's are reached through symbolic links in ``scratch`` (root's directory),
+        and its ``files.img`` replaced there by the rewritten copy: the entry's own files
+        stay as they are (no hard link either: the store refuses files with more than one)."""
+        if images.parent != scratch:
+            links = self._readable_dir(scratch / "img-ports", k.run_gid)
+            for path in images.iterdir():
+                (links / path.name).symlink_to(path)
+            images = links
+        try:
+            moved = move_ports(images / "files.img", fixed)
+        except FileNotFoundError:
+            raise ImageRefused("snapshot image refused: files.img is missing") from None
+        self._check_staged(k, images)
+        return images, moved
 
     @staticmethod
     def _readable_dir(path: Path, gid: int) -> Path:
@@ -998,6 +1036,10 @@ class Engine:
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
+            old_key = self._snapshot_key(snap) or str(k.connection["key"])
+            if staged.ports_moved or old_key != k.connection["key"]:
+                # A snapshot of another connection: it must learn its new ports (and key).
+                self._fixup(k, reseed=False, old_key=old_key)
             hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
             self.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
@@ -1034,14 +1076,36 @@ class Engine:
         self.registry.put_kernel(k)
         return result.seconds, hs
 
+    def _fixup(self, k: Kernel, reseed: bool, old_key: str | None = None) -> None:
+        """Give a restored copy its own identity (``kernels/fixup.py``) before it is used."""
+        timeout = self.settings.jusnap.ipython.handshake_timeout
+        cfile = str(self.supervisor.connection_file(k))
+        apply_fixup(k.connection, cfile, reseed, timeout, old_key)
+
+    def _snapshot_key(self, snap: Snapshot) -> str | None:
+        """The signing key the snapshot's kernel had (recorded with snapshots since schema 3;
+        for older ones, its kernel's if that still exists)."""
+        if snap.connection_key is not None:
+            return snap.connection_key
+        origin = self.registry.get_kernel(snap.kernel_id)
+        return str(origin.connection["key"]) if origin is not None else None
+
     def _criu_restore(
-        self, k: Kernel, snap: Snapshot, images: Path, work: Path, lazy: bool
+        self,
+        k: Kernel,
+        snap: Snapshot,
+        images: Path,
+        work: Path,
+        lazy: bool,
+        extra: Sequence[tuple[int, str]] = (),
+        namespaced: bool = False,
     ) -> CriuResult:
         """Run CRIU's restore with the kernel's log handed over as an inherited descriptor.
 
         The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
         size"). The snapshot names the log of the kernel it was taken from, which is this one's
         unless the snapshot is restored into another kernel: either name gets this kernel's log.
+        ``extra``: more (descriptor, name) pairs to inherit (a fork's history copy).
         """
         logs = self.supervisor.logs
         keys = list(dict.fromkeys((logs.criu_key(snap.kernel_id), logs.criu_key(k.id))))
@@ -1049,8 +1113,9 @@ class Engine:
         # One descriptor per name: CRIU closes each after taking it into its fd store.
         fds = [fd] + [os.dup(fd) for _ in keys[1:]]
         try:
-            inherit = list(zip(fds, keys, strict=True))
-            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit)
+            inherit = [*zip(fds, keys, strict=True), *extra]
+            ns = {"namespaced": True} if namespaced else {}
+            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit, **ns)
         finally:
             for f in fds:
                 os.close(f)
@@ -1067,6 +1132,14 @@ class _Staged:
     work: Path  # the kernel user's: CRIU's logs
     hot: bool
     lazy: bool
+    ports_moved: dict[int, int] = field(default_factory=dict)  # old -> new (ports.py)
+
+
+def port_map(ports: str, k: Kernel) -> dict[int, int]:
+    """Where a snapshot's Jupyter ports (as recorded with it) go in kernel ``k``."""
+    return dict(
+        zip((int(p) for p in ports.split(",")), map(int, k.ports().split(",")), strict=True)
+    )
 
 
 class _Untouched(Exception):

@@ -92,9 +92,9 @@ def test_snapshot_and_restore_failures(daemon: Daemon) -> None:
         nudge(kc)
         assert run_cell(kc, "print(x)").strip() == "after"  # the previous state is back
 
-        # 7: a snapshot does not fit a kernel with other ports
+        # 7: the snapshot needs its PID, which its own kernel still holds
         other = _start(daemon)
-        _exits(daemon, 7, "restore", sid, "--into", other["id"], text="ports")
+        _exits(daemon, 7, "restore", sid, "--into", other["id"], text="process id")
     finally:
         kc.stop_channels()
         held.unlink(missing_ok=True)

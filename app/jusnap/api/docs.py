@@ -22,10 +22,11 @@ _WHY = {
     403: "credentials refused, XSRF token missing or wrong, or not allowed (error `forbidden`)",
     404: "no such kernel or snapshot, or one owned by someone else"
     " (`kernel_not_found`, `snapshot_not_found`, `not_found`)",
-    409: "the kernel is busy with another operation, or not running (`busy`, `kernel_not_running`)",
+    409: "the kernel is busy with another operation, or not running (`busy`,"
+    " `kernel_not_running`); a fork's kernel id is taken (`kernel_exists`)",
     413: "request body too large (`too_large`)",
     422: "body failed validation (`validation_failed`), or refused before touching the kernel"
-    " (`refused`)",
+    " (`refused`; a fork: not forkable now)",
     500: "the snapshot or restore failed (`snapshot_failed`, `restore_failed`; see details)",
     502: "the Jupyter server that vouches for browser credentials did not answer"
     " (`jupyter_unavailable`)",

@@ -141,11 +141,12 @@ def set_auto(kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
 @bp.output(SnapshotOut(many=True))
 @bp.doc(responses=errors(*BY_ID))
 def list_snapshots(kernel_id: str) -> list[dict[str, Any]]:
-    """The kernel's snapshots and those of its notebook; ``restorable``: they fit its ports."""
+    """The kernel's snapshots and those of its notebook; ``restorable``: they can be restored
+    into it now (ports are moved when they differ; the snapshot's PID must be free)."""
     e = engine()
     k = e.kernels.get(kernel_id, identity().owner)
     snaps = e.list_snapshots(k.id, identity().owner)
-    return [{**s.public(), "restorable": s.ports == k.ports()} for s in snaps]
+    return [{**s.public(), "restorable": e.restorable(s, k)} for s in snaps]
 
 
 @bp.post("/<kernel_id>/snapshots")

@@ -137,7 +137,9 @@ class SnapshotOut(Schema):
     execution_count = Integer(allow_none=True)
     has_history = Boolean()
     hooks = Dict()
-    restorable = Boolean(metadata={"description": "fits the kernel's ports (in a kernel's list)"})
+    restorable = Boolean(
+        metadata={"description": "can be restored into the kernel now (in a kernel's list)"}
+    )
     kernel_alive = Boolean(
         metadata={"description": "its kernel still exists (in the list of all snapshots)"}
     )
@@ -159,6 +161,12 @@ class KernelOut(Schema):
     notice = String(
         allow_none=True,
         metadata={"description": "what the daemon did on its own, e.g. after a crash mid-restore"},
+    )
+    parent_kernel_id = String(
+        allow_none=True, metadata={"description": "a fork's original kernel (null: launched)"}
+    )
+    parent_snapshot_id = String(
+        allow_none=True, metadata={"description": "the snapshot a fork was made from"}
     )
     auto = Nested(AutoOut)
     last_snapshot = Nested(SnapshotOut, allow_none=True)
@@ -243,6 +251,33 @@ class RestoreOut(Schema):
     seconds = Float(required=True)
     criu_seconds = Float(required=True)
     handshake_seconds = Float(required=True)
+
+
+class ForkIn(Strict):
+    kernel_id = String(
+        validate=Regexp(KERNEL_ID_RE),
+        metadata={"description": "the new kernel's id (chosen by the caller); default: a new one"},
+    )
+    notebook_path = String(
+        validate=[Length(0, 4096), Regexp(TEXT), encodable, notebook_file], allow_none=True,
+        metadata={"description": "the notebook file the fork belongs to (e.g. its copy)"},
+    )  # fmt: skip
+    reseed = JsonBoolean(
+        load_default=True,
+        metadata={"description": "reseed random and numpy.random in the fork (default true)"},
+    )
+
+
+class ForkOut(Schema):
+    kernel = Nested(KernelOut, required=True)
+    parent_kernel_id = String(required=True)
+    parent_snapshot_id = String(required=True)
+    ports_moved = Dict(
+        keys=String(), values=Integer(), required=True,
+        metadata={"description": "every port the snapshot served -> the fork's (old -> new)"},
+    )  # fmt: skip
+    seconds = Float(required=True)
+    criu_seconds = Float(required=True)
 
 
 class SignalIn(Strict):

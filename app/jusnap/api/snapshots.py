@@ -1,4 +1,4 @@
-"""Snapshots: all of the caller's; by id: show, relabel, restore, delete."""
+"""Snapshots: all of the caller's; by id: show, relabel, restore, fork, delete."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from typing import Any
 
 from apiflask import APIBlueprint
 
+from ..fork import fork
 from .auth import identity
-from .deps import engine
+from .deps import engine, kernel_view
 from .docs import BODY, BY_ID, errors
-from .schemas import LabelIn, RestoreIn, RestoreOut, SnapshotOut
+from .schemas import ForkIn, ForkOut, LabelIn, RestoreIn, RestoreOut, SnapshotOut
 
 bp = APIBlueprint("snapshots", __name__)
 
@@ -56,3 +57,22 @@ def delete_snapshot(snapshot_id: str) -> tuple[str, int]:
 @bp.doc(responses=errors(*BY_ID, *BODY, 409, 500))
 def restore(snapshot_id: str, body: dict[str, Any]) -> dict[str, Any]:
     return engine().restore(snapshot_id, identity().owner, into=body.get("kernel_id")).public()
+
+
+@bp.post("/<snapshot_id>/fork")
+@bp.input(ForkIn, arg_name="body")
+@bp.output(ForkOut, status_code=201)
+@bp.doc(responses=errors(*BY_ID, *BODY, 409, 500, 507))
+def fork_snapshot(snapshot_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Open the snapshot as a second live kernel beside the one it was taken from (which is
+    not touched): a new kernel (``kernel_id`` if given) of the snapshot's owner, on ports of
+    its own; ``ports_moved`` maps every port the snapshot served (Jupyter's, debugpy's, the
+    user's own servers) to the fork's. 409: ``kernel_id`` exists (``kernel_exists``); 422:
+    not forkable now (``refused``: a kernel without its own PID namespace whose PID is in
+    use)."""
+    e = engine()
+    result = fork(
+        e, snapshot_id, identity().owner, kernel_id=body.get("kernel_id"),
+        notebook_path=body.get("notebook_path"), reseed=body.get("reseed", True),
+    )  # fmt: skip
+    return {**result.public(), "kernel": kernel_view(result.kernel)}

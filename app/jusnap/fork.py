@@ -1,0 +1,262 @@
+"""Fork: a snapshot restored as a second live kernel, beside the kernel it was taken from.
+
+The original is never touched (not even frozen): a fork restores a *stored* snapshot. What
+makes the copy a kernel of its own (docs/fork-design.md, docs/fork.md):
+
+* its own PID: a kernel launched in its own PID + mount namespace comes back as PID 1 of a
+  new namespace (``Criu.restore(namespaced=True)``); a snapshot of a plain kernel forks only
+  while its PID is free (else 422, nothing done);
+* its own ports: every port the dump serves is moved in the staged ``files.img``
+  (``ports.py``), the five Jupyter ones to a new connection file's (same signing key: the key
+  is in the copy's memory), the others (debugpy, the user's own servers) to fresh ones,
+  reported as ``ports_moved``;
+* its own identity: the fixup (``kernels/fixup.py``) gives it a new Jupyter session id,
+  reseeds its RNGs (``reseed``), repoints its debugger socket and connection file;
+* its own files where Jusnap keeps them: log, connection file, and a copy of the snapshot's
+  history database handed to CRIU as an inherited descriptor (the original's file is never
+  opened by the copy).
+
+It reuses the engine's staging, checks and restore pieces (``snapshots.py``). Any failure
+kills the copy and removes its record and directory. The fork is a kernel like any other from
+then on: its snapshots are its own list, and deleting either kernel or its snapshots does not
+touch the other (the content-addressed store shares their chunks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequest, KernelExists, Refused, RestoreFailed
+from .ids import check_kernel_id, new_kernel_id
+from .kernels.channels import handshake
+from .kernels.locks import USER_WAIT
+from .kernels.supervisor import new_connection
+from .proc import check_restored, kill_tree, start_time, ticks_now
+from .registry import Kernel, Snapshot
+
+if TYPE_CHECKING:
+    from .snapshots import Engine, _Staged
+
+log = logging.getLogger(__name__)
+
+HISTORY_NAME = "history.sqlite"
+
+
+@dataclass(frozen=True)
+class ForkResult:
+    kernel: Kernel
+    snapshot: Snapshot
+    ports_moved: dict[int, int]
+    seconds: float
+    criu_seconds: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel.public(),
+            "parent_kernel_id": self.snapshot.kernel_id,
+            "parent_snapshot_id": self.snapshot.id,
+            "ports_moved": {str(old): new for old, new in sorted(self.ports_moved.items())},
+            "seconds": round(self.seconds, 4),
+            "criu_seconds": round(self.criu_seconds, 4),
+        }
+
+
+def namespaced(images: Path) -> bool:
+    """Whether a staged dump holds a kernel in its own PID + mount namespace (its mount tree
+    image is there, and was checked to be the launcher's by the image check)."""
+    return any(p.name.startswith("mountpoints-") for p in images.iterdir())
+
+
+def fork(
+    engine: Engine,
+    snapshot_id: str,
+    owner_uid: int | None,
+    kernel_id: str | None = None,
+    notebook_path: str | None = None,
+    reseed: bool = True,
+) -> ForkResult:
+    """Restore ``snapshot_id`` as a new kernel (``kernel_id``, or a new id) owned by the
+    snapshot's owner, running as the same uid, on ports of its own."""
+    t0 = time.monotonic()
+    snap = engine.snapshot_info(snapshot_id, owner_uid)  # 404 for unknown / not yours
+    if kernel_id is not None:
+        check_kernel_id(kernel_id)
+        existing = engine.registry.get_kernel(kernel_id)
+        if existing is not None:
+            if owner_uid is not None and existing.owner_uid != owner_uid:
+                raise KernelExists("that kernel id is taken")
+            raise KernelExists(f"kernel {kernel_id} exists already")
+    if notebook_path is not None and not isinstance(notebook_path, str):
+        raise InvalidRequest("notebook_path must be a string")
+    key = engine._snapshot_key(snap)
+    if key is None:
+        raise Refused(
+            "this snapshot is older than Jusnap's record of connection keys and its kernel is"
+            " gone: it cannot be forked"
+        )
+    engine.hooks.preflight_restore(snap.hooks)
+    k = _new_kernel(engine, snap, kernel_id or new_kernel_id(), notebook_path, key)
+    try:
+        # The original's lock (not its process): its hot entry, which the fork may restore
+        # from, is neither trimmed nor replaced meanwhile; its snapshots wait or are retried.
+        with (
+            engine.locks.exclusive(k.id, "fork"),
+            engine.locks.exclusive(snap.kernel_id, "fork", wait=USER_WAIT),
+        ):
+            moved, criu_s = _bring_up(engine, k, snap, reseed)
+    except BaseException:
+        _discard(engine, k)
+        raise
+    if notebook_path:
+        engine.registry.set_notebook_connection(k.owner_uid, notebook_path, k.connection)
+    log.info("kernel %s forked from snapshot %s of kernel %s", k.id, snap.id, snap.kernel_id)
+    return ForkResult(engine.kernels.get(k.id), snap, moved, time.monotonic() - t0, criu_s)
+
+
+def _new_kernel(
+    engine: Engine, snap: Snapshot, kernel_id: str, notebook_path: str | None, key: str
+) -> Kernel:
+    """The fork's record (stopped until it answers) and its private directory."""
+    sup = engine.supervisor
+    uid, gid = sup.run_as(snap.owner_uid)
+    origin = engine.registry.get_kernel(snap.kernel_id)
+    conn = {**new_connection(), "key": key}
+    if origin is not None:
+        conn["kernel_name"] = origin.connection.get("kernel_name", "python3")
+    k = Kernel(
+        id=kernel_id,
+        owner_uid=snap.owner_uid,
+        run_uid=uid,
+        run_gid=gid,
+        pid=None,
+        started=None,
+        status="stopped",
+        # A restart of the fork starts what the original started (a fresh kernel).
+        argv=list(origin.argv) if origin else engine.settings.kernel_argv(),
+        env=dict(origin.env) if origin else {},
+        cwd=origin.cwd if origin else sup._home(uid),
+        connection=conn,
+        notebook_path=notebook_path,
+        created_at=time.time(),
+        auto_snapshot=origin.auto_snapshot if origin else None,
+        cooldown=origin.cooldown if origin else None,
+        execution_count=snap.execution_count,
+        parent_kernel_id=snap.kernel_id,
+        parent_snapshot_id=snap.id,
+    )
+    kdir = sup.kernel_dir(k.id)
+    sup._make_private_dir(sup.kernels_dir, os.geteuid(), os.getegid())
+    sup.kernels_dir.chmod(0o711)
+    try:
+        kdir.mkdir(mode=0o700)
+    except FileExistsError:
+        raise KernelExists(f"kernel {k.id} exists already") from None
+    try:
+        if os.geteuid() == 0:
+            os.chown(kdir, uid, gid)
+        if snap.has_history and engine.settings.jusnap.ipython.history_enabled:
+            k.history_file = str(kdir / HISTORY_NAME)
+        sup._write_private(sup.connection_file(k), json.dumps(k.connection), uid, gid)
+        engine.registry.put_kernel(k)
+    except BaseException:
+        shutil.rmtree(kdir, ignore_errors=True)
+        raise
+    return k
+
+
+def _bring_up(
+    engine: Engine, k: Kernel, snap: Snapshot, reseed: bool
+) -> tuple[dict[int, int], float]:
+    """Stage, check, move ports, restore, verify, fix up, handshake: the fork runs."""
+    from .snapshots import _Untouched
+
+    with engine._scratch() as scratch:
+        try:
+            staged = engine._stage(k, snap, scratch)  # checked; ports moved; checked again
+        except _Untouched as exc:
+            raise exc.error from None
+        ns = namespaced(staged.images)
+        if not ns and start_time(snap.pid) is not None:
+            raise Refused(
+                f"this snapshot is of a kernel launched without its own PID namespace, and its"
+                f" process id {snap.pid} is in use (its kernel still runs): it can be forked"
+                " once that kernel is stopped"
+            )
+        pid: int | None = None
+        try:
+            not_before = ticks_now()
+            with _history_fd(engine, k, snap, staged) as extra:
+                result = engine._criu_restore(
+                    k, snap, staged.images, staged.work, staged.lazy, extra, namespaced=ns
+                )
+            pid = result.pid if ns else snap.pid
+            if pid is None:
+                raise RestoreFailed("fork failed: CRIU did not say which process it restored")
+            why = check_restored(pid, k.run_uid, not_before)
+            if why is not None:
+                log.critical("fork of %s as %s: %s; not adopting it", snap.id, k.id, why)
+                pid = None  # not ours to kill
+                raise RestoreFailed(f"fork failed: {why}")
+            engine.hooks.after_restore(pid, snap.hooks)
+            k.pid, k.started, k.status = pid, start_time(pid), "running"
+            engine.registry.put_kernel(k)
+            timeout = engine.settings.jusnap.ipython.handshake_timeout
+            engine._fixup(k, reseed=reseed)  # before anyone else can know its ports
+            handshake(k.connection, timeout)
+            engine.kernels.reset_live(
+                k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
+            )
+            engine.kernels.watch(k)
+        except BaseException:
+            if pid is not None:
+                started = start_time(pid)
+                kill_tree(pid, started)
+                engine.reaper.wait_gone(pid, started, 10)
+            raise
+        return staged.ports_moved, result.seconds
+
+
+@contextlib.contextmanager
+def _history_fd(
+    engine: Engine, k: Kernel, snap: Snapshot, staged: _Staged
+) -> Iterator[list[tuple[int, str]]]:
+    """The fork's own copy of the snapshot's history database, as an inherited descriptor
+    under the name the snapshot's images give the original's file: the copy never opens (nor
+    size-checks) the original's."""
+    if staged.history is None or not k.history_file:
+        yield []
+        return
+    sup = engine.supervisor
+    origin = sup.kernel_dir(snap.kernel_id) / HISTORY_NAME
+    dest = Path(k.history_file)
+    sup.copy_as_user(sup.creds(k), staged.history, dest)  # as the kernel's user: its file
+    # In the kernel user's directory: no link followed, no FIFO waited on, only its own file.
+    fd = os.open(dest, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != k.run_uid:
+            raise RestoreFailed("fork failed: the history copy was replaced")
+        yield [(fd, str(origin).lstrip("/"))]
+    finally:
+        os.close(fd)
+
+
+def _discard(engine: Engine, k: Kernel) -> None:
+    """A fork that failed leaves nothing: no record, no directory, no log, no process."""
+    with contextlib.suppress(Exception):
+        engine.kernels.unwatch(k)
+    with contextlib.suppress(Exception):
+        engine.supervisor.remove(k)
+    with contextlib.suppress(Exception):
+        engine.kernels.reset_live(k.id)
+        engine.kernels._live.pop(k.id, None)

@@ -1,0 +1,241 @@
+"""Copies of a kernel on other ports, on real CRIU with real ipykernels as an unprivileged user:
+a snapshot restored into a kernel whose ports differ, and forks beside a running kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from jusnap.criu_images import FILES_MAGIC, Message, entries, image
+from jusnap.fork import ForkResult
+from jusnap.fork import fork as fork_snapshot
+from jusnap.ports import served_ports
+from jusnap.registry import Snapshot
+from jusnap.snapshots import Engine
+
+from tests.conftest import KernelSession
+
+
+def listening(pid: int) -> set[int]:
+    """TCP ports process ``pid`` listens on (ss -ltnp)."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return {int(ln.split()[3].rsplit(":", 1)[1]) for ln in out.splitlines() if f"pid={pid}," in ln}
+
+
+def connected_to(pid: int, ports: set[int]) -> list[str]:
+    """Established TCP connections of ``pid`` whose peer port is one of ``ports``."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        f"{f[2]} -> {f[3]}"
+        for f in (ln.split() for ln in out.splitlines() if f"pid={pid}," in ln)
+        if int(f[3].rsplit(":", 1)[1]) in ports
+    ]
+
+
+def ports_of(conn_ports: str) -> set[int]:
+    return {int(p) for p in conn_ports.split(",")}
+
+
+def test_a_real_files_image_reencodes_byte_for_byte(kernel: KernelSession, engine: Engine) -> None:
+    snap = engine.snapshot(kernel.id)
+    assert isinstance(snap, Snapshot)
+    entry = engine.hot.get(snap.id)
+    assert entry is not None
+    data = (entry.images / "files.img").read_bytes()
+    again = image(data[:8], [Message.parse(e).encode() for e in entries(data, FILES_MAGIC)])
+    assert again == data
+    served = served_ports(data)
+    # the 5 Jupyter ports and ipykernel's debugpy stream socket
+    assert ports_of(snap.ports) < served and len(served) >= 6, served
+
+
+def test_restore_into_a_kernel_with_other_ports(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run("x = 41\nimport random, uuid\nsid = get_ipython().kernel.session.session")
+    before = a.value("sid")
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    a.close()
+    engine.kernels.shutdown(a.id)  # its snapshots stay; its PID is free again
+    b = KernelSession(engine)
+    try:
+        assert ports_of(b.kernel.ports()).isdisjoint(ports_of(snap.ports))
+        assert engine.restorable(snap, b.kernel)
+        engine.restore(snap.id, into=b.id)
+        b.after_restore()
+        assert b.value("x") == "41"
+        b.run("x += 1")
+        assert b.value("x") == "42"
+        k = engine.kernels.get(b.id)
+        assert k.pid == snap.pid
+        own = listening(k.pid)
+        assert ports_of(b.kernel.ports()) <= own
+        assert own.isdisjoint(ports_of(snap.ports)), own
+        assert connected_to(k.pid, ports_of(snap.ports)) == []
+        assert b.value("get_ipython().kernel.session.session") != before
+        cfile = str(engine.supervisor.connection_file(k))
+        app = "__import__('ipykernel.kernelapp').kernelapp.IPKernelApp.instance()"
+        assert b.value(f"{app}.connection_file") == repr(cfile)
+        # the fixup left nothing in the user's namespace, history or count
+        assert b.value("[n for n in ('_fixup', 'ARGS') if n in globals()]") == "[]"
+        assert b.value("[c for c in In if '<jusnap' + '-fixup>' in c]") == "[]"
+    finally:
+        b.close()
+
+
+def fork(engine: Engine, snap: Snapshot, **options: object) -> tuple[ForkResult, KernelSession]:
+    """Fork ``snap`` and connect a client to the fork, as the notebook copy would."""
+    result = fork_snapshot(engine, snap.id, None, **options)  # type: ignore[arg-type]
+    return result, KernelSession.attach(engine, result.kernel.id)
+
+
+def test_fork_of_a_stopped_kernels_snapshot(engine: Engine) -> None:
+    """Any kernel's snapshot forks once its PID is free; the fork is a kernel of its own."""
+    a = KernelSession(engine)
+    a.run("x = 1\ngen = iter(range(10)); next(gen)")
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    a.close()
+    engine.kernels.shutdown(a.id)
+    result, b = fork(engine, snap, reseed=False)
+    try:
+        k = result.kernel
+        assert (k.parent_kernel_id, k.parent_snapshot_id) == (a.id, snap.id)
+        assert k.id != a.id and k.status == "running"
+        public = result.public()
+        assert public["parent_snapshot_id"] == snap.id
+        assert set(public["ports_moved"]) >= {str(p) for p in ports_of(snap.ports)}
+        assert b.value("(x, next(gen))") == "(1, 1)"
+        assert listening(k.pid).isdisjoint(ports_of(snap.ports))
+        assert engine.list_snapshots(k.id) == []
+    finally:
+        b.close()
+
+
+SETUP = r"""
+import os, tempfile, threading, random
+x = 1
+def counter():
+    i = 0
+    while True:
+        yield i
+        i += 1
+gen = counter()
+[next(gen) for _ in range(10)]
+path = os.path.join(tempfile.mkdtemp(), "data.txt")
+with open(path, "w") as w:
+    w.write("".join(f"line{i}\n" for i in range(10)))
+fh = open(path)
+fh.readline()
+ticks = []
+stop = threading.Event()
+def work():
+    while not stop.is_set():
+        ticks.append(1)
+        stop.wait(0.01)
+worker = threading.Thread(target=work, daemon=True)
+worker.start()
+"""
+CONTINUES = r"""
+import time
+t0 = len(ticks); time.sleep(0.2)
+print(next(gen), fh.readline().strip(), worker.is_alive() and len(ticks) > t0)
+"""
+
+
+def no_connection_into(pid: int, ports: set[int], timeout: float = 5.0) -> list[str]:
+    """The fork's connections into the original's ports, once ZeroMQ closed dropped ones."""
+    deadline = time.monotonic() + timeout
+    while (cross := connected_to(pid, ports)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return cross
+
+
+def test_fork_beside_a_running_kernel(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run(SETUP)
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    a_session = a.value("get_ipython().kernel.session.session")
+    a.run("x = 100")
+    a_pid = engine.kernels.get(a.id).pid
+    result, b = fork(engine, snap)
+    try:
+        k = result.kernel
+        assert k.pid != a_pid and engine.supervisor.alive(engine.kernels.get(a.id))
+        assert b.value("x") == "1" and a.value("x") == "100"
+        # both run cells at the same time, and their states diverge
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(s.run, "import time; time.sleep(1); x += 1") for s in (a, b)]
+            t0 = time.monotonic()
+            for r in runs:
+                r.result()
+        assert time.monotonic() - t0 < 1.9, "the two cells did not run concurrently"
+        assert (a.value("x"), b.value("x")) == ("101", "2")
+        # the generator, the open file and the thread continue from the snapshot in the fork
+        assert b.run(CONTINUES).split() == ["10", "line1", "True"]
+        assert a.run(CONTINUES).split() == ["10", "line1", "True"]
+        # an identity of its own, and nothing of the original's
+        assert b.value("get_ipython().kernel.session.session") != a_session
+        a_ports = ports_of(engine.kernels.get(a.id).ports())
+        assert listening(k.pid).isdisjoint(listening(a_pid))
+        assert no_connection_into(k.pid, a_ports) == []
+        assert engine.list_snapshots(k.id) == []
+        assert [s.id for s in engine.list_snapshots(a.id)] == [snap.id]
+    finally:
+        b.close()
+        a.close()
+
+
+def test_fork_of_a_fork_and_deleting_either_side(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run("x = 'a'")
+    snap_a = engine.snapshot(a.id)
+    assert isinstance(snap_a, Snapshot)
+    _r, b = fork(engine, snap_a)
+    c: KernelSession | None = None
+    try:
+        b.run("x = 'b'")
+        snap_b = engine.snapshot(b.id)
+        assert isinstance(snap_b, Snapshot)
+        result_c, c = fork(engine, snap_b)
+        assert result_c.kernel.parent_kernel_id == b.id
+        assert c.value("x") == "'b'"
+        assert [s.id for s in engine.list_snapshots(b.id)] == [snap_b.id]
+        assert [s.id for s in engine.list_snapshots(a.id)] == [snap_a.id]
+        # the original and its snapshots go: the forks do not notice
+        a.close()
+        engine.kernels.shutdown(a.id)
+        engine.delete_snapshot(snap_a.id)
+        b.run("x += '!'")
+        assert b.value("x") == "'b!'"
+        # the fork's snapshot goes: its own fork runs on
+        engine.delete_snapshot(snap_b.id)
+        c.run("x += '?'")
+        assert c.value("x") == "'b?'"
+        assert engine.kernels.get(c.id).status == "running"
+    finally:
+        b.close()
+        if c is not None:
+            c.close()
+
+
+def test_fork_while_the_original_is_busy(engine: Engine) -> None:
+    a = KernelSession(engine)
+    a.run("x = 7")
+    snap = engine.snapshot(a.id)
+    assert isinstance(snap, Snapshot)
+    busy = a.client.execute("import time\nfor _ in range(40): time.sleep(0.1)\nx = 8")
+    _r, b = fork(engine, snap)
+    try:
+        assert b.value("x") == "7"
+        reply = a.client.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == busy
+        assert reply["content"]["status"] == "ok"
+        assert a.value("x") == "8" and b.value("x") == "7"
+    finally:
+        b.close()
+        a.close()
