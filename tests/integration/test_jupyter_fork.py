@@ -132,3 +132,26 @@ def test_open_as_new_notebook_runs_beside_the_original(stack: JusnapStack) -> No
     assert ws.run("print(x)").strip() == "left"
     ws.close()
     fws.close()
+
+
+def test_a_snapshot_of_a_stopped_kernel_opens_as_new_notebook(stack: JusnapStack) -> None:
+    """The notebook's kernel was shut down (or the server stopped and came back): its
+    snapshots are still listed for the notebook, and one opens as a new notebook."""
+    j = stack.jupyter
+    _notebook(stack, "stopped.ipynb")
+    session = j.new_session("stopped.ipynb")
+    kid = session["kernel"]["id"]
+    ws = KernelWebsocket(j, kid)
+    ws.run("import threading\nstate = {'n': 7}\nlock = threading.Lock()")
+    sid = j.jusnap("POST", f"kernels/{kid}/snapshots", {"label": "kept"}, expect=201)["snapshot"][
+        "id"
+    ]
+    ws.close()
+    j.api("DELETE", f"api/sessions/{session['id']}", expect=204)
+
+    answer = _fork(stack, {"snapshot_id": sid, "path": "stopped.ipynb"}, 201)
+    assert re.fullmatch(r"stopped \(fork of kept \d\d-\d\d\)\.ipynb", answer["path"])
+    fws = KernelWebsocket(j, answer["kernel_id"])
+    assert fws.run("with lock:\n    state['n'] += 1\nprint(state['n'])").strip() == "8"
+    assert {s["path"] for s in j.api("GET", "api/sessions", expect=200)} == {answer["path"]}
+    fws.close()
