@@ -13,7 +13,8 @@ import pytest
 from jupyter_client.kernelspec import KernelSpec
 from jusnap.errors import JusnapError
 from jusnap_jupyter import provisioner
-from jusnap_jupyter.fork import ForkRefused, api_path, fork_name, parse_body, snapshot_words
+from jusnap_jupyter.fork import api_path, fork_name, parse_body, snapshot_words
+from jusnap_jupyter.handlers import Refused
 from jusnap_jupyter.provisioner import JusnapProvisioner
 
 SID = "01KB2X7Q8M3N4P5R6S7T8V9WXY"
@@ -50,11 +51,11 @@ def test_only_a_notebook_path_inside_the_root_is_accepted() -> None:
     assert api_path("dir/a.ipynb") == "dir/a.ipynb"
     assert api_path("/dir/a.ipynb") == "dir/a.ipynb"
     for bad in ("", "/", None, 3, "../a.ipynb", "d/../../a.ipynb", "d//a.ipynb", "./a.ipynb"):
-        with pytest.raises(ForkRefused) as e:
+        with pytest.raises(Refused) as e:
             api_path(bad)
         assert e.value.status == 400, bad
     for bad in ("a.py", "dir/", "a\\..\\b.ipynb", "a\x00.ipynb"):
-        with pytest.raises(ForkRefused):
+        with pytest.raises(Refused):
             api_path(bad)
 
 
@@ -72,7 +73,7 @@ def test_the_body_is_checked_before_anything_is_made() -> None:
         json.dumps({"snapshot_id": SID, "path": "a.ipynb", "utc_offset_minutes": 5000}).encode(),
         json.dumps({"snapshot_id": SID}).encode(),
     ):
-        with pytest.raises(ForkRefused) as e:
+        with pytest.raises(Refused) as e:
             parse_body(bad)
         assert e.value.status == 400
 
@@ -201,7 +202,7 @@ def _failed_fork(monkeypatch: pytest.MonkeyPatch, daemon_refuses: bool) -> tuple
     monkeypatch.setattr(fork.ForkHandler, "session_manager", sm, raising=False)
     monkeypatch.setattr(fork.ForkHandler, "_kernel_name", lambda *a: "jusnap-python3")
     monkeypatch.setattr(fork.ForkHandler, "log", logging.getLogger("t"), raising=False)
-    with pytest.raises((ForkRefused, JusnapError)) as e:
+    with pytest.raises((Refused, JusnapError)) as e:
         asyncio.run(handler._fork(SID, "a.ipynb", 0))
     assert cm.files == {"a.ipynb"}, "the copy is gone"
     return e.value, calls
@@ -227,5 +228,5 @@ def test_a_session_failure_removes_the_copy_and_the_forked_kernel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     err, calls = _failed_fork(monkeypatch, daemon_refuses=False)
-    assert isinstance(err, ForkRefused) and err.status == 500
+    assert isinstance(err, Refused) and err.status == 500
     assert calls[-1][0] == "DELETE" and calls[-1][1].startswith("/kernels/")

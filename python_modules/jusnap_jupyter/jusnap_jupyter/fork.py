@@ -30,31 +30,20 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import ensure_async
 from jusnap.errors import JusnapError
+from jusnap.ids import SNAPSHOT_ID_RE
 from tornado import web
 
-from .handlers import JusnapAPIHandler
+from .handlers import JusnapAPIHandler, Refused
 from .kernelspec import NAME as JUSNAP_KERNEL
 from .provisioner import _call
 
 FORK_ROUTE = "jusnap/fork"
 PROVISIONER = "jusnap-provisioner"
-# The daemon's ULID snapshot ids (jusnap.ids.SNAPSHOT_ID_RE; copied: no daemon code in Jupyter).
-_SNAPSHOT_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 SHORT_ID = 6  # the random tail of a ULID: its head is the time, alike for close snapshots
 LABEL_CHARS = 40  # of a label in a file name
 FORK_TIMEOUT = 600.0  # a large kernel restores in seconds; the daemon bounds CRIU itself
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 _FIELDS = {"snapshot_id", "path", "utc_offset_minutes"}
-
-
-class ForkRefused(Exception):
-    """A request answered with an error before or after anything was made."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 # ---- pure parts --------------------------------------------------------------------------------
@@ -93,14 +82,14 @@ def api_path(raw: object) -> str:
     """A notebook's API path (relative to Jupyter's root, ``/``-separated), checked lexically:
     nothing that could leave the root or name something other than one notebook file."""
     if not isinstance(raw, str) or not raw.strip("/"):
-        raise ForkRefused(400, "invalid_request", "path: the notebook's path is required")
+        raise Refused(400, "invalid_request", "path: the notebook's path is required")
     if "\\" in raw or "\x00" in raw:
-        raise ForkRefused(400, "invalid_request", "path: not a notebook path")
+        raise Refused(400, "invalid_request", "path: not a notebook path")
     parts = raw.strip("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise ForkRefused(400, "invalid_request", "path: not a notebook path inside Jupyter's root")
+        raise Refused(400, "invalid_request", "path: not a notebook path inside Jupyter's root")
     if not parts[-1].endswith(".ipynb"):
-        raise ForkRefused(400, "invalid_request", "path: only notebooks (.ipynb) can be forked")
+        raise Refused(400, "invalid_request", "path: only notebooks (.ipynb) can be forked")
     return "/".join(parts)
 
 
@@ -108,20 +97,20 @@ def parse_body(raw: bytes) -> tuple[str, str, int | None]:
     try:
         body = json.loads(raw or b"{}")
     except ValueError:
-        raise ForkRefused(400, "invalid_request", "the body must be JSON") from None
+        raise Refused(400, "invalid_request", "the body must be JSON") from None
     if not isinstance(body, dict):
-        raise ForkRefused(400, "invalid_request", "the body must be a JSON object")
+        raise Refused(400, "invalid_request", "the body must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise ForkRefused(400, "invalid_request", f"unknown field: {unknown[0][:40]}")
+        raise Refused(400, "invalid_request", f"unknown field: {unknown[0][:40]}")
     sid = body.get("snapshot_id")
-    if not isinstance(sid, str) or not _SNAPSHOT_ID.fullmatch(sid):
-        raise ForkRefused(400, "invalid_request", "snapshot_id: not a snapshot id")
+    if not isinstance(sid, str) or not SNAPSHOT_ID_RE.match(sid):
+        raise Refused(400, "invalid_request", "snapshot_id: not a snapshot id")
     offset = body.get("utc_offset_minutes")
     if offset is not None and (
         isinstance(offset, bool) or not isinstance(offset, int) or abs(offset) > 18 * 60
     ):
-        raise ForkRefused(400, "invalid_request", "utc_offset_minutes: minutes east of UTC")
+        raise Refused(400, "invalid_request", "utc_offset_minutes: minutes east of UTC")
     return sid, api_path(body.get("path")), offset
 
 
@@ -140,7 +129,7 @@ class ForkHandler(JusnapAPIHandler):
             await self._check_rights()
             sid, path, offset = parse_body(self.request.body)
             answer = await self._fork(sid, path, offset)
-        except ForkRefused as refused:
+        except Refused as refused:
             self._send_json(refused.status, refused.code, refused.message)
             return
         except JusnapError as exc:
@@ -158,7 +147,7 @@ class ForkHandler(JusnapAPIHandler):
                 self.authorizer.is_authorized(self, self.current_user, "write", resource)
             )
             if not allowed:
-                raise ForkRefused(403, "forbidden", f"not allowed to write {resource}")
+                raise Refused(403, "forbidden", f"not allowed to write {resource}")
 
     async def _fork(self, sid: str, path: str, offset: int | None) -> dict[str, Any]:
         cm = self.contents_manager
@@ -193,10 +182,10 @@ class ForkHandler(JusnapAPIHandler):
             )
         except BaseException as exc:
             await self._undo(copy, kernel_id, forked)
-            if isinstance(exc, JusnapError | ForkRefused | asyncio.CancelledError):
+            if isinstance(exc, JusnapError | Refused | asyncio.CancelledError):
                 raise
             self.log.exception("jusnap: fork of snapshot %s into %s failed", sid, copy)
-            raise ForkRefused(
+            raise Refused(
                 500, "fork_failed", f"the fork's Jupyter session could not start: {exc}"
             ) from exc
         return {
@@ -214,18 +203,18 @@ class ForkHandler(JusnapAPIHandler):
             model = await ensure_async(cm.get(path, content=False))
         except web.HTTPError as exc:
             status = exc.status_code if exc.status_code in (403, 404) else 400
-            raise ForkRefused(
+            raise Refused(
                 status,
                 "not_found" if status == 404 else "invalid_request",
                 f"no notebook at {path}",
             ) from None
         if model.get("type") != "notebook":
-            raise ForkRefused(400, "invalid_request", f"{path} is not a notebook")
+            raise Refused(400, "invalid_request", f"{path} is not a notebook")
         root = getattr(cm, "root_dir", None)
         if root:  # a link inside the root to elsewhere is not followed by a fork
             top = Path(root).resolve()
             if not Path(top, *path.split("/")).resolve().is_relative_to(top):
-                raise ForkRefused(400, "invalid_request", f"{path} is outside Jupyter's root")
+                raise Refused(400, "invalid_request", f"{path} is outside Jupyter's root")
         return dict(model)
 
     async def _session_kernels(self, path: str) -> set[str]:
@@ -238,7 +227,7 @@ class ForkHandler(JusnapAPIHandler):
         own = os.path.normpath(notebook_file(self.kernel_manager, path))
         if snapshot.get("notebook_path") == own or snapshot.get("kernel_id") in kernels:
             return
-        raise ForkRefused(
+        raise Refused(
             409,
             "not_this_notebook",
             f"snapshot {snapshot['id']} was not taken of {path}: open its own notebook to fork it",
@@ -260,7 +249,7 @@ class ForkHandler(JusnapAPIHandler):
             spec = ksm.get_kernel_spec(name)
             if spec.metadata.get("kernel_provisioner", {}).get("provisioner_name") == PROVISIONER:
                 return str(name)
-        raise ForkRefused(500, "no_kernelspec", f"the {JUSNAP_KERNEL} kernelspec is not installed")
+        raise Refused(500, "no_kernelspec", f"the {JUSNAP_KERNEL} kernelspec is not installed")
 
     async def _undo(self, copy: str, kernel_id: str, forked: bool) -> None:
         """Remove what a failed fork made: its kernel (Jupyter's, or the daemon's alone), its
