@@ -23,6 +23,10 @@ snapshot ``dump`` against ``commit``. Phases may overlap (background commits, co
 staging): each is reported with its own wall time, and ``kernel_down`` is the time from the
 kernel's stop to its first answered execute.
 
+``--fork`` adds a fork of the same snapshot per run, beside the running kernel (``fork.py``):
+``jusnap_fork_to_execute`` is the time from the call to the fork's first answered execute
+(staging, port rewrite, CRIU, fixup and handshake included); the fork is shut down after.
+
 Prints a Markdown table and writes JSON next to it (``--out``).
 """
 
@@ -47,7 +51,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import jusnap.fork as fork_mod
 import jusnap.snapshots as snapshots_mod
+from jupyter_client.blocking import BlockingKernelClient
 from jusnap.config import load_settings
 from jusnap.criu import frozen_seconds
 from jusnap.proc import kill_tree, start_time
@@ -182,8 +188,9 @@ def raw_restore(engine: Engine, k: Any, creds: Any, images: Path, kc: Any) -> fl
 
 
 def bench_size(
-    engine: Engine, size: int, repeat: int, work: Path, phases: Phases, data: str, tier: str
-) -> dict[str, Any]:
+    engine: Engine, size: int, repeat: int, work: Path, phases: Phases, data: str, tier: str,
+    fork: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     # Where the kernel's packages come from a non-default path (the GPU machine), pass it on.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
     k = engine.kernels.launch(owner_uid=0, env=env)
@@ -228,6 +235,8 @@ def bench_size(
         _add(rows, "restore", spent)
         if result.pre_restore:
             _wait_deletable(engine, result.pre_restore.id)
+        if fork:
+            rows.setdefault("jusnap_fork_to_execute", []).append(fork_to_execute(engine, snap.id))
         engine.delete_snapshot(snap.id)
 
         rows["criu_restore_to_execute"].append(
@@ -243,6 +252,21 @@ def bench_size(
     kc.stop_channels()
     engine.kernels.shutdown(k.id)
     return {key: statistics.median(v) for key, v in rows.items()}
+
+
+def fork_to_execute(engine: Engine, snapshot_id: str) -> float:
+    """Fork the snapshot beside the running kernel; seconds to the fork's first execute."""
+    t0 = time.monotonic()
+    result = fork_mod.fork(engine, snapshot_id, None)
+    kc = BlockingKernelClient()
+    kc.load_connection_info(result.kernel.connection)
+    kc.start_channels()
+    try:
+        first_execute(kc)
+        return time.monotonic() - t0
+    finally:
+        kc.stop_channels()
+        engine.kernels.shutdown(result.kernel.id)
 
 
 def _add(rows: dict[str, list[float]], prefix: str, spent: dict[str, float]) -> None:
@@ -276,6 +300,8 @@ def main() -> int:
         "--tier", choices=("hot", "store"), default="hot",
         help="restore the snapshot from its hot-tier copy, or drop that first (the store)",
     )  # fmt: skip
+    ap.add_argument("--fork", action="store_true",
+                    help="also fork each snapshot beside the running kernel (fork latency)")  # fmt: skip
     ap.add_argument("--out", default="docs/bench/engine_vs_criu.json")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="jusnap-bench-", dir="/var/tmp"))
@@ -293,8 +319,9 @@ def main() -> int:
         for text in args.sizes.split(","):
             print(f"== {text}", flush=True)
             results[text] = bench_size(
-                engine, parse_size(text), args.repeat, state / "work", phases, args.data, args.tier
-            )
+                engine, parse_size(text), args.repeat, state / "work", phases, args.data,
+                args.tier, args.fork,
+            )  # fmt: skip
     finally:
         engine.close()
         subprocess.run(["pkill", "-KILL", "-f", f"{state}/kernels/"], check=False)
@@ -328,12 +355,21 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
         "| kernel data | image | freeze: Jusnap / raw criu | snapshot recorded (stored): Jusnap / raw criu | restore to first execute: Jusnap / raw criu |",
         "|---|---|---|---|---|",
     ]
+    forked = all("jusnap_fork_to_execute" in r for r in results.values())
+    if forked:
+        lines[2] += " fork to first execute (beside the kernel) |"
+        lines[3] += "---|"
     for size, r in results.items():
         lines.append(
             f"| {size} | {r['image_bytes'] / 1024**2:.0f} MiB "
             f"| {r['jusnap_freeze']:.3f} s / {r['criu_freeze']:.3f} s ({_pct(r['jusnap_freeze'], r['criu_freeze'])}) "
             f"| {r['jusnap_snapshot_wall']:.2f} s ({r.get('jusnap_snapshot_stored', r['jusnap_snapshot_wall']):.2f} s) / {r['criu_dump_wall']:.2f} s "
             f"| {r['jusnap_restore_to_execute']:.2f} s / {r['criu_restore_to_execute']:.2f} s |"
+            + (
+                f" fork: {r['jusnap_fork_to_execute']:.2f} s |"
+                if "jusnap_fork_to_execute" in r
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -3,18 +3,25 @@ a snapshot restored into a kernel whose ports differ, and forks beside a running
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+from jupyter_client.blocking import BlockingKernelClient
+from jusnap.client import ApiError, Client
 from jusnap.criu_images import FILES_MAGIC, Message, entries, image
 from jusnap.fork import ForkResult
 from jusnap.fork import fork as fork_snapshot
+from jusnap.kernels.supervisor import PORT_KEYS
 from jusnap.ports import served_ports
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 
-from tests.conftest import KernelSession
+from tests.conftest import Daemon, KernelSession
+from tests.helpers import connect, run_cell
 
 
 def listening(pid: int) -> set[int]:
@@ -239,3 +246,61 @@ def test_fork_while_the_original_is_busy(engine: Engine) -> None:
     finally:
         b.close()
         a.close()
+
+
+def test_fork_through_the_api_and_the_cli(daemon: Daemon) -> None:
+    api = Client(daemon.socket)
+    k = json.loads(daemon.cli("--json", "start").stdout)
+    kc = connect(k["connection"])
+    forks: list[BlockingKernelClient] = []
+    try:
+        run_cell(kc, "x = 5")
+        sid = daemon.cli("snapshot", k["id"]).stdout.split()[0]
+        # bad input: 4xx with a JSON error, nothing created
+        before = {x["id"] for x in api.kernels()}
+        for body, status, code in [
+            ({"reseed": "yes"}, 422, "validation_failed"),
+            ({"kernel_id": "../etc"}, 422, "validation_failed"),
+            ({"kernel_id": k["id"]}, 409, "kernel_exists"),
+            ({"notebook_path": "dir/"}, 422, "validation_failed"),
+            ({"unknown": 1}, 422, "validation_failed"),
+        ]:
+            with pytest.raises(ApiError) as info:
+                api.request("POST", f"/snapshots/{sid}/fork", body)
+            assert (info.value.http_status, info.value.code) == (status, code), body
+        with pytest.raises(ApiError) as info:
+            api.fork("01" + "0" * 24)
+        assert (info.value.http_status, info.value.code) == (404, "snapshot_not_found")
+        assert {x["id"] for x in api.kernels()} == before
+
+        # the API: the caller's kernel id, the notebook, the port map
+        mine = str(uuid.uuid4())
+        r = api.fork(sid, kernel_id=mine, notebook_path="/tmp/fork-test (fork).ipynb")
+        assert r["kernel"]["id"] == mine and r["parent_snapshot_id"] == sid
+        assert r["parent_kernel_id"] == k["id"]
+        assert r["kernel"]["notebook_path"] == "/tmp/fork-test (fork).ipynb"
+        old = {str(k["connection"][p]) for p in PORT_KEYS}
+        assert old <= set(r["ports_moved"])
+        shown = api.kernel(mine)
+        assert (shown["parent_kernel_id"], shown["parent_snapshot_id"]) == (k["id"], sid)
+        assert api.kernel(k["id"])["parent_kernel_id"] is None
+        conn = api.request("GET", f"/kernels/{mine}/connection")["connection"]
+        assert {conn[p] for p in PORT_KEYS} == {r["ports_moved"][p] for p in old}
+        forks.append(connect(conn))
+        assert run_cell(forks[-1], "print(x)").strip() == "5"
+
+        # the CLI: the new kernel id first, one readable line on error
+        out = daemon.cli("fork", sid, "--no-reseed")
+        assert out.returncode == 0, out.stderr
+        new_id = out.stdout.split()[0]
+        assert f"forked from snapshot {sid}" in out.stdout
+        forks.append(connect(api.request("GET", f"/kernels/{new_id}/connection")["connection"]))
+        assert run_cell(forks[-1], "print(x)").strip() == "5"
+        bad = daemon.cli("fork", "01" + "0" * 24)
+        assert bad.returncode == 3 and bad.stderr.count("\n") == 1, bad.stderr
+        assert "Traceback" not in bad.stderr
+        run_cell(kc, "x += 1")
+        assert run_cell(kc, "print(x)").strip() == "6"
+    finally:
+        for c in [kc, *forks]:
+            c.stop_channels()
