@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from jupyter_client.kernelspec import KernelSpec
-from jusnap.errors import JusnapError
+from jusnap.client import ApiError
+from jusnap.errors import DaemonUnavailable, JusnapError
 from jusnap_jupyter import provisioner
 from jusnap_jupyter.fork import api_path, fork_name, parse_body, snapshot_words
 from jusnap_jupyter.handlers import Refused
@@ -181,7 +182,7 @@ class FakeSessions:
         raise RuntimeError("no kernel for you")
 
 
-def _failed_fork(monkeypatch: pytest.MonkeyPatch, daemon_refuses: bool) -> tuple[Any, list]:
+def _failed_fork(monkeypatch: pytest.MonkeyPatch, fork_fails: Exception | None) -> tuple[Any, list]:
     from jusnap_jupyter import fork
 
     calls: list[tuple[str, str]] = []
@@ -190,8 +191,10 @@ def _failed_fork(monkeypatch: pytest.MonkeyPatch, daemon_refuses: bool) -> tuple
         calls.append((method, path))
         if method == "GET":
             return {**snap("s"), "notebook_path": "/nb/a.ipynb", "kernel_id": "k0"}
-        if path.endswith("/fork") and daemon_refuses:
-            raise _Refused()
+        if path.endswith("/fork") and fork_fails is not None:
+            raise fork_fails
+        if method == "DELETE":
+            raise ApiError(404, {"error": "kernel_not_found", "message": "no such kernel"})
         return {"parent_snapshot_id": SID}
 
     monkeypatch.setattr(fork, "_call", call)
@@ -208,25 +211,29 @@ def _failed_fork(monkeypatch: pytest.MonkeyPatch, daemon_refuses: bool) -> tuple
     return e.value, calls
 
 
-class _Refused(JusnapError):
-    http_status = 422
-    code = "not_forkable"
-
-    def __init__(self) -> None:
-        super().__init__("not forkable")
+def _refused() -> ApiError:
+    return ApiError(422, {"error": "refused", "message": "not forkable now"})
 
 
 def test_a_daemon_refusal_removes_the_copy_and_passes_the_refusal_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    err, calls = _failed_fork(monkeypatch, daemon_refuses=True)
-    assert isinstance(err, _Refused)
+    err, calls = _failed_fork(monkeypatch, _refused())
+    assert isinstance(err, ApiError) and err.http_status == 422
     assert not any(m == "DELETE" for m, _ in calls), "no kernel was made"
+
+
+def test_a_lost_answer_removes_the_kernel_the_daemon_may_have_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    err, calls = _failed_fork(monkeypatch, DaemonUnavailable("lost the connection"))
+    assert isinstance(err, DaemonUnavailable)
+    assert calls[-1][0] == "DELETE" and calls[-1][1].startswith("/kernels/")
 
 
 def test_a_session_failure_removes_the_copy_and_the_forked_kernel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    err, calls = _failed_fork(monkeypatch, daemon_refuses=False)
+    err, calls = _failed_fork(monkeypatch, None)
     assert isinstance(err, Refused) and err.status == 500
     assert calls[-1][0] == "DELETE" and calls[-1][1].startswith("/kernels/")

@@ -29,6 +29,7 @@ from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.utils import ensure_async
+from jusnap.client import ApiError
 from jusnap.errors import JusnapError
 from jusnap.ids import SNAPSHOT_ID_RE
 from tornado import web
@@ -164,8 +165,9 @@ class ForkHandler(JusnapAPIHandler):
         copy = f"{directory}/{name}" if directory else name
         await ensure_async(cm.copy(path, copy))
         kernel_id = str(uuid.uuid4())
-        forked = False
+        asked = forked = False
         try:
+            asked = True
             answer = await _call(
                 "POST",
                 f"/snapshots/{sid}/fork",
@@ -181,7 +183,9 @@ class ForkHandler(JusnapAPIHandler):
                 kernel_id=kernel_id,
             )
         except BaseException as exc:
-            await self._undo(copy, kernel_id, forked)
+            # The daemon's own refusal made nothing; a lost answer may have made the kernel.
+            made = forked or (asked and not isinstance(exc, ApiError))
+            await self._undo(copy, kernel_id, made)
             if isinstance(exc, JusnapError | Refused | asyncio.CancelledError):
                 raise
             self.log.exception("jusnap: fork of snapshot %s into %s failed", sid, copy)
@@ -251,15 +255,21 @@ class ForkHandler(JusnapAPIHandler):
                 return str(name)
         raise Refused(500, "no_kernelspec", f"the {JUSNAP_KERNEL} kernelspec is not installed")
 
-    async def _undo(self, copy: str, kernel_id: str, forked: bool) -> None:
-        """Remove what a failed fork made: its kernel (Jupyter's, or the daemon's alone), its
-        copy of the notebook. Each step on its own: one failing does not keep the others."""
-        if forked:
+    async def _undo(self, copy: str, kernel_id: str, made: bool) -> None:
+        """Remove what a failed fork made: its kernel (Jupyter's, or the daemon's alone: the id
+        is this fork's own, so one the daemon never made is a plain 404), its copy of the
+        notebook. Each step on its own: one failing does not keep the others."""
+        if made:
             try:
                 if kernel_id in self.kernel_manager:
                     await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id, now=True))
                 else:
                     await _call("DELETE", f"/kernels/{kernel_id}", timeout=60)
+            except ApiError as exc:
+                if exc.http_status != 404:
+                    self.log.warning(
+                        "jusnap: the failed fork's kernel %s stays: %s", kernel_id, exc
+                    )
             except Exception as exc:
                 self.log.warning("jusnap: the failed fork's kernel %s stays: %s", kernel_id, exc)
         try:
