@@ -199,6 +199,17 @@ class GpuSettings:
 
 
 @dataclass
+class KernelsSettings:
+    # New: run each kernel as PID 1 of its own PID + mount namespace (a minimal mount tree:
+    # /, /dev and its own /proc; / nosuid; no_new_privs), so that a restore never needs the
+    # snapshot's PID to be free. "auto": when the daemon runs as root, and falls back to a
+    # plain launch (logged) for a kernel whose working directory, home, interpreter or the
+    # state directory lies on another mount than / (the namespace does not see it); "on":
+    # the same, but such a launch fails instead; "off": plain kernels (docs/security.md).
+    namespaces: str = "auto"
+
+
+@dataclass
 class JusnapSettings:
     # New: registry, snapshot store, kernels' private files and scratch space (root, 0711).
     state_dir: str = "/var/lib/jusnap"
@@ -211,6 +222,7 @@ class JusnapSettings:
     os: OsSettings = field(default_factory=OsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     gpu: GpuSettings = field(default_factory=GpuSettings)
+    kernels: KernelsSettings = field(default_factory=KernelsSettings)
 
 
 @dataclass
@@ -385,6 +397,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"jusnap.log_level: unknown level {j.log_level!r}")
     if j.criu.unprivileged not in ("auto", "true", "false"):
         raise ConfigError("jusnap.criu.unprivileged: expected auto, true or false")
+    if j.kernels.namespaces not in ("auto", "on", "off"):
+        raise ConfigError("jusnap.kernels.namespaces: expected auto, on or off")
     st = j.store
     if st.lazy_pages not in ("auto", "true", "false"):
         raise ConfigError("jusnap.store.lazy_pages: expected auto, true or false")

@@ -45,6 +45,30 @@ SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 # net_admin for TCP_REPAIR. A restore with --tcp-close does not, so it runs without it.
 DUMP_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap", "net_admin")
 RESTORE_CAPS = ("checkpoint_restore", "sys_ptrace", "setpcap")
+# A kernel in its own PID + mount namespace (kernels/namespace.py) dumps with DUMP_CAPS (its
+# minimal tree holds no tmpfs CRIU would have to enter), its /dev declared external: it is the
+# host's devtmpfs, which CRIU could not mount a second time. Restoring it clones a new PID and
+# mount namespace and builds the tree: CAP_SYS_ADMIN + CAP_SYS_CHROOT on top (measured:
+# "Can't fork for 1: Operation not permitted", "Can't restore mntns back"). What keeps these
+# from the kernel's user is in docs/security.md.
+NS_RESTORE_CAPS = (*RESTORE_CAPS, "sys_admin", "sys_chroot")
+NS_DUMP_ARGS = ("--external", "mnt[/dev]:dev")
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+# Run by root in a private mount namespace (``unshare --mount``) around a namespaced restore:
+# CRIU gets a /tmp of its own (it mkdtemp()s and bind-mounts /tmp/cr-tmpfs.XXXXXX there while
+# holding CAP_SYS_ADMIN: never in a /tmp the kernel's user can write), a NON-recursive bind of /
+# as --root (a recursive one would hand the restored kernel /sys, /dev/shm, ... and its next
+# snapshot would not restore), and its pid file there; once CRIU has exited, the restored
+# tree's outer PID is printed on stderr's last line. Fixed text: arguments arrive as "$@".
+_NS_RESTORE_SH = (
+    "mount -t tmpfs -o mode=1777,size=16m jusnap-criu /tmp && mkdir /tmp/root && "
+    "mount --bind / /tmp/root && mount --make-private /tmp/root || exit 125; "
+    '"$@"; rc=$?; if [ $rc -eq 0 ]; then printf "\\n%s%s\\n" "$PID_MARK" '
+    '"$(cat /tmp/restored.pid)" >&2; fi; exit $rc'
+)
+NS_ROOT = "/tmp/root"
+NS_PIDFILE = "/tmp/restored.pid"
+PID_MARK = "jusnap-restored-pid="
 
 # CRIU log lines that explain a failure better than the last "Error" line does.
 _HINTS: list[tuple[re.Pattern[str], str]] = [
@@ -126,6 +150,7 @@ class Criu:
         creds: Creds,
         action_script: str | None = None,
         env: dict[str, str] | None = None,
+        namespaced: bool = False,
     ) -> CriuResult:
         """Dump ``pid`` and its tree, leaving it running. Raises SnapshotFailed.
 
@@ -141,6 +166,8 @@ class Criu:
         ]  # fmt: skip
         if action_script:
             argv += ["--action-script", action_script]
+        if namespaced:
+            argv += NS_DUMP_ARGS
         t0 = time.monotonic()
         rc, err = self._run(argv, creds, DUMP_CAPS, self.dump_timeout, env=env)
         elapsed = time.monotonic() - t0
@@ -159,11 +186,16 @@ class Criu:
         creds: Creds,
         lazy: bool = False,
         inherit: Sequence[tuple[int, str]] = (),
+        namespaced: bool = False,
     ) -> CriuResult:
         """Restore detached. Raises RestoreFailed.
 
-        The restored tree keeps its dumped PIDs; CRIU's pid file is not read back, since the
-        kernel's user could have rewritten it (the engine checks the process itself).
+        A plain tree keeps its dumped PIDs, and CRIU's pid file in ``work_dir`` is not read
+        back, since the kernel's user could have rewritten it (the engine checks the process
+        itself). ``namespaced``: the images hold a kernel in its own PID + mount namespace
+        (checked to be the launcher's tree); it comes back as PID 1 of a new namespace with a
+        new outer PID, returned in ``CriuResult.pid`` (read from a pid file in CRIU's private
+        /tmp, which no process of the kernel's user can reach; the engine checks it too).
         ``lazy``: pages come from a ``lazy_pages`` server already started on ``images_dir``.
         ``inherit``: (descriptor, file name as CRIU records it) pairs: the restored process
         gets the daemon's descriptor instead of CRIU opening (and size-checking) that file.
@@ -178,14 +210,30 @@ class Criu:
         for fd, key in inherit:
             argv += ["--inherit-fd", f"fd[{fd}]:{key}"]
         fds = tuple(fd for fd, _ in inherit)
+        caps = RESTORE_CAPS
+        if namespaced:
+            argv += [f"--root={NS_ROOT}", "--external", "mnt[dev]:/dev", "--pidfile", NS_PIDFILE]
+            caps = NS_RESTORE_CAPS
         t0 = time.monotonic()
-        rc, err = self._run(argv, creds, RESTORE_CAPS, self.restore_timeout, pass_fds=fds)
+        if namespaced and os.geteuid() == 0:
+            inner = with_capabilities(argv, creds, caps) if creds.uid != 0 else argv
+            wrapped = [UNSHARE, "--mount", "--propagation", "private", "--", "sh", "-c",
+                       _NS_RESTORE_SH, "jusnap-restore", *inner]  # fmt: skip
+            rc, err = self.reaper.run(
+                wrapped, None, self.restore_timeout, pass_fds=fds, env=_ns_env()
+            )
+        else:
+            rc, err = self._run(argv, creds, caps, self.restore_timeout, pass_fds=fds)
         elapsed = time.monotonic() - t0
+        if rc == 125:
+            raise RestoreFailed("restore failed: cannot set up CRIU's private mount namespace")
         if rc != 0:
             if rc == -9:
                 raise RestoreFailed(f"criu restore timed out after {self.restore_timeout:.0f}s")
             why = explain(work_dir / RESTORE_LOG, _stderr_line(err) or f"criu restore exited {rc}")
             raise RestoreFailed(f"restore failed: {why}")
+        if namespaced:
+            return CriuResult(elapsed, _marked_pid(err))
         return CriuResult(elapsed)
 
     def lazy_capable(self, creds: Creds) -> bool:
@@ -252,6 +300,22 @@ def with_capabilities(argv: Sequence[str], creds: Creds, caps: Sequence[str]) ->
         SETPRIV, f"--reuid={creds.uid}", f"--regid={creds.gid}", *groups,
         f"--inh-caps={wanted}", f"--ambient-caps={wanted}", "--", *argv,
     ]  # fmt: skip
+
+
+def _ns_env() -> dict[str, str]:
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PID_MARK": PID_MARK}  # fmt: skip
+
+
+def _marked_pid(err: bytes) -> int | None:
+    """The restored tree's outer PID from the wrapper's last stderr line (printed by root
+    after CRIU exited; None when there is none)."""
+    lines = [ln.strip() for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+    if lines and lines[-1].startswith(PID_MARK):
+        value = lines[-1].removeprefix(PID_MARK)
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def _stderr_line(err: bytes) -> str:

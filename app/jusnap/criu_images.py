@@ -34,17 +34,20 @@ from .errors import ImageRefused
 IMG_COMMON_MAGIC = 0x54564319
 IMG_SERVICE_MAGIC = 0x55105940
 CORE_MAGIC = 0x55053847
+MNTS_MAGIC = 0x55563928
 FILES_MAGIC = 0x56303138
 STATS_MAGIC = 0x57093306
 
 # Image files a kernel's dump is made of (CRIU 4.x names, criu/image-desc.c). Anything else
-# (creds-*, netns-*, tunfile, cgroup, userns-*, mountpoints-*, iptables-*, ...) is refused.
+# (creds-*, netns-*, tunfile, cgroup, userns-*, pidns-*, tmpfs-dev-*, iptables-*, ...) is
+# refused. ``mountpoints-<n>.img`` (a kernel in its own mount namespace) only when it is the
+# launcher's tree, entry for entry (``check_mountpoints``), and only one of them.
 _ALLOWED = re.compile(
     r"(inventory|pstree|files|seccomp|filelocks|memfd|remap-fpath|tty-info|tty-data|"
     r"pipes-data|fifo-data|sk-queues|"
     r"(core|fdinfo|fs|ids|mm|pagemap|pagemap-shmem|pages|timens|rlimit|"
     r"itimers|posix-timers|signal-s|signal-p|sigacts)-\d+|"
-    r"(ghost-file|tcp-stream)-[0-9a-f]+)\.img\Z"
+    r"(ghost-file|tcp-stream)-[0-9a-f]+|mountpoints-\d+)\.img\Z"
     r"|stats-(dump|restore)\Z"
 )
 
@@ -63,6 +66,15 @@ _UID, _GID, _EUID, _EGID, _SUID, _SGID, _FSUID, _FSGID = range(1, 9)
 _CAP_INH, _CAP_PRM, _CAP_EFF, _CAP_BND, _SECBITS, _GROUPS = 9, 10, 11, 12, 13, 14
 _LSM_PROFILE, _LSM_SOCKCREATE, _APPARMOR_DATA, _NO_NEW_PRIVS, _CAP_AMB = 15, 16, 17, 18, 19
 _CORE_THREAD_CORE = 5
+# mnt_entry field numbers (images/mnt.proto).
+_MNT_FSTYPE, _MNT_ID, _MNT_ROOT_DEV, _MNT_PARENT, _MNT_FLAGS = 1, 2, 3, 4, 5
+_MNT_ROOT, _MNT_POINT, _MNT_SOURCE, _MNT_OPTIONS = 6, 7, 8, 9
+_MNT_SHARED, _MNT_MASTER, _MNT_SB_FLAGS, _MNT_EXT_KEY = 10, 11, 17, 18
+_MNT_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 17, 18}  # plugin, external, fsname, ...: no
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RELATIME = 0x2, 0x4, 0x8, 0x200000
+# CRIU's fstype numbers (images/mnt.proto): 0 = a file system CRIU does not know (the root,
+# bound from --root), 1 = proc, 3 = devtmpfs.
+FSTYPE_AUTO, FSTYPE_PROC, FSTYPE_DEVTMPFS = 0, 1, 3
 _THREAD_CORE_CREDS = 10
 _FILE_TYPE = 1
 
@@ -268,8 +280,10 @@ def check_creds(name: str, creds: Message, who: Identity) -> None:
             raise _refuse(name, "a security-module profile is set")
 
 
-def check_core(name: str, data: bytes, who: Identity) -> None:
-    """Every thread of a task has its own credentials, and they are the kernel's."""
+def check_core(name: str, data: bytes, who: Identity) -> bool:
+    """Every thread of a task has its own credentials, and they are the kernel's. Returns
+    whether every thread has no_new_privs set (required of a namespaced kernel)."""
+    nnp = True
     for entry in entries(data, CORE_MAGIC):
         core = Message.parse(entry)
         thread = core.message(_CORE_THREAD_CORE)
@@ -277,6 +291,8 @@ def check_core(name: str, data: bytes, who: Identity) -> None:
         if creds is None:
             raise _refuse(name, "no credentials (CRIU would keep its own capabilities)")
         check_creds(name, creds, who)
+        nnp = nnp and creds.scalar(_NO_NEW_PRIVS) == 1
+    return nnp
 
 
 def check_files(name: str, data: bytes) -> None:
@@ -285,6 +301,92 @@ def check_files(name: str, data: bytes) -> None:
         if kind not in FD_TYPES_ALLOWED:
             what = FD_TYPE_NAMES.get(kind or 0, f"type {kind}")
             raise _refuse(name, f"holds a {what} file, which Jusnap does not restore")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One mount of a kernel's tree as CRIU records it (the fields a restore acts on)."""
+
+    mountpoint: str
+    fstype: int
+    flags: int
+    source: str
+    root: str = "/"
+    ext_key: str | None = None
+    options: str | None = None  # None: not compared (a bind from the host: CRIU ignores it)
+
+
+def _ms_flags(statvfs_flags: int) -> int:
+    """The per-mount MS_ flags CRIU records for a mount with these statvfs flags."""
+    st_to_ms = {1: 0x1, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: 0x400, 2048: 0x800,
+                4096: MS_RELATIME}  # fmt: skip
+    return sum(ms for st, ms in st_to_ms.items() if statvfs_flags & st)
+
+
+def launcher_tree() -> tuple[MountEntry, ...]:
+    """The tree ``kernels/nsinit.py`` gives a namespaced kernel on this host: ``/`` (the
+    host's root file system, remounted nosuid), ``/dev`` (the host's devtmpfs, external key
+    ``dev``), and a ``/proc`` of the namespace (nosuid, nodev, noexec)."""
+    import os
+
+    with open("/proc/self/mountinfo") as fh:
+        source = next(
+            (ln.split(" - ", 1)[1].split()[1] for ln in fh if ln.split()[4] == "/" and " - " in ln),
+            "",
+        )
+    dev_flags = _ms_flags(os.statvfs("/dev").f_flag)
+    proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
+    return (
+        MountEntry("/", FSTYPE_AUTO, _ms_flags(os.statvfs("/").f_flag) | MS_NOSUID, source),
+        MountEntry("/dev", FSTYPE_DEVTMPFS, dev_flags, "devtmpfs", ext_key="dev"),
+        MountEntry("/proc", FSTYPE_PROC, proc_flags, "proc", options=""),
+    )
+
+
+def _string(msg: Message, num: int) -> str | None:
+    values = msg.raw(num)
+    return values[-1].decode(errors="replace") if values else None
+
+
+def check_mountpoints(name: str, data: bytes, tree: tuple[MountEntry, ...]) -> None:
+    """The dumped mount namespace must be exactly ``tree``, entry for entry.
+
+    A restore of a namespaced kernel runs CRIU with CAP_SYS_ADMIN, and CRIU builds the new
+    namespace from this image as it says: an edited one (written by the kernel's user while
+    the dump is in flight) could drop nosuid from ``/`` or mount a tmpfs over ``/etc``.
+    """
+    want = {e.mountpoint: e for e in tree}
+    seen: dict[str, tuple[int, int]] = {}  # mountpoint -> (mnt_id, parent_mnt_id)
+    for entry in entries(data, MNTS_MAGIC):
+        m = Message.parse(entry)
+        extra = set(m.fields) - _MNT_FIELDS
+        if extra:
+            raise _refuse(name, f"a mount carries fields {sorted(extra)} the launcher never sets")
+        point = _string(m, _MNT_POINT) or ""
+        e = want.get(point)
+        if e is None or point in seen:
+            raise _refuse(name, f"mount {point!r} is not in the launcher's tree {sorted(want)}")
+        got = MountEntry(
+            point, m.scalar(_MNT_FSTYPE) or 0, m.scalar(_MNT_FLAGS) or 0,
+            _string(m, _MNT_SOURCE) or "", _string(m, _MNT_ROOT) or "",
+            _string(m, _MNT_EXT_KEY), None if e.options is None else _string(m, _MNT_OPTIONS),
+        )  # fmt: skip
+        if got != e:
+            diff = [f"{f}={getattr(got, f)!r} (want {getattr(e, f)!r})"
+                    for f in ("fstype", "flags", "source", "root", "ext_key", "options")
+                    if getattr(got, f) != getattr(e, f)]  # fmt: skip
+            raise _refuse(name, f"mount {point} differs from the launcher's: {', '.join(diff)}")
+        for num, what in ((_MNT_SHARED, "shared"), (_MNT_MASTER, "slave"),
+                          (_MNT_SB_FLAGS, "superblock flags")):  # fmt: skip
+            if m.scalar(num):
+                raise _refuse(name, f"mount {point} has {what} set; the launcher's are private")
+        seen[point] = (m.scalar(_MNT_ID) or 0, m.scalar(_MNT_PARENT) or 0)
+    if set(seen) != set(want):
+        raise _refuse(name, f"mounts {sorted(set(want) - set(seen))} are missing")
+    root_id = seen["/"][0]
+    for point, (_mnt_id, parent) in seen.items():
+        if point != "/" and parent != root_id:
+            raise _refuse(name, f"mount {point} does not hang on /")
 
 
 def check_name(name: str) -> None:
@@ -299,9 +401,12 @@ class ImageCheck:
     data (``bytes`` is then None). Raises :class:`ImageRefused` at the first problem.
     """
 
-    def __init__(self, who: Identity) -> None:
+    def __init__(self, who: Identity, tree: tuple[MountEntry, ...] | None = None) -> None:
         self.who = who
+        self.tree = tree
         self.cores = 0
+        self.without_nnp: list[str] = []  # cores of a thread without no_new_privs
+        self.namespaced = False
         self.seen: set[str] = set()
 
     def feed(self, name: str, data: bytes | None) -> None:
@@ -311,8 +416,14 @@ class ImageCheck:
             if name.startswith("core-"):
                 if data is None:
                     raise _refuse(name, "unreadable")
-                check_core(name, data, self.who)
+                if not check_core(name, data, self.who):
+                    self.without_nnp.append(name)
                 self.cores += 1
+            elif name.startswith("mountpoints-"):
+                if data is None or self.namespaced:
+                    raise _refuse(name, "unreadable, or a second mount namespace")
+                check_mountpoints(name, data, self.tree or launcher_tree())
+                self.namespaced = True
             elif name == "files.img" and data is not None:
                 check_files(name, data)
         except Malformed as exc:
@@ -321,18 +432,28 @@ class ImageCheck:
     def done(self) -> None:
         if not self.cores or "pstree.img" not in self.seen:
             raise ImageRefused("snapshot image refused: it has no process in it")
+        if self.namespaced and self.without_nnp:
+            # / is nosuid in the kernel's namespace, and no_new_privs holds independently:
+            # even a swapped mount cannot turn a setuid program into root.
+            raise _refuse(self.without_nnp[0], "a thread of a namespaced kernel lacks no_new_privs")
 
 
-def check_images(files: Iterable[tuple[str, bytes | None]], who: Identity) -> None:
-    check = ImageCheck(who)
+def check_images(
+    files: Iterable[tuple[str, bytes | None]],
+    who: Identity,
+    tree: tuple[MountEntry, ...] | None = None,
+) -> bool:
+    """Check a whole dump; returns whether it is of a namespaced kernel."""
+    check = ImageCheck(who, tree)
     for name, data in files:
         check.feed(name, data)
     check.done()
+    return check.namespaced
 
 
 def needs_bytes(name: str) -> bool:
     """Whether :class:`ImageCheck` reads this file's contents."""
-    return name.startswith("core-") or name == "files.img"
+    return name.startswith(("core-", "mountpoints-")) or name == "files.img"
 
 
 def stats_field(data: bytes, *path: int) -> int | None:

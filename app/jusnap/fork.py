@@ -38,14 +38,21 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest, KernelExists, Refused, RestoreFailed
 from .ids import check_kernel_id, new_kernel_id
+from .kernels import namespace
 from .kernels.channels import handshake
 from .kernels.locks import USER_WAIT
 from .kernels.supervisor import new_connection
-from .proc import check_restored, kill_tree, start_time, ticks_now
+from .ports import rename_file
+from .proc import kill_tree, start_time, ticks_now
 from .registry import Kernel, Snapshot
 
 if TYPE_CHECKING:
     from .snapshots import Engine, _Staged
+
+_PID_IN_USE = (
+    "this snapshot is of a kernel launched without its own PID namespace, and its process id"
+    " {pid} is in use (its kernel still runs): it can be forked once that kernel is stopped"
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +76,6 @@ class ForkResult:
             "seconds": round(self.seconds, 4),
             "criu_seconds": round(self.criu_seconds, 4),
         }
-
-
-def namespaced(images: Path) -> bool:
-    """Whether a staged dump holds a kernel in its own PID + mount namespace (its mount tree
-    image is there, and was checked to be the launcher's by the image check)."""
-    return any(p.name.startswith("mountpoints-") for p in images.iterdir())
 
 
 def fork(
@@ -104,6 +105,8 @@ def fork(
             "this snapshot is older than Jusnap's record of connection keys and its kernel is"
             " gone: it cannot be forked"
         )
+    if not snap.namespaced and start_time(snap.pid) is not None:
+        raise Refused(_PID_IN_USE.format(pid=snap.pid))
     engine.hooks.preflight_restore(snap.hooks)
     k = _new_kernel(engine, snap, kernel_id or new_kernel_id(), notebook_path, key)
     try:
@@ -178,34 +181,31 @@ def _bring_up(
     engine: Engine, k: Kernel, snap: Snapshot, reseed: bool
 ) -> tuple[dict[int, int], float]:
     """Stage, check, move ports, restore, verify, fix up, handshake: the fork runs."""
-    from .snapshots import _Untouched
+    from .snapshots import _not_restored, _Untouched
 
     with engine._scratch() as scratch:
         try:
             staged = engine._stage(k, snap, scratch)  # checked; ports moved; checked again
         except _Untouched as exc:
             raise exc.error from None
-        ns = namespaced(staged.images)
+        ns = staged.namespaced  # from the images themselves (checked)
         if not ns and start_time(snap.pid) is not None:
-            raise Refused(
-                f"this snapshot is of a kernel launched without its own PID namespace, and its"
-                f" process id {snap.pid} is in use (its kernel still runs): it can be forked"
-                " once that kernel is stopped"
-            )
+            raise Refused(_PID_IN_USE.format(pid=snap.pid))
         pid: int | None = None
         try:
             not_before = ticks_now()
-            with _history_fd(engine, k, snap, staged) as extra:
+            with _history(engine, k, snap, staged) as extra:
                 result = engine._criu_restore(
-                    k, snap, staged.images, staged.work, staged.lazy, extra, namespaced=ns
+                    k, snap, staged.images, staged.work, staged.lazy, ns, extra
                 )
             pid = result.pid if ns else snap.pid
             if pid is None:
                 raise RestoreFailed("fork failed: CRIU did not say which process it restored")
-            why = check_restored(pid, k.run_uid, not_before)
+            why = _not_restored(pid, k.run_uid, not_before, ns)
             if why is not None:
                 log.critical("fork of %s as %s: %s; not adopting it", snap.id, k.id, why)
-                pid = None  # not ours to kill
+                if not (ns and namespace.is_namespace_init(pid)):
+                    pid = None  # not provably ours to kill
                 raise RestoreFailed(f"fork failed: {why}")
             engine.hooks.after_restore(pid, snap.hooks)
             k.pid, k.started, k.status = pid, start_time(pid), "running"
@@ -227,12 +227,14 @@ def _bring_up(
 
 
 @contextlib.contextmanager
-def _history_fd(
+def _history(
     engine: Engine, k: Kernel, snap: Snapshot, staged: _Staged
 ) -> Iterator[list[tuple[int, str]]]:
-    """The fork's own copy of the snapshot's history database, as an inherited descriptor
-    under the name the snapshot's images give the original's file: the copy never opens (nor
-    size-checks) the original's."""
+    """The fork's own copy of the snapshot's history database, so that the copy never opens
+    (nor size-checks) the original's. A namespaced kernel opens files by path inside its own
+    mount tree (a descriptor of the daemon's would break its next dump), so the staged
+    ``files.img`` names the copy instead; a plain one gets the copy as an inherited
+    descriptor under the original's name."""
     if staged.history is None or not k.history_file:
         yield []
         return
@@ -240,6 +242,14 @@ def _history_fd(
     origin = sup.kernel_dir(snap.kernel_id) / HISTORY_NAME
     dest = Path(k.history_file)
     sup.copy_as_user(sup.creds(k), staged.history, dest)  # as the kernel's user: its file
+    if staged.namespaced:
+        # (a hot entry's files.img is a link here: replaced by a new file, never edited)
+        renamed = rename_file(staged.images / "files.img", str(origin), str(dest))
+        engine._check_staged(k, staged.images)
+        if not renamed:
+            log.warning("fork %s: the snapshot has no open history file %s", k.id, origin)
+        yield []
+        return
     # In the kernel user's directory: no link followed, no FIFO waited on, only its own file.
     fd = os.open(dest, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:

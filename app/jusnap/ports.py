@@ -26,8 +26,9 @@ from pathlib import Path
 from .criu_images import FILES_MAGIC, Malformed, Message, entries, image
 from .errors import ImageRefused
 
-INETSK = 4  # file_entry.type (images/fdinfo.proto)
-_FE_TYPE, _FE_ISK = 1, 4  # file_entry.type, file_entry.isk
+REG, INETSK = 1, 4  # file_entry.type (images/fdinfo.proto)
+_FE_TYPE, _FE_REG, _FE_ISK = 1, 3, 4  # file_entry.type, .reg, .isk
+_REG_NAME = 6  # reg_file_entry.name (images/regfile.proto)
 # inet_sk_entry (images/sk-inet.proto)
 _ISK_ID, _ISK_TYPE, _ISK_STATE, _ISK_SRC, _ISK_DST = 1, 4, 6, 7, 8
 TCP_LISTEN = 10
@@ -132,16 +133,44 @@ def move_ports(files_img: Path, fixed: Mapping[int, int]) -> dict[int, int]:
     if not port_map:
         return {}
     new, _changed = rewrite(data, port_map)
-    st = files_img.stat()
-    tmp = files_img.with_name(f".{files_img.name}.ports")
+    _write_over(files_img, new)
+    return port_map
+
+
+def rename_file(files_img: Path, old: str, new: str) -> int:
+    """Point every regular-file entry of a staged ``files.img`` named ``old`` at ``new`` (a
+    fork's own copy of a file the daemon keeps per kernel: its history database); returns
+    how many entries changed."""
+    data = files_img.read_bytes()
+    changed, payloads = 0, []
+    try:
+        for entry in entries(data, FILES_MAGIC):
+            fe = Message.parse(entry)
+            reg = fe.message(_FE_REG) if fe.scalar(_FE_TYPE) == REG else None
+            if reg is not None and reg.raw(_REG_NAME) and reg.raw(_REG_NAME)[-1] == old.encode():
+                reg.fields[_REG_NAME] = [(2, new.encode())]
+                fe.set_message(_FE_REG, reg)
+                changed += 1
+            payloads.append(fe.encode())
+    except Malformed as exc:
+        raise ImageRefused(f"snapshot image refused: files.img: malformed ({exc})") from None
+    if changed:
+        _write_over(files_img, image(data[:8], payloads))
+    return changed
+
+
+def _write_over(path: Path, data: bytes) -> None:
+    """Replace ``path`` (a file, or a link to one) by a new file with ``data``, with the same
+    owner and mode as what it pointed to."""
+    st = path.stat()
+    tmp = path.with_name(f".{path.name}.new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, st.st_mode & 0o777)
     try:
         with os.fdopen(fd, "wb") as fh:
             if os.geteuid() == 0:
                 os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-            fh.write(new)
-        tmp.replace(files_img)
+            fh.write(data)
+        tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return port_map

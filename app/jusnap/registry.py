@@ -136,10 +136,13 @@ class Snapshot:
     # The kernel's message-signing key at the dump (None: a snapshot from before schema 3): a
     # copy restored under another connection is told its new key with the old one.
     connection_key: str | None = None
+    # Taken of a kernel in its own PID + mount namespace (comes back at a new PID; False for
+    # snapshots from before schema 3, which were all of plain kernels).
+    namespaced: bool = False
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
-        for hidden in ("ports", "pid", "connection_key"):
+        for hidden in ("ports", "pid", "connection_key", "namespaced"):
             d.pop(hidden)
         return d
 
@@ -176,6 +179,10 @@ class Registry:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(snapshots)")}
             if "connection_key" not in columns:
                 self._db.execute("ALTER TABLE snapshots ADD COLUMN connection_key TEXT")
+            if "namespaced" not in columns:
+                self._db.execute(
+                    "ALTER TABLE snapshots ADD COLUMN namespaced INTEGER NOT NULL DEFAULT 0"
+                )
             self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def schema_version(self) -> int:
@@ -251,6 +258,7 @@ class Registry:
         row = asdict(s)
         row["hooks"] = json.dumps(row["hooks"])
         row["has_history"] = int(row["has_history"])
+        row["namespaced"] = int(row["namespaced"])
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._tx() as db:
@@ -260,6 +268,7 @@ class Registry:
         d = dict(row)
         d["hooks"] = json.loads(d["hooks"])
         d["has_history"] = bool(d["has_history"])
+        d["namespaced"] = bool(d["namespaced"])
         return Snapshot(**d)
 
     # ---- restores in progress ---------------------------------------------------------------

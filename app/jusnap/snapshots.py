@@ -57,6 +57,7 @@ from .errors import (
 )
 from .hooks import HookSet
 from .ids import check_snapshot_id, new_snapshot_id
+from .kernels import namespace
 from .kernels.channels import (
     established_peers,
     execute_silently,
@@ -183,19 +184,21 @@ class Engine:
             target = self.registry.get_snapshot(j.snapshot_id)
             if k is None or target is None:
                 return
-            if self.supervisor.alive(k) and k.pid != target.pid:
+            restored = self._find_restored(k, target, j.started_ticks)
+            if restored is None and self.supervisor.alive(k):
                 note = "a restore was interrupted before it changed anything"
-            elif check_restored(target.pid, k.run_uid, j.started_ticks, any_parent=True) is None:
+            elif restored is not None:
                 # CRIU had brought the snapshot back: adopt it (its clients reconnect alone).
-                self.hooks.after_restore(target.pid, target.hooks)
-                k.pid, k.started, k.status = target.pid, start_time(target.pid), "running"
+                self.hooks.after_restore(restored, target.hooks)
+                k.pid, k.started, k.status = restored, start_time(restored), "running"
                 k.execution_count = target.execution_count
                 self.registry.put_kernel(k)
                 self.kernels.watch(k)
                 note = f"the daemon restarted during a restore; snapshot {target.id} was restored"
             elif pre := self.registry.get_snapshot(j.pre_restore_id or ""):
                 self.registry.end_restore(k.id)
-                # The stopped kernel's zombie went to PID 1, which may reap it slowly.
+                # The stopped kernel's zombie went to PID 1, which may reap it slowly (a
+                # namespaced one comes back at a new PID: nothing to wait for).
                 self.reaper.wait_gone(pre.pid, None, 10)
                 try:
                     self.restore(j.pre_restore_id, into=k.id)
@@ -218,6 +221,38 @@ class Engine:
             log.exception("finishing the interrupted restore of kernel %s failed", j.kernel_id)
         finally:
             self.registry.end_restore(j.kernel_id)
+
+    def _find_restored(self, k: Kernel, target: Snapshot, not_before: int) -> int | None:
+        """The process an interrupted restore of ``target`` into ``k`` left running, if any.
+
+        A plain snapshot comes back at its dumped PID. A namespaced one comes back as PID 1 of
+        a new PID namespace, at a PID nobody wrote down before the daemon died: the one
+        process of the kernel's uid, in our user namespace, PID 1 one level down, started
+        after the restore began, that is no other kernel's (the kernel's user cannot make
+        such a process: a PID namespace owned by our user namespace needs CAP_SYS_ADMIN).
+        Its parent is whoever adopted it when the daemon died.
+        """
+        if check_restored(target.pid, k.run_uid, not_before, any_parent=True) is None:
+            return target.pid
+        others = {o.pid for o in self.registry.kernels() if o.id != k.id and o.pid}
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in others:
+                continue
+            pid = int(entry.name)
+            if (
+                namespace.is_namespace_init(pid)
+                and namespace.same_user_ns(pid)
+                and check_restored(pid, k.run_uid, not_before, any_parent=True) is None
+            ):
+                found.append(pid)
+        if k.pid in found:
+            return k.pid  # recorded before the daemon died
+        if len(found) > 1:
+            log.error("kernel %s: %d candidate restored processes %s; adopting none",
+                      k.id, len(found), found)  # fmt: skip
+            return None
+        return found[0] if found else None
 
     @property
     def supervisor(self) -> Supervisor:
@@ -555,10 +590,12 @@ class Engine:
             self._prepare(k, active)
             try:
                 t_hooks, t_request = time.monotonic(), time.time()
+                namespaced = namespace.is_namespace_init(k.pid)
                 with self.hooks.around_dump(k.pid, active) as hook_meta:
                     result = self.criu.dump(
-                        k.pid, images, work, creds, str(self.action_script), env
-                    )
+                        k.pid, images, work, creds, str(self.action_script), env,
+                        namespaced=namespaced,
+                    )  # fmt: skip
                 hooked_seconds = time.monotonic() - t_hooks
             except JusnapError:
                 raise
@@ -601,6 +638,7 @@ class Engine:
             has_history=entry.history is not None,
             hooks=hook_meta,
             connection_key=str(k.connection["key"]),
+            namespaced=namespaced,
         )
         return snap, entry
 
@@ -835,9 +873,9 @@ class Engine:
 
     def restorable(self, snap: Snapshot, k: Kernel) -> bool:
         """Whether ``snap`` can be restored into ``k`` now: its ports are moved if they differ
-        (``ports.py``), but its process comes back with the PID it had, which must be free
-        once ``k`` is stopped."""
-        return snap.pid == k.pid or start_time(snap.pid) is None
+        (``ports.py``); a namespaced kernel comes back as PID 1 of a new namespace, a plain
+        one with the PID it had, which must be free once ``k`` is stopped."""
+        return snap.namespaced or snap.pid == k.pid or start_time(snap.pid) is None
 
     def _pre_restore(self, k: Kernel) -> Snapshot:
         """Save the running kernel's state before a restore stops it: dumped, taken into a
@@ -957,9 +995,11 @@ class Engine:
             if snap.ports != k.ports():
                 images, moved = self._move_ports(k, images, scratch, port_map(snap.ports, k))
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
+            # Checked above to be exactly the launcher's tree, with no_new_privs throughout.
+            namespaced = any(images.glob("mountpoints-*.img"))
         except JusnapError as exc:
             raise _Untouched(exc) from None
-        return _Staged(images, history, work, hot=entry is not None, lazy=lazy, ports_moved=moved)
+        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved)
 
     def _move_ports(
         self, k: Kernel, images: Path, scratch: Path, fixed: dict[int, int]
@@ -989,11 +1029,13 @@ class Engine:
         path.chmod(0o750)
         return path
 
-    def _check_staged(self, k: Kernel, images: Path) -> None:
+    def _check_staged(self, k: Kernel, images: Path) -> bool:
+        """Check a dump's images; returns whether they hold a namespaced kernel."""
         check = ImageCheck(self._identity(k))
         for path in sorted(images.iterdir()):
             check.feed(path.name, path.read_bytes() if needs_bytes(path.name) else None)
         check.done()
+        return check.namespaced
 
     def _replace(
         self, k: Kernel, snap: Snapshot, staged: _Staged, peers: int
@@ -1014,7 +1056,7 @@ class Engine:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
                 # "moved" and turns the restored kernel's history read-only.
                 self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
-            if start_time(snap.pid) is not None:
+            if not staged.namespaced and start_time(snap.pid) is not None:
                 raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
             images, lazy = staged.images, False
             if staged.lazy:
@@ -1025,12 +1067,20 @@ class Engine:
             # restore must look there: only privileged CRIU restores lazily (root's files).
             work = images if lazy else staged.work
             failpoints.reached_soon("restore:criu-running", 0.1)
-            result = self._criu_restore(k, snap, images, work, lazy)
-            why = check_restored(snap.pid, k.run_uid, not_before)
+            result = self._criu_restore(k, snap, images, work, lazy, staged.namespaced)
+            pid = result.pid if staged.namespaced else snap.pid
+            why = (
+                "CRIU named no restored process"
+                if pid is None
+                else _not_restored(pid, k.run_uid, not_before, staged.namespaced)
+            )
             if why is not None:
+                if pid is not None and staged.namespaced and namespace.is_namespace_init(pid):
+                    kill_tree(pid, start_time(pid))  # its own namespace: nobody else's
                 log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
                 raise RestoreFailed(f"restore failed: {why}")
-            restored_pid = snap.pid
+            assert pid is not None
+            restored_pid = pid
             failpoints.reached("restore:criu-restored")
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
@@ -1097,30 +1147,52 @@ class Engine:
         images: Path,
         work: Path,
         lazy: bool,
-        extra: Sequence[tuple[int, str]] = (),
         namespaced: bool = False,
+        extra: Sequence[tuple[int, str]] = (),
     ) -> CriuResult:
         """Run CRIU's restore with the kernel's log handed over as an inherited descriptor.
 
         The log grew since the dump; opened by CRIU itself it would fail the restore ("has bad
         size"). The snapshot names the log of the kernel it was taken from, which is this one's
         unless the snapshot is restored into another kernel: either name gets this kernel's log.
-        ``extra``: more (descriptor, name) pairs to inherit (a fork's history copy).
+        ``extra``: more (descriptor, name) pairs to inherit (plain kernels only).
+
+        A namespaced kernel's log is not handed over: a descriptor the daemon opened lives in
+        the host's mount namespace, and the restored kernel's next dump would fail on it
+        ("Can't lookup mount"). CRIU opens it by path inside the restored namespace instead;
+        it is append-only and write-only, which CRIU does not size-check (files-reg.c,
+        ``should_check_size``).
         """
         logs = self.supervisor.logs
+        if namespaced:
+            result = self.criu.restore(
+                images, work, self.supervisor.creds(k), lazy, (), namespaced=True
+            )
+            logs.note(k.id, f"restored snapshot {snap.id} (new namespace, pid {result.pid})")
+            return result
         keys = list(dict.fromkeys((logs.criu_key(snap.kernel_id), logs.criu_key(k.id))))
         fd = logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
         # One descriptor per name: CRIU closes each after taking it into its fd store.
         fds = [fd] + [os.dup(fd) for _ in keys[1:]]
         try:
             inherit = [*zip(fds, keys, strict=True), *extra]
-            ns = {"namespaced": True} if namespaced else {}
-            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit, **ns)
+            result = self.criu.restore(images, work, self.supervisor.creds(k), lazy, inherit)
         finally:
             for f in fds:
                 os.close(f)
         logs.note(k.id, f"restored snapshot {snap.id}")
         return result
+
+
+def _not_restored(pid: int, uid: int, not_before: int, namespaced: bool) -> str | None:
+    """Why ``pid`` is not the tree a restore just brought back (None: it is)."""
+    why = check_restored(pid, uid, not_before)
+    if why is None and namespaced:
+        if not namespace.is_namespace_init(pid):
+            why = f"process {pid} is not PID 1 of a new namespace"
+        elif not namespace.same_user_ns(pid):
+            why = f"process {pid} is in another user namespace"
+    return why
 
 
 @dataclass(frozen=True)
@@ -1132,6 +1204,7 @@ class _Staged:
     work: Path  # the kernel user's: CRIU's logs
     hot: bool
     lazy: bool
+    namespaced: bool = False  # a kernel in its own PID + mount namespace: a new PID back
     ports_moved: dict[int, int] = field(default_factory=dict)  # old -> new (ports.py)
 
 

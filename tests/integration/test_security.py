@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from jusnap.criu import explain, frozen_seconds
 from jusnap.errors import ImageRefused, RestoreFailed
+from jusnap.kernels import namespace
 from jusnap.proc import check_restored, ticks_now
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
@@ -249,7 +250,7 @@ def test_staged_images_are_out_of_the_kernel_users_reach(
     untouched: list[bool] = []
     real_check = engine._check_staged
 
-    def attack_then_check(k, images: Path) -> None:
+    def attack_then_check(k, images: Path) -> bool:
         core = next(images.glob("core-*.img"))
         before = (core.read_bytes(), core.stat().st_mode, core.stat().st_uid)
         attempts.append(as_user(kernel_user, "tee", "-a", str(core), input="x"))
@@ -267,7 +268,7 @@ def test_staged_images_are_out_of_the_kernel_users_reach(
             and not Path(f"{images}.moved").exists()
             and not (images.parent / "img2").exists()
         )
-        real_check(k, images)
+        return real_check(k, images)
 
     engine._check_staged = attack_then_check  # type: ignore[method-assign]
     engine.restore(snap.id)
@@ -376,7 +377,10 @@ def test_restored_pid_is_checked_not_read(
         attacker.kill()
         attacker.wait()
     k = engine.kernels.get(kernel.id)
-    assert k.pid == snap.pid and k.pid != 1
+    # A namespaced kernel comes back as PID 1 of a new namespace, at a new outer PID that
+    # the daemon read from CRIU's private pid file (not one of these) and checked.
+    assert k.pid is not None and k.pid not in (1, snap.pid), (k.pid, snap.pid)
+    assert namespace.nspid(k.pid) == [k.pid, 1]
     assert check_restored(1, kernel_user.pw_uid, 0) is not None
     assert check_restored(os.getpid(), kernel_user.pw_uid, ticks_now()) is not None
     assert kernel.value("1 + 1") == "2"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 from jusnap.criu_images import (
     CORE_MAGIC,
+    MNTS_MAGIC,
     Identity,
     Message,
+    MountEntry,
     check_images,
     stats_field,
 )
@@ -110,7 +112,9 @@ def test_a_thread_without_creds_is_refused() -> None:
         "netns-1.img",
         "cgroup.img",
         "userns-1.img",
-        "mountpoints-1.img",
+        "pidns-1.img",
+        "tmpfs-dev-23.tar.gz.img",
+        "mntns-1.img",
         "../core-1.img",
         "core-1.img\n",
     ],
@@ -160,3 +164,120 @@ def test_protobuf_reader_rules() -> None:
     assert m.scalar(1) == 7  # last wins
     assert m.repeated(2) == [1, 2, 3]  # packed and unpacked together
     assert stats_field(b"garbage", 1, 2) is None
+
+
+# ---- a kernel in its own mount namespace: mountpoints-<n>.img pinned to the launcher's tree
+
+# A real dump's mountpoints-10.img (a namespaced kernel on the dev machine, CRIU 4.2.1): /proc
+# of the namespace, /dev external as "dev", / from /dev/vda remounted nosuid.
+REAL_MOUNTPOINTS = bytes.fromhex(
+    "1943565428395655260000000801102c1827202b288e80800132012f3a052f70726f63420470726f634a00"
+    "50005800880100580000000803103a1806202b288080800132012f3a042f6465764208646576746d706673"
+    "4a2973697a653d31323333343433326b2c6e725f696e6f6465733d333038333630382c6d6f64653d373535"
+    "50005800880100920103646576560000000800102b188080807f202a288280800132012f3a012f42082f64"
+    "65762f7664614a2d646973636172642c726573765f7374726963742c7265737569643d36353533342c7265"
+    "736769643d363535333450005800880100"
+)
+TREE = (
+    MountEntry("/", 0, 0x200002, "/dev/vda"),
+    MountEntry("/dev", 3, 0x200000, "devtmpfs", ext_key="dev"),
+    MountEntry("/proc", 1, 0x20000E, "proc", options=""),
+)
+NNP = 18  # creds_entry.no_new_privs
+
+
+def mounts(*entries: list[tuple[int, int, int | bytes]]) -> bytes:
+    return image(MNTS_MAGIC, [encode(e) for e in entries])
+
+
+def mnt(point: str, fstype: int, flags: int, source: str, mnt_id: int, parent: int,
+        ext_key: str | None = None, options: str = "") -> list[tuple[int, int, int | bytes]]:  # fmt: skip
+    fields: list[tuple[int, int, int | bytes]] = [
+        (1, 0, fstype), (2, 0, mnt_id), (3, 0, 7), (4, 0, parent), (5, 0, flags),
+        (6, 2, b"/"), (7, 2, point.encode()), (8, 2, source.encode()), (9, 2, options.encode()),
+        (10, 0, 0), (11, 0, 0), (17, 0, 0),
+    ]  # fmt: skip
+    if ext_key is not None:
+        fields.append((18, 2, ext_key.encode()))
+    return fields
+
+
+GOOD = [
+    mnt("/proc", 1, 0x20000E, "proc", 44, 43),
+    mnt("/dev", 3, 0x200000, "devtmpfs", 58, 43, ext_key="dev", options="size=1k"),
+    mnt("/", 0, 0x200002, "/dev/vda", 43, 42, options="discard"),
+]
+
+
+def ns_dump(mountpoints: bytes, nnp: int | None = 1) -> list[tuple[str, bytes | None]]:
+    c = creds() + (encode([(NNP, 0, nnp)]) if nnp is not None else b"")
+    return dump(core(c), **{"mountpoints-10.img": mountpoints})
+
+
+def test_the_real_launcher_tree_is_accepted() -> None:
+    assert check_images(ns_dump(REAL_MOUNTPOINTS), WHO, TREE) is True
+    assert check_images(ns_dump(mounts(*GOOD)), WHO, TREE) is True
+    assert check_images(dump(core(creds())), WHO, TREE) is False  # a plain kernel's dump
+
+
+def _changed(index: int, field: int, value: int | bytes) -> list:
+    out = [list(e) for e in GOOD]
+    out[index] = [(n, w, value if n == field else v) for n, w, v in out[index]]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        (_changed(2, 5, 0x200000), "flags"),  # nosuid cleared on /
+        (_changed(0, 5, 0x200000), "flags"),  # /proc without nosuid,nodev,noexec
+        (_changed(1, 5, 0x200001), "flags"),  # /dev read-only
+        (_changed(2, 1, 2), "fstype"),  # / as a tmpfs-like known file system
+        (_changed(0, 1, 0), "fstype"),
+        (_changed(2, 8, b"/dev/vdb"), "source"),  # another device as /
+        (_changed(2, 6, b"/etc"), "root"),  # a subtree bound as /
+        (_changed(1, 18, b"other"), "ext_key"),  # /dev bound from elsewhere
+        (_changed(0, 9, b"hidepid=0,gid=0"), "options"),
+        (_changed(0, 7, b"/etc"), "not in the launcher's tree"),  # a mount over /etc
+        (_changed(1, 10, 5), "shared"),
+        (_changed(1, 11, 5), "slave"),
+        (_changed(0, 17, 1), "superblock"),
+        (_changed(0, 4, 99), "does not hang on /"),
+        (GOOD[:2], "missing"),
+        ([*GOOD, GOOD[0]], "not in the launcher's tree"),  # a second /proc stacked
+        ([*GOOD, mnt("/tmp", 2, 0x200002, "tmpfs", 60, 43)], "not in the launcher's tree"),
+        ([*GOOD[:2], [*GOOD[2], (12, 0, 1)]], "fields"),  # with_plugin
+        ([GOOD[0], [f for f in GOOD[1] if f[0] != 18], GOOD[2]], "ext_key"),  # /dev not external
+    ],
+)
+def test_each_change_to_the_launcher_tree_is_refused(entries: list, why: str) -> None:
+    with pytest.raises(ImageRefused, match=why):
+        check_images(ns_dump(mounts(*entries)), WHO, TREE)
+
+
+def test_real_tree_with_nosuid_cleared_is_refused() -> None:
+    """The tamper a kernel user could do while its dump is written (docs/fork-design.md)."""
+    data = bytearray(REAL_MOUNTPOINTS)
+    at = data.index(bytes.fromhex("288280800132012f3a012f"))  # / : flags 0x200002
+    data[at + 1] = 0x80  # 0x200000: nosuid gone
+    with pytest.raises(ImageRefused, match=r"mount / differs.*flags"):
+        check_images(ns_dump(bytes(data)), WHO, TREE)
+
+
+@pytest.mark.parametrize("nnp", [None, 0])
+def test_a_namespaced_core_without_no_new_privs_is_refused(nnp: int | None) -> None:
+    with pytest.raises(ImageRefused, match="no_new_privs"):
+        check_images(ns_dump(REAL_MOUNTPOINTS, nnp=nnp), WHO, TREE)
+    # the same core in a plain kernel's dump is fine (plain kernels never had it)
+    assert check_images(dump(core(creds())), WHO, TREE) is False
+
+
+def test_a_second_mount_namespace_is_refused() -> None:
+    files = [*ns_dump(REAL_MOUNTPOINTS), ("mountpoints-11.img", REAL_MOUNTPOINTS)]
+    with pytest.raises(ImageRefused, match="second mount namespace"):
+        check_images(files, WHO, TREE)
+
+
+def test_a_malformed_mountpoints_image_is_refused() -> None:
+    with pytest.raises(ImageRefused, match="malformed"):
+        check_images(ns_dump(REAL_MOUNTPOINTS[:-3]), WHO, TREE)

@@ -316,6 +316,21 @@ def ping_control(conn: dict[str, Any], timeout: float = 1.0) -> bool:
         sock.close(0)
 
 
+def request_shutdown(conn: dict[str, Any], timeout: float = 1.0) -> bool:
+    """Ask the kernel to exit (``shutdown_request`` on control, as Jupyter does); True when
+    it acknowledged. The polite stop of a kernel that is its PID namespace's init: such a
+    process never gets a signal it has no handler for (SIGTERM included) from outside."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(_url(conn, "control_port"))
+    try:
+        _session(conn).send(sock, "shutdown_request", {"restart": False})
+        return bool(sock.poll(int(timeout * 1000)))
+    finally:
+        sock.close(0)
+
+
 def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:
     """Run ``code`` in the kernel without history or output; False if it did not finish."""
     kc = BlockingKernelClient()

@@ -36,6 +36,8 @@ from ..ids import new_kernel_id
 from ..proc import Creds, Reaper, is_alive, kill_tree, start_time
 from ..registry import Kernel, Registry
 from ..signames import SIGNALS
+from . import namespace
+from .channels import request_shutdown
 from .logs import KernelLogs
 
 log = logging.getLogger(__name__)
@@ -317,30 +319,59 @@ class Supervisor:
         if shutil.which(argv[0], path=env["PATH"]) is None:
             raise InvalidRequest(f"cannot start kernel {argv[0]!r}: no such program")
         out = self.logs.open_for_kernel(k.id, k.run_uid, k.run_gid)
-        try:
-            self.logs.note(k.id, f"kernel {k.id} starting")
-            p = self.reaper.spawn(
-                ["env", f"--chdir={cwd}", "--", *argv],
-                creds,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                close_fds=True,
-                cwd="/",
-                env=env,
-            )
-        except OSError as exc:
-            raise InvalidRequest(f"cannot start kernel {argv[0]!r}: {exc.strerror}") from None
-        finally:
-            os.close(out)
-        self.reaper.release(p)  # the reaper owns it from now on
-        k.pid = p.pid
-        k.started = start_time(p.pid)
+        why_plain = self._why_plain(k, argv, env, [cwd, home])
+        if why_plain is None:
+            os.close(out)  # the launcher opens it again inside the kernel's mount namespace
+            self.logs.note(k.id, f"kernel {k.id} starting (own PID and mount namespace)")
+            pid = namespace.launch(self.reaper, argv, creds, self.logs.path(k.id), [cwd, "/"], env)
+        else:
+            if why_plain:
+                log.warning("kernel %s: plain launch, no namespace: %s", k.id, why_plain)
+            try:
+                self.logs.note(k.id, f"kernel {k.id} starting")
+                p = self.reaper.spawn(
+                    ["env", f"--chdir={cwd}", "--", *argv],
+                    creds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd="/",
+                    env=env,
+                )
+            except OSError as exc:
+                raise InvalidRequest(f"cannot start kernel {argv[0]!r}: {exc.strerror}") from None
+            finally:
+                os.close(out)
+            self.reaper.release(p)  # the reaper owns it from now on
+            pid = p.pid
+        k.pid = pid
+        k.started = start_time(pid)
         k.status = "running"
         k.execution_count = 0
         self.registry.put_kernel(k)
         log.info("kernel %s started as pid %s (uid %s)", k.id, k.pid, k.run_uid)
+
+    def _why_plain(
+        self, k: Kernel, argv: list[str], env: dict[str, str], dirs: list[str]
+    ) -> str | None:
+        """None when ``k`` starts in its own namespaces; else why not ("" when namespaces are
+        off or the daemon is no root: nothing worth a warning)."""
+        setting = self.settings.jusnap.kernels.namespaces
+        if not namespace.wanted(setting) or k.run_uid == 0:
+            return ""
+        program = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        why = namespace.unreachable(
+            [program, *dirs, str(self.settings.state_dir), str(self.logs.path(k.id))]
+        )
+        state = os.path.realpath(self.settings.state_dir)
+        if not why and (state == "/tmp" or state.startswith("/tmp/")):
+            # A namespaced restore gives CRIU a private /tmp, which would hide the images.
+            why = f"the state directory {state} is under /tmp"
+        if why and setting == "on":
+            raise JusnapError(f"cannot start kernel in its own namespace: {why}")
+        return why
 
     # ---- state ---------------------------------------------------------------------------
     def alive(self, k: Kernel) -> bool:
@@ -383,9 +414,16 @@ class Supervisor:
         self.registry.put_kernel(k)
 
     def terminate(self, k: Kernel, grace: float) -> None:
-        """Polite shutdown: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """Polite shutdown, then SIGKILL after ``grace`` seconds: SIGTERM for a plain kernel;
+        a namespaced one (PID 1 of its namespace ignores SIGTERM, which it has no handler
+        for) gets ipykernel's ``shutdown_request``. SIGKILL of a namespace's init ends every
+        process in it."""
         if k.pid is not None and self.alive(k):
-            kill_tree(k.pid, k.started, signal.SIGTERM)
+            if namespace.is_namespace_init(k.pid):
+                with contextlib.suppress(Exception):  # a kernel that does not answer: killed
+                    request_shutdown(k.connection, timeout=min(grace, 1.0))
+            else:
+                kill_tree(k.pid, k.started, signal.SIGTERM)
             self.reaper.wait_gone(k.pid, k.started, grace)
         self.stop(k)
 
