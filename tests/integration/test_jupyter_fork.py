@@ -90,7 +90,7 @@ def test_open_as_new_notebook_runs_beside_the_original(stack: JusnapStack) -> No
     assert fork_kid != kid and answer["parent_snapshot_id"] == sid
     assert answer["session"]["path"] == copy and answer["session"]["kernel"]["id"] == fork_kid
     # The copy is the notebook, beside it; its Jupyter session is on the fork's kernel.
-    assert json.loads((j.root / copy).read_text())["cells"][0]["source"] == "x = 1"
+    assert nbformat.read(j.root / copy, as_version=4).cells[0].source == "x = 1"
     sessions = {s["path"]: s["kernel"]["id"] for s in j.api("GET", "api/sessions", expect=200)}
     assert sessions == {"fork-me.ipynb": kid, copy: fork_kid}
     forked = j.jusnap("GET", f"kernels/{fork_kid}", expect=200)
