@@ -124,6 +124,22 @@ def test_notebook7_open_as_new_notebook(stack: Stack, page: Page, shot: Shot) ->
     expect(ui.items).to_have_count(1)
     expect(ui.panel.locator(".jp-JusnapPanel-lineage")).to_have_count(0)
 
+    # A fork of the fork: a third tab, from the fork's own snapshot.
+    snapshot_point(fork, "fork-point")
+    with fork_page.context.expect_page(timeout=30_000) as opened_again:
+        fork.item("fork-point").locator(".jp-JusnapPanel-fork").click()
+    third_page = opened_again.value
+    third_page.wait_for_url(re.compile(r"fork%20of%20fork-point"), timeout=60_000)
+    third = NotebookUI(third_page, "notebook")
+    third.wait_loaded()
+    third.run_cell(1, "x 44 next 4")  # from the fork's state (x 43, next 3)
+
+    # The original's kernel goes away: the forks keep working.
+    original_session = next(s for s in stack.jupyter.api("GET", "api/sessions") if s["path"] == nb)
+    stack.jupyter.api("DELETE", f"api/sessions/{original_session['id']}", expect=204)
+    fork.run_cell(1, "x 44 next 4")
+    third.run_cell(1, "x 45 next 5")
+
 
 def test_lab_open_as_new_notebook_from_the_menu(
     make_stack: Callable[..., Stack], page: Page, shot: Shot
