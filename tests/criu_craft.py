@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
-from jusnap.criu_images import CORE_MAGIC, FILES_MAGIC, IMG_COMMON_MAGIC, entries
+from jusnap.criu_images import CORE_MAGIC, FILES_MAGIC, IMG_COMMON_MAGIC, MNTS_MAGIC, entries
 
 Field = tuple[int, int, Any]  # (number, wire type, value)
 
@@ -159,3 +159,20 @@ def rewrite_hot(entry_dir: Path, name: str, edit: Callable[[bytes], bytes]) -> N
     meta = json.loads((entry_dir / "meta.json").read_text())
     meta["xxh3"][name] = xxhash.xxh3_128(data).hexdigest()
     (entry_dir / "meta.json").write_text(json.dumps(meta))
+
+
+def clear_root_nosuid(mountpoints: bytes) -> bytes:
+    """A mountpoints-<n>.img with MS_NOSUID cleared on ``/``: what a kernel user could write
+    into its namespaced kernel's dump while it is in flight (docs/fork-design.md, section 5)."""
+    out = []
+    for entry in entries(mountpoints, MNTS_MAGIC):
+        fields = decode(entry)
+        if (7, 2, b"/") in fields:
+            fields = [(n, w, v & ~0x2 if n == 5 else v) for n, w, v in fields]
+        out.append(encode(fields))
+    return image(MNTS_MAGIC, out)
+
+
+def clear_no_new_privs(core: bytes) -> bytes:
+    """A core image whose threads lost no_new_privs (creds field 18)."""
+    return edit_creds(core, lambda creds: [f for f in creds if f[0] != 18] + [(18, 0, 0)])

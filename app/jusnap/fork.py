@@ -42,7 +42,6 @@ from .kernels import namespace
 from .kernels.channels import handshake
 from .kernels.locks import USER_WAIT
 from .kernels.supervisor import new_connection
-from .ports import rename_file
 from .proc import kill_tree, start_time, ticks_now
 from .registry import Kernel, Snapshot
 
@@ -170,6 +169,8 @@ def _new_kernel(
         if snap.has_history and engine.settings.jusnap.ipython.history_enabled:
             k.history_file = str(kdir / HISTORY_NAME)
         sup._write_private(sup.connection_file(k), json.dumps(k.connection), uid, gid)
+        os.close(sup.logs.open_for_kernel(k.id, uid, gid))  # its own log, opened by CRIU
+        sup.logs.note(k.id, f"kernel {k.id} forked from snapshot {snap.id} of {snap.kernel_id}")
         engine.registry.put_kernel(k)
     except BaseException:
         shutil.rmtree(kdir, ignore_errors=True)
@@ -232,9 +233,9 @@ def _history(
 ) -> Iterator[list[tuple[int, str]]]:
     """The fork's own copy of the snapshot's history database, so that the copy never opens
     (nor size-checks) the original's. A namespaced kernel opens files by path inside its own
-    mount tree (a descriptor of the daemon's would break its next dump), so the staged
-    ``files.img`` names the copy instead; a plain one gets the copy as an inherited
-    descriptor under the original's name."""
+    mount tree (a descriptor of the daemon's would break its next dump): the staged
+    ``files.img`` names the copy (``Engine._retarget``); a plain one gets the copy as an
+    inherited descriptor under the original's name."""
     if staged.history is None or not k.history_file:
         yield []
         return
@@ -243,12 +244,7 @@ def _history(
     dest = Path(k.history_file)
     sup.copy_as_user(sup.creds(k), staged.history, dest)  # as the kernel's user: its file
     if staged.namespaced:
-        # (a hot entry's files.img is a link here: replaced by a new file, never edited)
-        renamed = rename_file(staged.images / "files.img", str(origin), str(dest))
-        engine._check_staged(k, staged.images)
-        if not renamed:
-            log.warning("fork %s: the snapshot has no open history file %s", k.id, origin)
-        yield []
+        yield []  # the staged files.img names the copy (Engine._retarget)
         return
     # In the kernel user's directory: no link followed, no FIFO waited on, only its own file.
     fd = os.open(dest, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -142,13 +142,17 @@ def rename_file(files_img: Path, old: str, new: str) -> int:
     fork's own copy of a file the daemon keeps per kernel: its history database); returns
     how many entries changed."""
     data = files_img.read_bytes()
+    want = old.lstrip("/").encode()
     changed, payloads = 0, []
     try:
         for entry in entries(data, FILES_MAGIC):
             fe = Message.parse(entry)
             reg = fe.message(_FE_REG) if fe.scalar(_FE_TYPE) == REG else None
-            if reg is not None and reg.raw(_REG_NAME) and reg.raw(_REG_NAME)[-1] == old.encode():
-                reg.fields[_REG_NAME] = [(2, new.encode())]
+            name = reg.raw(_REG_NAME)[-1] if reg is not None and reg.raw(_REG_NAME) else None
+            if reg is not None and name is not None and name.lstrip(b"/") == want:
+                # the same form CRIU wrote (it names files with or without the leading /)
+                slash = b"/" if name.startswith(b"/") else b""
+                reg.fields[_REG_NAME] = [(2, slash + new.lstrip("/").encode())]
                 fe.set_message(_FE_REG, reg)
                 changed += 1
             payloads.append(fe.encode())

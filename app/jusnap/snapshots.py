@@ -69,7 +69,7 @@ from .kernels.locks import USER_WAIT, OperationLocks
 from .kernels.service import ADMIN, KernelService, check_owner
 from .kernels.supervisor import Supervisor
 from .lazyrestore import serve_lazily
-from .ports import move_ports
+from .ports import move_ports, rename_file
 from .proc import Reaper, check_restored, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
 from .store.hot import HotEntry, HotTier
@@ -991,33 +991,46 @@ class Engine:
                         k.run_gid, only={HISTORY_NAME}, mode=0o440,
                     )  # fmt: skip
                     history = scratch / "history" / HISTORY_NAME
-            moved: dict[int, int] = {}
-            if snap.ports != k.ports():
-                images, moved = self._move_ports(k, images, scratch, port_map(snap.ports, k))
-            work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
             # Checked above to be exactly the launcher's tree, with no_new_privs throughout.
             namespaced = any(images.glob("mountpoints-*.img"))
+            images, moved = self._retarget(k, snap, images, scratch, namespaced)
+            work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
         except JusnapError as exc:
             raise _Untouched(exc) from None
         return _Staged(images, history, work, entry is not None, lazy, namespaced, moved)
 
-    def _move_ports(
-        self, k: Kernel, images: Path, scratch: Path, fixed: dict[int, int]
+    def _retarget(
+        self, k: Kernel, snap: Snapshot, images: Path, scratch: Path, namespaced: bool
     ) -> tuple[Path, dict[int, int]]:
-        """Staged images whose served ports are moved: the Jupyter ones as ``fixed`` says,
-        the others to fresh ports. Images staged from the store are edited where they are;
-        a hot entry's are reached through symbolic links in ``scratch`` (root's directory),
-        and its ``files.img`` replaced there by the rewritten copy: the entry's own files
-        stay as they are (no hard link either: the store refuses files with more than one)."""
+        """Staged images of another kernel's snapshot made to fit ``k`` (a fork, a restore
+        into another kernel): its served ports moved to ``k``'s (``ports.py``; the others to
+        fresh ones), and, for a namespaced kernel (which opens its files by path in its own
+        mount tree), its log and history files named as ``k``'s. Checked again after.
+
+        Images staged from the store are edited where they are; a hot entry's are reached
+        through symbolic links in ``scratch`` (root's directory), and ``files.img`` replaced
+        there: the entry's own files stay as they are (no hard link either: the store refuses
+        files with more than one)."""
+        renames: dict[str, str] = {}
+        if namespaced and snap.kernel_id != k.id:
+            logs = self.supervisor.logs
+            renames[str(logs.path(snap.kernel_id))] = str(logs.path(k.id))
+            if snap.has_history and k.history_file:
+                old = self.supervisor.kernel_dir(snap.kernel_id) / HISTORY_NAME
+                renames[str(old)] = k.history_file
+        if snap.ports == k.ports() and not renames:
+            return images, {}
         if images.parent != scratch:
-            links = self._readable_dir(scratch / "img-ports", k.run_gid)
+            links = self._readable_dir(scratch / "img-own", k.run_gid)
             for path in images.iterdir():
                 (links / path.name).symlink_to(path)
             images = links
-        try:
-            moved = move_ports(images / "files.img", fixed)
-        except FileNotFoundError:
-            raise ImageRefused("snapshot image refused: files.img is missing") from None
+        files = images / "files.img"
+        if not files.exists():
+            raise ImageRefused("snapshot image refused: files.img is missing")
+        moved = move_ports(files, port_map(snap.ports, k)) if snap.ports != k.ports() else {}
+        for old, new in renames.items():
+            rename_file(files, old, new)
         self._check_staged(k, images)
         return images, moved
 
@@ -1087,8 +1100,8 @@ class Engine:
             self.registry.put_kernel(k)
             failpoints.reached("restore:handshake")
             old_key = self._snapshot_key(snap) or str(k.connection["key"])
-            if staged.ports_moved or old_key != k.connection["key"]:
-                # A snapshot of another connection: it must learn its new ports (and key).
+            if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
+                # Another kernel's snapshot: it must learn its new ports, key and files.
                 self._fixup(k, reseed=False, old_key=old_key)
             hs = handshake(k.connection, self.settings.jusnap.ipython.handshake_timeout)
             self.kernels.reset_live(
@@ -1130,7 +1143,7 @@ class Engine:
         """Give a restored copy its own identity (``kernels/fixup.py``) before it is used."""
         timeout = self.settings.jusnap.ipython.handshake_timeout
         cfile = str(self.supervisor.connection_file(k))
-        apply_fixup(k.connection, cfile, reseed, timeout, old_key)
+        apply_fixup(k.connection, cfile, reseed, timeout, old_key, k.history_file)
 
     def _snapshot_key(self, snap: Snapshot) -> str | None:
         """The signing key the snapshot's kernel had (recorded with snapshots since schema 3;

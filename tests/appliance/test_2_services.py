@@ -81,7 +81,8 @@ def test_programs_running(appliance: None) -> None:
 
 # CAP_* numbers (linux/capability.h) of the daemon's bounding set (supervisor role defaults).
 DAEMON_CAPS = {"chown": 0, "dac_override": 1, "fowner": 3, "kill": 5, "setgid": 6, "setuid": 7,
-               "setpcap": 8, "net_admin": 12, "sys_ptrace": 19, "checkpoint_restore": 40}  # fmt: skip
+               "setpcap": 8, "net_admin": 12, "sys_chroot": 18, "sys_ptrace": 19, "sys_admin": 21,
+               "checkpoint_restore": 40}  # fmt: skip
 
 
 def test_daemon_runs_with_a_small_capability_set(appliance: None) -> None:

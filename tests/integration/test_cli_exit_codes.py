@@ -8,6 +8,7 @@ of a failed restore. Each case below makes the failure happen rather than faking
 from __future__ import annotations
 
 import json
+import pwd
 import subprocess
 import time
 import uuid
@@ -18,6 +19,7 @@ from jusnap.client import ApiError, Client
 
 from tests.conftest import Daemon
 from tests.helpers import connect, nudge, run_cell
+from tests.stack import write_conf
 
 UNKNOWN_KERNEL = "00000000-0000-4000-8000-000000000000"
 
@@ -92,9 +94,6 @@ def test_snapshot_and_restore_failures(daemon: Daemon) -> None:
         nudge(kc)
         assert run_cell(kc, "print(x)").strip() == "after"  # the previous state is back
 
-        # 7: the snapshot needs its PID, which its own kernel still holds
-        other = _start(daemon)
-        _exits(daemon, 7, "restore", sid, "--into", other["id"], text="process id")
     finally:
         kc.stop_channels()
         held.unlink(missing_ok=True)
@@ -177,3 +176,24 @@ def test_ids_with_a_trailing_newline_do_not_make_a_second_kernel(daemon: Daemon)
     else:
         raise AssertionError('"enabled": 0 was accepted')
     assert api.auto(kid)["enabled"] is True
+
+
+def test_refused_before_anything_is_touched(
+    criu_binary: str, kernel_user: pwd.struct_passwd, state_dir: Path
+) -> None:
+    """7: a snapshot of a kernel without its own PID namespace comes back at its old PID,
+    which its own kernel still holds: restoring it into another kernel, or forking it, is
+    refused before anything happens (namespaced kernels, the default, have neither limit)."""
+    conf = write_conf(state_dir, criu_binary, kernel_user)
+    daemon = Daemon(state_dir, conf, ("--jusnap.kernels.namespaces=off",))
+    daemon.start()
+    try:
+        k = _start(daemon)
+        sid = _exits(daemon, 0, "snapshot", k["id"]).split()[0]
+        other = _start(daemon)
+        _exits(daemon, 7, "restore", sid, "--into", other["id"], text="process id")
+        _exits(daemon, 7, "fork", sid, text="process id")
+        assert {x["id"] for x in Client(daemon.socket).kernels()} == {k["id"], other["id"]}
+    finally:
+        daemon.stop()
+        subprocess.run(["pkill", "-KILL", "-f", f"{state_dir}/kernels/"], check=False)

@@ -3,15 +3,19 @@ a snapshot restored into a kernel whose ports differ, and forks beside a running
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from jupyter_client.blocking import BlockingKernelClient
 from jusnap.client import ApiError, Client
+from jusnap.config import Settings
 from jusnap.criu_images import FILES_MAGIC, Message, entries, image
 from jusnap.fork import ForkResult
 from jusnap.fork import fork as fork_snapshot
@@ -20,7 +24,7 @@ from jusnap.ports import served_ports
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
 
-from tests.conftest import Daemon, KernelSession
+from tests.conftest import Daemon, KernelSession, shutdown_all
 from tests.helpers import connect, run_cell
 
 
@@ -77,7 +81,7 @@ def test_restore_into_a_kernel_with_other_ports(engine: Engine) -> None:
         b.run("x += 1")
         assert b.value("x") == "42"
         k = engine.kernels.get(b.id)
-        assert k.pid == snap.pid
+        assert k.pid is not None and engine.supervisor.alive(k)
         own = listening(k.pid)
         assert ports_of(b.kernel.ports()) <= own
         assert own.isdisjoint(ports_of(snap.ports)), own
@@ -304,3 +308,33 @@ def test_fork_through_the_api_and_the_cli(daemon: Daemon) -> None:
     finally:
         for c in [kc, *forks]:
             c.stop_channels()
+
+
+def test_a_fork_keeps_its_own_history_file(make_settings: Callable[..., Settings]) -> None:
+    e = Engine(make_settings(**{"jusnap.ipython.history_enabled": "True"})).start()
+    try:
+        a = KernelSession(e)
+        a.run("x = 'in both histories'")
+        snap = e.snapshot(a.id)
+        assert isinstance(snap, Snapshot) and snap.has_history
+        result, b = fork(e, snap)
+        try:
+            k = result.kernel
+            original = e.kernels.get(a.id).history_file
+            assert k.history_file and k.history_file != original
+            b.run("y = 'fork only'")
+            a.run("z = 'original only'")
+            hist = "get_ipython().history_manager"
+            b.run(f"{hist}.writeout_cache(); {hist}.save_flag.set()")
+            assert b.value(f"str({hist}.hist_file)") == repr(k.history_file)
+            # what each kernel has open: its own database, never the other's
+            fork_files = {os.readlink(f) for f in glob.glob(f"/proc/{k.pid}/fd/*")}
+            assert original not in fork_files
+            inputs = b.value(f"[s for _, _, s in {hist}.get_range(output=False)]")
+            assert "x = 'in both histories'" in inputs and "z = 'original only'" not in inputs
+            assert "'fork only'" in b.value(f"list({hist}.search('y = *'))")
+        finally:
+            b.close()
+            a.close()
+    finally:
+        shutdown_all(e)

@@ -12,6 +12,9 @@ CRIU copies a kernel's memory bit for bit, and with it things that are one kerne
   ``disconnect()`` + ``connect()`` left the old connection up in 1 of 3 runs) cleared it in 6
   of 6 runs (docs/fork-design.md);
 * ``IPKernelApp.connection_file`` and its port attributes, which ``%connect_info`` shows;
+* IPython's history database: the copy restores with its own copy of the file open, but
+  SQLite names its journal after the path it opened, the original's: the history manager is
+  reopened on the copy's own path (IPython's own stop/restart of its saving thread);
 * the message-signing key, when the copy now serves a connection with another key (a
   snapshot restored into another kernel): the fixup is signed with the old key and switches
   the kernel to the new one as its very last step, so its reply (signed with the new key)
@@ -35,7 +38,7 @@ from .channels import _session, _url
 from .supervisor import PORT_KEYS
 
 _BODY = """
-def _fixup(session, reseed, connection_file, ports, shell_url, key):
+def _fixup(session, reseed, connection_file, ports, shell_url, key, history_file):
     import random, sys
     import zmq
     from IPython import get_ipython
@@ -71,6 +74,13 @@ def _fixup(session, reseed, connection_file, ports, shell_url, key):
         if debugger is not None and getattr(debugger, "shell_socket", None) is old:
             debugger.shell_socket = new
         old.close(linger=0)
+    hm = getattr(get_ipython(), "history_manager", None)
+    if history_file and getattr(hm, "enabled", False) and str(hm.hist_file) != history_file:
+        hm._stop_save_thread()
+        hm.db.close()
+        hm.hist_file = history_file
+        hm.init_db()
+        hm._restart_thread_if_stopped()
     if key is not None:
         for s in {id(x): x for x in (kernel.session, getattr(app, "session", None)) if x}.values():
             s.key = key.encode()
@@ -81,10 +91,15 @@ _fixup(**ARGS)
 
 
 def fixup_code(
-    connection: dict[str, Any], connection_file: str, reseed: bool, key: str | None = None
+    connection: dict[str, Any],
+    connection_file: str,
+    reseed: bool,
+    key: str | None = None,
+    history_file: str | None = None,
 ) -> str:
     """The code that gives a restored kernel its own identity (see the module doc);
-    ``key``: the kernel's new signing key, when it changes."""
+    ``key``: the kernel's new signing key, when it changes; ``history_file``: its own IPython
+    history database (None: none)."""
     args = {
         "session": str(uuid.uuid4()),
         "reseed": bool(reseed),
@@ -92,6 +107,7 @@ def fixup_code(
         "ports": {name: int(connection[name]) for name in PORT_KEYS},
         "shell_url": f"tcp://{connection['ip']}:{int(connection['shell_port'])}",
         "key": key,
+        "history_file": history_file,
     }
     return (
         "__import__('builtins').exec(__import__('builtins').compile("
@@ -105,13 +121,16 @@ def apply_fixup(
     reseed: bool,
     timeout: float,
     old_key: str | None = None,
+    history_file: str | None = None,
 ) -> None:
     """Run the fixup in the restored kernel, which listens on ``connection``'s ports and signs
     with ``old_key`` (None: ``connection``'s key already); RestoreFailed if it fails or does
     not answer within ``timeout`` seconds."""
     new_key = str(connection["key"])
     switch = old_key is not None and old_key != new_key
-    code = fixup_code(connection, connection_file, reseed, new_key if switch else None)
+    code = fixup_code(
+        connection, connection_file, reseed, new_key if switch else None, history_file
+    )
     sender = {**connection, "key": old_key} if switch else connection
     reply = _execute(sender, connection, code, timeout)
     if reply is None:
