@@ -22,6 +22,7 @@ module.exports = {
     'src/client.ts',
     'src/errors.ts',
     'src/format.ts',
+    'src/fork.ts',
     'src/diff.ts',
     'src/store.ts',
     'src/settings.ts',

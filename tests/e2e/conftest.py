@@ -3,7 +3,10 @@
 jusnap_labextension frontend and the real Jusnap daemon (CRIU, kernels as the kernel user).
 
 Needs what the integration tests need (root, CRIU, the kernel user) plus ``chromium`` (apt)
-and the ``playwright`` Python package; ``jusnap_labextension`` must be pip-installed (built).
+and the ``playwright`` Python package; ``jusnap_labextension`` must be pip-installed (built),
+or ``JUSNAP_TEST_LABEXTENSION`` names a built one (``python_modules/labextension/
+jusnap_labextension/labextension`` after ``npm run build:prod``): the test servers then serve
+that one, and a working tree's frontend is tested without reinstalling the shared virtualenv.
 Screenshots go to ``.artifacts/e2e/`` at the repository root.
 """
 
@@ -27,6 +30,7 @@ from tests.stack import Stack as Stack
 from tests.stack import StackFactory
 
 CHROMIUM = os.environ.get("JUSNAP_TEST_CHROMIUM", "/usr/bin/chromium")
+LABEXTENSION = os.environ.get("JUSNAP_TEST_LABEXTENSION")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -68,6 +72,11 @@ class BrowserJupyter(JupyterServer):
             path.write_text(json.dumps(values))
         for d in [lab_settings, *lab_settings.rglob("*")]:
             os.chown(d, self.user.pw_uid, self.user.pw_gid)
+        if LABEXTENSION:  # first on JUPYTER_PATH: found before the installed one
+            extensions = self.base / "prefix" / "share" / "jupyter" / "labextensions"
+            shutil.copytree(LABEXTENSION, extensions / "jusnap-labextension")
+            for d in [*extensions.parents[:2], extensions, *extensions.rglob("*")]:
+                os.chown(d, self.user.pw_uid, self.user.pw_gid)
 
     def env(self) -> dict[str, str]:
         return {

@@ -17,12 +17,27 @@ class NotebookUI:
     # ---- the notebook ---------------------------------------------------------------------
     def open(self, url: str) -> None:
         self.page.goto(url, timeout=90_000)  # a loaded CI machine can be slow to serve the app
-        expect(self.page.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=60_000)
-        # The toolbar item shows the auto-snapshot state once the kernel runs and Jusnap knows it.
+        self.wait_loaded()
+
+    def wait_loaded(self) -> None:
+        """The notebook shows its cells, and its kernel runs and Jusnap knows it (the toolbar
+        item shows the auto-snapshot state)."""
+        expect(self.notebook.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=60_000)
         expect(self.toolbar_auto).to_have_text(AUTO_STATE, timeout=90_000)
 
+    @property
+    def notebook(self) -> Locator:
+        """The notebook shown: JupyterLab keeps its other notebook tabs in the page, hidden."""
+        return self.page.locator(".jp-NotebookPanel:visible")
+
     def cell(self, index: int) -> Locator:
-        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+        return self.notebook.locator(".jp-Notebook .jp-Cell").nth(index)
+
+    def start_cell(self, index: int) -> None:
+        """Run a cell and return at once (see ``run_cell`` to wait for it)."""
+        self.cell(index).locator(".jp-InputPrompt").click()
+        self.page.keyboard.press("Escape")  # command mode, this cell selected
+        self.page.keyboard.press("Control+Enter")  # run, stay on the cell
 
     def run_cell(
         self,
@@ -30,10 +45,16 @@ class NotebookUI:
         expect_output: str | re.Pattern[str] | None = None,
         timeout: float = 60_000,
     ) -> str:
+        self.start_cell(index)
+        return self.wait_cell(index, expect_output, timeout)
+
+    def wait_cell(
+        self,
+        index: int,
+        expect_output: str | re.Pattern[str] | None = None,
+        timeout: float = 60_000,
+    ) -> str:
         cell = self.cell(index)
-        cell.locator(".jp-InputPrompt").click()
-        self.page.keyboard.press("Escape")  # command mode, this cell selected
-        self.page.keyboard.press("Control+Enter")  # run, stay on the cell
         prompt = cell.locator(".jp-InputPrompt")
         expect(prompt).to_have_text(re.compile(r"\[\d+\]"), timeout=timeout)
         output = cell.locator(".jp-OutputArea")
@@ -92,11 +113,11 @@ class NotebookUI:
     # ---- the notebook toolbar item --------------------------------------------------------
     @property
     def toolbar_snapshot(self) -> Locator:
-        return self.page.locator(".jp-NotebookPanel-toolbar .jp-JusnapToolbar-snapshot")
+        return self.notebook.locator(".jp-NotebookPanel-toolbar .jp-JusnapToolbar-snapshot")
 
     @property
     def toolbar_auto(self) -> Locator:
-        return self.page.locator(".jp-NotebookPanel-toolbar .jp-JusnapToolbar-auto")
+        return self.notebook.locator(".jp-NotebookPanel-toolbar .jp-JusnapToolbar-auto")
 
     # ---- notifications --------------------------------------------------------------------
     def toast(self, text: str | re.Pattern[str], kind: str | None = None) -> Locator:

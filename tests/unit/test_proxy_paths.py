@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from jusnap.api import MAX_BODY_BYTES as DAEMON_LIMIT
-from jusnap_jupyter.handlers import MAX_BODY_BYTES, ProxyRefused, daemon_target
+from jusnap_jupyter.handlers import MAX_BODY_BYTES, Refused, daemon_target
 
 PREFIX = "/base/jusnap/api/v1/"
 
@@ -50,11 +50,11 @@ def test_api_paths_are_forwarded_as_received(raw: str, query: str, target: str |
     ],
 )
 def test_anything_else_is_refused(raw: str, query: str, status: int) -> None:
-    with pytest.raises(ProxyRefused) as info:
+    with pytest.raises(Refused) as info:
         daemon_target(PREFIX + raw, PREFIX, query)
     assert info.value.status == status
 
 
 def test_a_path_outside_the_prefix_is_not_forwarded() -> None:
-    with pytest.raises(ProxyRefused):
+    with pytest.raises(Refused):
         daemon_target("/other/jusnap/api/v1/health", PREFIX, "")

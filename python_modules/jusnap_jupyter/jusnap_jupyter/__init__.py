@@ -5,6 +5,7 @@
                       (``python -m jusnap_jupyter install-kernelspec``)
 * ``autosnap``     -- IPython extension: an automatic snapshot after every executed cell
 * ``handlers``     -- Jupyter server extension: the Jusnap API under Jupyter's base URL
+* ``fork``         -- Jupyter server extension: "Open as new notebook" (copy + fork + session)
 * ``resume``       -- Jupyter server extension: a stopping server snapshots its kernels first
 """
 
@@ -47,8 +48,7 @@ def _name_notebook_files(serverapp: Any) -> None:
     share one snapshot list (issue 15). The session's ``path`` still names the file here, so
     the environment gets ``JUSNAP_NOTEBOOK_PATH`` whenever that path is an existing file.
     """
-    from pathlib import Path
-
+    from .fork import notebook_file
     from .provisioner import NOTEBOOK_ENV
 
     sm = serverapp.session_manager
@@ -58,7 +58,7 @@ def _name_notebook_files(serverapp: Any) -> None:
         env = original(path, name)
         env.pop(NOTEBOOK_ENV, None)  # never the server's own, if it has one
         if path:
-            candidate = Path(sm.kernel_manager.cwd_for_path(path)) / Path(path).name
+            candidate = notebook_file(sm.kernel_manager, path)
             if candidate.is_file():
                 env[NOTEBOOK_ENV] = str(candidate)
         return env

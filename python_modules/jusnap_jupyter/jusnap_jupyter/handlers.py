@@ -47,8 +47,8 @@ _QUERY = re.compile(r"[\x21-\x7e]*")
 _METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 
 
-class ProxyRefused(Exception):
-    """A request the proxy answers itself, without asking the daemon."""
+class Refused(Exception):
+    """A request a Jusnap handler answers itself (the proxy: without asking the daemon)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -60,27 +60,27 @@ class ProxyRefused(Exception):
 def daemon_target(raw_path: str, prefix: str, query: str) -> str:
     """The daemon's request target for a request to ``raw_path`` (still percent-encoded).
 
-    ``prefix`` is ``{base_url}jusnap/api/v1/``. Raises ProxyRefused for anything the API cannot
+    ``prefix`` is ``{base_url}jusnap/api/v1/``. Raises Refused for anything the API cannot
     mean; never decodes the path, so the daemon sees the bytes that were checked.
     """
     if not raw_path.startswith(prefix):
-        raise ProxyRefused(404, "not_found", "no such API path")
+        raise Refused(404, "not_found", "no such API path")
     rest = raw_path[len(prefix) :]
     if not rest:
-        raise ProxyRefused(404, "not_found", "no such API path")
+        raise Refused(404, "not_found", "no such API path")
     for segment in rest.split("/"):
         if not _SEGMENT.fullmatch(segment):
             shown = segment if segment.isascii() and segment.isprintable() else repr(segment)
-            raise ProxyRefused(
-                400, "invalid_request", f"not a valid API path segment: {shown[:60]}"
-            )
+            raise Refused(400, "invalid_request", f"not a valid API path segment: {shown[:60]}")
     if not _QUERY.fullmatch(query):
-        raise ProxyRefused(400, "invalid_request", "the query string must be plain ASCII")
+        raise Refused(400, "invalid_request", "the query string must be plain ASCII")
     target = f"{PREFIX}/{rest}"
     return f"{target}?{query}" if query else target
 
 
-class ProxyHandler(APIHandler):  # type: ignore[misc]
+class JusnapAPIHandler(APIHandler):  # type: ignore[misc]
+    """What every Jusnap handler under Jupyter shares: no CORS, errors in the API's shape."""
+
     auth_resource = "jusnap"
 
     def set_default_headers(self) -> None:
@@ -106,16 +106,16 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": code, "message": message}))
 
+
+class ProxyHandler(JusnapAPIHandler):
     async def _forward(self) -> None:
         prefix = url_path_join(self.base_url, ROUTE) + "/"
         try:
             target = daemon_target(self.request.path, prefix, self.request.query)
             body = self.request.body or None
             if body is not None and len(body) > MAX_BODY_BYTES:
-                raise ProxyRefused(
-                    413, "too_large", f"request body over {MAX_BODY_BYTES // 1024} KiB"
-                )
-        except ProxyRefused as refused:
+                raise Refused(413, "too_large", f"request body over {MAX_BODY_BYTES // 1024} KiB")
+        except Refused as refused:
             self._send_json(refused.status, refused.code, refused.message)
             return
         headers = {h: self.request.headers[h] for h in _PASSED_HEADERS if h in self.request.headers}
@@ -164,4 +164,9 @@ class ProxyHandler(APIHandler):  # type: ignore[misc]
 
 
 def handlers(base_url: str) -> list[tuple[str, type[web.RequestHandler]]]:
-    return [(url_path_join(base_url, ROUTE, "(.*)"), ProxyHandler)]
+    from .fork import FORK_ROUTE, ForkHandler
+
+    return [
+        (url_path_join(base_url, FORK_ROUTE), ForkHandler),
+        (url_path_join(base_url, ROUTE, "(.*)"), ProxyHandler),
+    ]

@@ -68,6 +68,11 @@ DEAD = 1  # the exit status reported for a kernel the daemon says is not running
 SHUTDOWN_WAIT = 120.0  # seconds a shutdown waits for a snapshot of the kernel to finish
 
 
+def _alive(kernel: dict[str, Any]) -> bool:
+    """Running, or being restored or restarted (a kernel Jupyter must not give up on)."""
+    return kernel.get("status") == "running" or kernel.get("operation") in ("restore", "restart")
+
+
 async def _call(method: str, path: str, body: Any = None, timeout: float = 600.0) -> Any:
     """The blocking client off the event loop: Jupyter's server keeps serving meanwhile."""
     return await asyncio.to_thread(Client(timeout=timeout).request, method, path, body)
@@ -109,13 +114,23 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        """Launch (or, on a restart, restart) the kernel in the daemon; return its connection."""
+        """Launch the kernel in the daemon, restart it, or adopt it; return its connection.
+
+        * launched by this provisioner before: Jupyter restarts it (same id, same ports);
+        * unknown to the daemon: a new kernel under Jupyter's id;
+        * running in the daemon but not launched here: a fork (``jusnap/fork`` asked the daemon
+          for it under the id Jupyter now starts): adopted as it is, its state untouched;
+        * known but not running (it died while no Jupyter held it): started again.
+        """
         env: dict[str, str] = kwargs.get("env") or {}
-        known = self._launched or await self._exists()
         self._cwd = str(kwargs["cwd"]) if kwargs.get("cwd") else None
-        if known:
+        existing = None if self._launched else await self._daemon_kernel()
+        if self._launched or (existing is not None and not _alive(existing)):
             await _call("POST", f"/kernels/{self.kernel_id}/restart")
             info = await _call("GET", f"/kernels/{self.kernel_id}/connection")
+        elif existing is not None:
+            info = await _call("GET", f"/kernels/{self.kernel_id}/connection")
+            self.log.info("jusnap: adopted kernel %s (a fork)", self.kernel_id)
         else:
             body: dict[str, Any] = {"kernel_id": self.kernel_id, "argv": cmd, "env": env}
             if kwargs.get("cwd"):
@@ -130,14 +145,15 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.connection_info = conn
         return conn
 
-    async def _exists(self) -> bool:
+    async def _daemon_kernel(self) -> dict[str, Any] | None:
+        """The daemon's record of this kernel id, or None if it has none (for this user)."""
         try:
-            await _call("GET", f"/kernels/{self.kernel_id}", timeout=30)
+            kernel: dict[str, Any] = await _call("GET", f"/kernels/{self.kernel_id}", timeout=30)
         except JusnapError as exc:
             if exc.http_status == 404:
-                return False
+                return None
             raise
-        return True
+        return kernel
 
     # ---- state -----------------------------------------------------------------------------
     async def poll(self) -> int | None:
@@ -154,9 +170,7 @@ class JusnapProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 "jusnap: cannot ask the daemon about kernel %s: %s", self.kernel_id, exc.message
             )
             return None
-        if k["status"] == "running" or k.get("operation") in ("restore", "restart"):
-            return None
-        return DEAD
+        return None if _alive(k) else DEAD
 
     async def wait(self) -> int | None:
         while (status := await self.poll()) is None:

@@ -8,6 +8,7 @@ import type {
   CreateResult,
   IAutoSettings,
   ICleared,
+  IForked,
   IKernel,
   IRestored,
   ISnapshot
@@ -30,6 +31,8 @@ export type Requester = (url: string, init: IRequestInit) => Promise<IHttpRespon
 
 /** The API's mount point below a base URL (Jupyter's, or the configured one). */
 export const API_PATH = 'jusnap/api/v1';
+/** "Open as new notebook" below Jupyter's base URL (the jusnap_jupyter server extension). */
+export const FORK_PATH = 'jusnap/fork';
 
 /** Join URL parts with exactly one slash between them. */
 export function joinUrl(base: string, ...parts: string[]): string {
@@ -43,17 +46,28 @@ export function joinUrl(base: string, ...parts: string[]): string {
   return url;
 }
 
+/** `path` mounted under a base URL such as `/user/ann/` or `https://example.com/`. */
+export function mountUnder(baseUrl: string, path: string): string {
+  return joinUrl(baseUrl || '/', path).replace(/^(?!\/|[a-z]+:)/i, '/');
+}
+
 /** The API root for a base URL such as `/user/ann/` or `https://example.com/`. */
 export function apiRoot(baseUrl: string): string {
-  return joinUrl(baseUrl || '/', API_PATH).replace(/^(?!\/|[a-z]+:)/i, '/');
+  return mountUnder(baseUrl, API_PATH);
 }
 
 const id = encodeURIComponent;
 
 export class JusnapClient {
+  /**
+   * @param root the API root (`apiRoot(...)`)
+   * @param forkUrl the Jupyter server's fork endpoint: a fork copies a notebook and starts a
+   *   Jupyter session, which only the Jupyter server can do (not the daemon's API alone)
+   */
   constructor(
     private readonly request: Requester,
-    readonly root: string
+    readonly root: string,
+    readonly forkUrl: string = mountUnder('/', FORK_PATH)
   ) {}
 
   kernel(kernelId: string): Promise<IKernel> {
@@ -100,9 +114,22 @@ export class JusnapClient {
     });
   }
 
-  private async call<T>(
+  /** Open a snapshot as a new notebook: a copy of `path` beside it, on a fork of the kernel. */
+  fork(snapshotId: string, path: string, utcOffsetMinutes: number): Promise<IForked> {
+    return this.send('POST', this.forkUrl, {
+      snapshot_id: snapshotId,
+      path,
+      utc_offset_minutes: utcOffsetMinutes
+    });
+  }
+
+  private call<T>(method: IRequestInit['method'], path: string, body?: unknown): Promise<T> {
+    return this.send(method, joinUrl(this.root, path), body);
+  }
+
+  private async send<T>(
     method: IRequestInit['method'],
-    path: string,
+    url: string,
     body?: unknown
   ): Promise<T> {
     const init: IRequestInit = { method };
@@ -112,7 +139,7 @@ export class JusnapClient {
     }
     let response: IHttpResponse;
     try {
-      response = await this.request(joinUrl(this.root, path), init);
+      response = await this.request(url, init);
     } catch (cause) {
       throw networkError(cause);
     }

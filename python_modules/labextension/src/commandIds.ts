@@ -3,6 +3,7 @@ export const CommandIds = {
   create: 'jusnap:create',
   createLabelled: 'jusnap:create-labelled',
   restore: 'jusnap:restore',
+  fork: 'jusnap:fork',
   remove: 'jusnap:delete',
   relabel: 'jusnap:relabel',
   clear: 'jusnap:clear',

@@ -5,12 +5,13 @@
 
 import type { JupyterFrontEnd, ILabStatus } from '@jupyterlab/application';
 import { Dialog, ICommandPalette, InputDialog, showDialog } from '@jupyterlab/apputils';
-import type { INotebookTracker } from '@jupyterlab/notebook';
+import type { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import type { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { CommandIds } from './commandIds';
 import { restoreFailureTitle } from './errors';
 import type { Feedback } from './feedback';
+import { notebookUrl, utcOffsetMinutes } from './fork';
 import {
   cooldownText,
   formatDuration,
@@ -21,7 +22,7 @@ import {
 } from './format';
 import type { IJusnapSettings } from './settings';
 import type { SnapshotStore } from './store';
-import type { ISnapshot } from './types';
+import type { IForked, ISnapshot } from './types';
 import { kernelIdOf } from './watch';
 
 export interface ICommandDeps {
@@ -215,6 +216,78 @@ export function registerCommands(deps: ICommandDeps): void {
     }
   });
 
+  /** The open notebook whose kernel is `kernelId`, the current one first. */
+  const notebookOf = (kernelId: string): NotebookPanel | null => {
+    const current = tracker.currentWidget;
+    if (current && kernelIdOf(current.sessionContext) === kernelId) {
+      return current;
+    }
+    return tracker.find(p => kernelIdOf(p.sessionContext) === kernelId) ?? null;
+  };
+
+  /** A browser tab for the copy, opened while the click still counts as the user's: one
+   * opened when the fork is done, seconds later, is taken for a pop-up and blocked. */
+  const blankTab = (): Window | null => {
+    const tab = window.open('', '_blank');
+    if (tab) {
+      try {
+        tab.document.title = 'Opening a fork…';
+        tab.document.body.textContent = 'Jusnap: restoring the snapshot as a new notebook…';
+      } catch {
+        // not ours to write into (a browser that opened it elsewhere): it still navigates
+      }
+    }
+    return tab;
+  };
+
+  commands.addCommand(CommandIds.fork, {
+    label: args => (args.id ? 'Open as new notebook' : 'Open Snapshot as New Notebook…'),
+    caption:
+      'A copy of the notebook beside it, in a new tab, whose kernel is this snapshot, live; ' +
+      'the notebook’s own kernel keeps running as it is',
+    isEnabled: args => hasSnapshots(args),
+    execute: async args => {
+      const id = await requireKernel(args);
+      const snap = id ? await pick(id, args, 'Open') : null;
+      if (!id || !snap) {
+        return;
+      }
+      const notebook = notebookOf(id);
+      if (!notebook) {
+        feedback.error('Cannot open as new notebook', new Error('the notebook of this kernel is not open'));
+        return;
+      }
+      // JupyterLab opens the copy as a tab of its own; Notebook 7 in a browser tab.
+      const inLab = app.name === 'JupyterLab';
+      const tab = inLab ? null : blankTab();
+      void feedback.askPermission();
+      const job = (async (): Promise<IForked> => {
+        if (notebook.context.model.dirty) {
+          await notebook.context.save(); // the copy holds the cells the user sees
+        }
+        return store.fork(id, snap.id, notebook.context.path, utcOffsetMinutes(snap.created_at));
+      })();
+      feedback.progress(
+        job,
+        `Opening ${snapshotName(snap)} as a new notebook…`,
+        r => `Opened ${r.path}: a fork of the kernel at ${snapshotName(snap)}`,
+        () => 'Open as new notebook failed'
+      );
+      let forked: IForked;
+      try {
+        forked = await job;
+      } catch {
+        tab?.close(); // the failure is shown by the progress notification
+        return;
+      }
+      if (tab && !tab.closed) {
+        tab.location.href = notebookUrl(app.serviceManager.serverSettings.baseUrl, forked.path);
+      } else {
+        await commands.execute('docmanager:open', { path: forked.path });
+      }
+    }
+  });
+
   commands.addCommand(CommandIds.remove, {
     label: args => (args.id ? 'Delete' : 'Delete Snapshot…'),
     caption: 'Delete one snapshot',
@@ -349,6 +422,7 @@ export function registerCommands(deps: ICommandDeps): void {
       CommandIds.create,
       CommandIds.createLabelled,
       CommandIds.restore,
+      CommandIds.fork,
       CommandIds.remove,
       CommandIds.relabel,
       CommandIds.clear,

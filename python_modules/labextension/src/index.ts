@@ -14,7 +14,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
-import { apiRoot, IHttpResponse, JusnapClient, Requester } from './client';
+import { apiRoot, FORK_PATH, IHttpResponse, JusnapClient, mountUnder, Requester } from './client';
 import { registerCommands } from './commands';
 import { Feedback } from './feedback';
 import { snapshotIcon } from './icon';
@@ -33,7 +33,13 @@ function makeClient(app: JupyterFrontEnd, settings: IJusnapSettings): JusnapClie
   // makeRequest adds Jupyter's token (if any), the XSRF header and same-origin cookies.
   const request: Requester = (url, init) =>
     ServerConnection.makeRequest(url, init as RequestInit, server) as Promise<IHttpResponse>;
-  return new JusnapClient(request, apiRoot(settings.apiBaseUrl || server.baseUrl));
+  // The fork is always Jupyter's own (it copies the notebook and starts a Jupyter session),
+  // wherever the API itself is configured to be.
+  return new JusnapClient(
+    request,
+    apiRoot(settings.apiBaseUrl || server.baseUrl),
+    mountUnder(server.baseUrl, FORK_PATH)
+  );
 }
 
 async function activate(

@@ -18,6 +18,7 @@ import {
   relativeTime,
   triggerLabel
 } from './format';
+import { forkedFrom } from './fork';
 import type { IKernelState, SnapshotStore } from './store';
 import type { ISnapshot } from './types';
 
@@ -103,7 +104,7 @@ export class SnapshotsPanel extends Widget {
       node.append(h('p', { class: 'jp-JusnapPanel-empty' }, 'Open a notebook with a running kernel to see its snapshots.'));
       return;
     }
-    node.append(this.toolbar(state, busy), this.status(state), ...this.alerts(state));
+    node.append(...this.lineage(state), this.toolbar(state, busy), this.status(state), ...this.alerts(state));
     if (state.snapshots.length) {
       const list = h('ul', { class: 'jp-JusnapPanel-list', role: 'list' });
       const now = nowSeconds();
@@ -114,6 +115,16 @@ export class SnapshotsPanel extends Widget {
     } else if (state.loadedAt !== null && !state.error) {
       node.append(h('p', { class: 'jp-JusnapPanel-empty' }, 'No snapshots yet.'));
     }
+  }
+
+  /** "Forked from …" for a kernel that is a fork of a snapshot. */
+  private lineage(state: IKernelState): HTMLElement[] {
+    const text = forkedFrom(state.kernel, state.parent);
+    if (!text) {
+      return [];
+    }
+    const title = state.parent ? localTime(state.parent.created_at) : `snapshot ${state.kernel?.parent_snapshot_id}`;
+    return [h('div', { class: 'jp-JusnapPanel-lineage', title }, text)];
   }
 
   private toolbar(state: IKernelState, busy: boolean): HTMLElement {
@@ -228,6 +239,7 @@ export class SnapshotsPanel extends Widget {
         'div',
         { class: 'jp-JusnapPanel-actions' },
         this.button('Restore', CommandIds.restore, { id: s.id }, 'jp-mod-accept jp-JusnapPanel-restore', busy),
+        this.button('Open as new notebook', CommandIds.fork, { id: s.id }, 'jp-JusnapPanel-fork', busy),
         this.button('Relabel', CommandIds.relabel, { id: s.id }, 'jp-JusnapPanel-relabel', busy),
         this.button('Delete', CommandIds.remove, { id: s.id }, 'jp-mod-warn jp-JusnapPanel-delete', busy)
       )

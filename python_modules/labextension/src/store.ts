@@ -14,6 +14,7 @@ import { ApiError } from './errors';
 import type {
   CreateResult,
   IAutoSettings,
+  IForked,
   IKernel,
   IRestored,
   ISnapshot
@@ -35,11 +36,22 @@ export interface IKernelState {
   readonly loadedAt: number | null;
   /** Ids that appeared in the last refresh (after the first one), for highlighting. */
   readonly fresh: ReadonlySet<string>;
+  /** For a fork: the snapshot it was forked from, when it can still be read. */
+  readonly parent: ISnapshot | null;
 }
 
 export type ClientLike = Pick<
   JusnapClient,
-  'kernel' | 'snapshots' | 'snapshot' | 'create' | 'clear' | 'setAuto' | 'relabel' | 'remove' | 'restore'
+  | 'kernel'
+  | 'snapshots'
+  | 'snapshot'
+  | 'create'
+  | 'clear'
+  | 'setAuto'
+  | 'relabel'
+  | 'remove'
+  | 'restore'
+  | 'fork'
 >;
 
 function initial(kernelId: string): IKernelState {
@@ -52,7 +64,8 @@ function initial(kernelId: string): IKernelState {
     loading: false,
     busy: null,
     loadedAt: null,
-    fresh: new Set()
+    fresh: new Set(),
+    parent: null
   };
 }
 
@@ -61,6 +74,8 @@ export class SnapshotStore {
   private readonly inflight = new Map<string, Promise<IKernelState>>();
   private readonly queued = new Map<string, Promise<IKernelState>>();
   private readonly _changed = new Signal<this, string>(this);
+  /** Parent snapshots that could not be read: not asked for again on every refresh. */
+  private readonly unreadable = new Set<string>();
   private _client: ClientLike;
 
   constructor(
@@ -129,6 +144,12 @@ export class SnapshotStore {
     return this.act(kernelId, 'restoring', () => this._client.restore(snapshotId, kernelId));
   }
 
+  /** Open a snapshot as a new notebook (a copy of `path` on a fork of the kernel). The
+   * kernel itself is untouched, so it is not marked busy; its list is refreshed after. */
+  async fork(kernelId: string, snapshotId: string, path: string, utcOffsetMinutes: number): Promise<IForked> {
+    return this.act(kernelId, null, () => this._client.fork(snapshotId, path, utcOffsetMinutes));
+  }
+
   async remove(kernelId: string, snapshotId: string): Promise<void> {
     await this.act(kernelId, 'deleting', () => this._client.remove(snapshotId));
   }
@@ -176,6 +197,10 @@ export class SnapshotStore {
         return this.state(kernelId);
       }
       const before = this.state(kernelId);
+      const parent = await this.parentOf(kernel, before.parent);
+      if (client !== this._client) {
+        return this.state(kernelId);
+      }
       const snapshots = newestFirst(list);
       const fresh =
         before.loadedAt === null
@@ -188,7 +213,8 @@ export class SnapshotStore {
         error: null,
         loading: false,
         loadedAt: this.clock(),
-        fresh
+        fresh,
+        parent
       });
     } catch (error) {
       const apiError =
@@ -202,6 +228,26 @@ export class SnapshotStore {
         fresh: before.fresh.size ? new Set<string>() : before.fresh
       });
       throw apiError;
+    }
+  }
+
+  /** A fork's parent snapshot, read once per kernel (null once it cannot be read). */
+  private async parentOf(kernel: IKernel, known: ISnapshot | null): Promise<ISnapshot | null> {
+    const id = kernel.parent_snapshot_id;
+    if (!id) {
+      return null;
+    }
+    if (known && known.id === id) {
+      return known;
+    }
+    if (this.unreadable.has(id)) {
+      return null;
+    }
+    try {
+      return await this._client.snapshot(id);
+    } catch {
+      this.unreadable.add(id); // deleted since, or not readable: the panel shows its short id
+      return null;
     }
   }
 

@@ -39,6 +39,9 @@ export interface IKernel {
   last_snapshot?: ISnapshot | null;
   /** What the daemon did to the kernel on its own (e.g. after a crash mid-restore). */
   notice?: string | null;
+  /** A fork's origin: the kernel and the snapshot it was forked from (null: not a fork). */
+  parent_kernel_id?: string | null;
+  parent_snapshot_id?: string | null;
 }
 
 export interface ICreated {
@@ -62,6 +65,17 @@ export interface IRestored {
   seconds: number;
   criu_seconds?: number;
   handshake_seconds?: number;
+}
+
+/** What the Jupyter server's `jusnap/fork` answers: the copy and the fork's kernel. */
+export interface IForked {
+  /** The copy's path, relative to Jupyter's root. */
+  path: string;
+  kernel_id: string;
+  session: { id: string; path: string; kernel: { id: string; name: string } };
+  parent_snapshot_id: string;
+  parent_kernel_id: string | null;
+  ports_moved: Record<string, number>;
 }
 
 export interface ICleared {

@@ -79,6 +79,17 @@ describe('JusnapClient', () => {
     ]);
   });
 
+  it('forks through the Jupyter server, not the API root', async () => {
+    const forked = { path: 'a (fork of x 14-03).ipynb', kernel_id: 'k2' };
+    const t = fakeTransport([[201, forked], [201, forked]]);
+    await expect(new JusnapClient(t.request, '/user/ann/jusnap/api/v1', '/user/ann/jusnap/fork').fork('S1', 'd/a.ipynb', -300)).resolves.toEqual(forked);
+    await new JusnapClient(t.request, 'https://api.example/jusnap/api/v1').fork('S1', 'a.ipynb', 0);
+    expect(t.calls.map(x => [x.method, x.url, x.body])).toEqual([
+      ['POST', '/user/ann/jusnap/fork', { snapshot_id: 'S1', path: 'd/a.ipynb', utc_offset_minutes: -300 }],
+      ['POST', '/jusnap/fork', { snapshot_id: 'S1', path: 'a.ipynb', utc_offset_minutes: 0 }]
+    ]);
+  });
+
   it('maps HTTP errors to ApiError with the server message', async () => {
     const t = fakeTransport([[409, { error: 'busy', message: 'kernel k is being snapshotted' }]]);
     const error = await new JusnapClient(t.request, '/r').create(KID).catch(e => e);

@@ -11,6 +11,10 @@ class FakeClient implements ClientLike {
   auto = { enabled: true, cooldown: 5 };
   calls: string[] = [];
   fail: ApiError | null = null;
+  /** The kernel is a fork of this snapshot (null: not a fork). */
+  parentSnapshot: string | null = null;
+  /** Snapshots of other kernels the user can read (a fork's parent). */
+  others: ISnapshot[] = [];
   private n = 0;
   private gate: Promise<void> | null = null;
   private open: (() => void) | null = null;
@@ -36,7 +40,16 @@ class FakeClient implements ClientLike {
 
   async kernel(id: string) {
     await this.step('kernel');
-    return { id, status: 'running' as const, pid: 1, notebook_path: 'a.ipynb', execution_count: 1, execution_state: 'idle', auto: { ...this.auto } };
+    return {
+      id,
+      status: 'running' as const,
+      pid: 1,
+      notebook_path: 'a.ipynb',
+      execution_count: 1,
+      execution_state: 'idle',
+      auto: { ...this.auto },
+      parent_snapshot_id: this.parentSnapshot
+    };
   }
   async snapshots() {
     await this.step('snapshots');
@@ -44,7 +57,11 @@ class FakeClient implements ClientLike {
   }
   async snapshot(id: string) {
     await this.step('snapshot');
-    return this.list.find(s => s.id === id)!;
+    const found = [...this.list, ...this.others].find(s => s.id === id);
+    if (!found) {
+      throw new ApiError(404, 'snapshot_not_found', 'no such snapshot');
+    }
+    return found;
   }
   async create(_: string, label?: string | null) {
     await this.step('create');
@@ -72,6 +89,17 @@ class FakeClient implements ClientLike {
   async remove(id: string) {
     await this.step('remove');
     this.list = this.list.filter(s => s.id !== id);
+  }
+  async fork(id: string, path: string, offset: number) {
+    await this.step('fork');
+    return {
+      path: `${path} fork ${offset}`,
+      kernel_id: 'k2',
+      session: { id: 'sess', path, kernel: { id: 'k2', name: 'jusnap-python3' } },
+      parent_snapshot_id: id,
+      parent_kernel_id: KID,
+      ports_moved: {}
+    };
   }
   async restore(id: string) {
     await this.step('restore');
@@ -181,6 +209,34 @@ describe('SnapshotStore', () => {
     await store.refresh(KID);
     await store.setAuto(KID, false);
     expect(store.state(KID).auto?.enabled).toBe(false);
+  });
+
+  it('forks without marking the kernel busy, and refreshes its list after', async () => {
+    const { client, store } = setup();
+    await store.create(KID, 'x');
+    client.hold();
+    const job = store.fork(KID, 's1', 'dir/a.ipynb', 60);
+    await Promise.resolve();
+    expect(store.state(KID).busy).toBeNull(); // the original kernel is not touched
+    client.release();
+    await expect(job).resolves.toMatchObject({ path: 'dir/a.ipynb fork 60', kernel_id: 'k2' });
+    expect(client.calls.slice(-3)).toEqual(['fork', 'kernel', 'snapshots']);
+  });
+
+  it('knows the snapshot a fork came from, and asks for a deleted one only once', async () => {
+    const { client, store } = setup();
+    expect((await store.refresh(KID)).parent).toBeNull();
+    expect(client.calls).not.toContain('snapshot');
+    client.parentSnapshot = 'p1';
+    client.others = [snap('p1', { label: 'origin', kernel_id: 'k0' })];
+    expect((await store.refresh(KID)).parent?.label).toBe('origin');
+    await store.refresh(KID);
+    expect(client.calls.filter(c => c === 'snapshot').length).toBe(1); // kept, not re-read
+    client.parentSnapshot = 'gone';
+    expect((await store.refresh(KID)).parent).toBeNull();
+    await store.refresh(KID);
+    expect(client.calls.filter(c => c === 'snapshot').length).toBe(2);
+    expect(store.state(KID).error).toBeNull(); // a deleted parent is no error of the kernel
   });
 
   it('forgets everything when pointed at another API', async () => {
