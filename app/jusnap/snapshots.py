@@ -1145,8 +1145,13 @@ class Engine:
         their subscription is back would publish its output to nobody.
         """
         failpoints.reached("restore:before-stop")
-        self.kernels.unwatch(k, wait=False)  # its thread ends within 0.2 s, the kernel stops
+        watcher = self.kernels.unwatch(k, wait=False)  # it ends while the kernel stops
         self.supervisor.stop(k)
+        if watcher is not None:
+            # Its socket must be closed before the restored kernel listens: reconnecting
+            # there for a moment, it would count as a client that came back (wait_for_peers)
+            # and then leave, and the restore would report a client that did not.
+            watcher.stop(wait=True)
         failpoints.reached("restore:kernel-stopped")
         restored_pid: int | None = None
         server: lazyrestore.LazyServer | None = None

@@ -110,10 +110,13 @@ class KernelService:
             ping_control(m.conn)
         return m.window(start, end, settle=1.0)
 
-    def unwatch(self, k: Kernel, wait: bool = True) -> None:
+    def unwatch(self, k: Kernel, wait: bool = True) -> IopubMonitor | None:
+        """Stop watching the kernel; returns the stopped watcher (``wait=False``: its thread
+        may still be closing its socket, see :meth:`IopubMonitor.stop`)."""
         old = self._monitors.pop(k.id, None)
         if old:
             old.stop(wait)
+        return old
 
     # ---- life cycle ----------------------------------------------------------------------------
     def launch(self, owner_uid: int, **options: Any) -> Kernel:
