@@ -133,10 +133,17 @@ def test_lazy_server_dying_half_way_never_leaves_a_kernel_on_missing_pages(make_
         assert servers, "the restore went through criu lazy-pages"
         home, p = servers[0]
         wait_until(lambda: p.returncode is not None, 30, what="criu lazy-pages to be reaped")
-        assert p.returncode == -signal.SIGKILL, p.returncode  # killed, not finished
+        # Killed, not finished; or, under load, the kill came after its last page (it exits
+        # 0 then): that restore is whole and must be left running, which is checked instead.
+        assert p.returncode in (-signal.SIGKILL, 0), p.returncode
         wait_until(lambda: not home.exists(), 10, what="the lazy-pages directory to go")
         k = e.kernels.get(ks.id)
-        if restored:
+        if p.returncode == 0:
+            assert restored
+            ks.after_restore()
+            assert ks.value("hashlib.sha256(b).hexdigest() == want") == "True"
+            assert ks.value("tag") == "'snap'"
+        elif restored:
             wait_until(
                 lambda: k.pid is None or start_time(k.pid) is None, 30, what="the kernel to stop"
             )
