@@ -16,6 +16,10 @@ class CellError(AssertionError):
 def connect(connection: dict[str, Any], timeout: float = 60) -> BlockingKernelClient:
     kc = BlockingKernelClient()
     kc.load_connection_info(connection)
+    # Without a KernelManager the client judges "alive" by the heartbeat, which gives up after
+    # one second without a beat: on a loaded 2-core machine (load 12, seen in CI) a kernel
+    # still starting misses that, and wait_for_ready says it "died before replying".
+    kc.hb_channel.time_to_dead = 10.0
     kc.start_channels()
     kc.wait_for_ready(timeout=timeout)
     return kc
