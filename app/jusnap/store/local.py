@@ -277,16 +277,44 @@ class _Stager:
         return tasks
 
     def indexed(self) -> list[Callable[[], int]]:
-        """Pieces of the pages no hint covers, found through the index."""
-        todo = [i for i, d in enumerate(self.digests) if not self.covered[i]]
+        """The pages no hint covers, found through the index: runs of pages lying back to
+        back in a pack as for hints, deltas and anything unusual chunk by chunk."""
+        todo = [i for i in range(len(self.digests)) if not self.covered[i]]
         if not todo:
             return []
         zeros = sum(1 for i in todo if self.digests[i] == ZERO_DIGEST)
         pages = [i for i in todo if self.digests[i] != ZERO_DIGEST]
         locs = self.cs.locate(self.digests[i] for i in pages)
         tasks: list[Callable[[], int]] = [lambda: zeros * PAGE]
-        for s in range(0, len(pages), STAGE_PIECE):
-            tasks.append(functools.partial(self._indexed, pages[s : s + STAGE_PIECE], locs))
+        loose: list[int] = []
+        first, pack, off, end = -1, "", 0, -1
+        clens = array("H")
+
+        def flush() -> None:
+            if clens:
+                tasks.append(functools.partial(self._run, first, pack, off, clens))
+
+        for i in pages:
+            loc = locs.get(self.digests[i])
+            if loc is None or loc.base is not None or (loc.raw and loc.clen != PAGE):
+                loose.append(i)
+                continue
+            if loc.clen > PAGE or (not loc.raw and loc.clen == PAGE):
+                loose.append(i)
+                continue
+            if (
+                i != first + len(clens)
+                or loc.pack != pack
+                or loc.offset != end
+                or len(clens) >= STAGE_PIECE
+            ):
+                flush()
+                first, pack, off, end, clens = i, loc.pack, loc.offset, loc.offset, array("H")
+            clens.append(0 if loc.raw else loc.clen)
+            end += loc.clen
+        flush()
+        for s in range(0, len(loose), STAGE_PIECE):
+            tasks.append(functools.partial(self._indexed, loose[s : s + STAGE_PIECE], locs))
         return tasks
 
     def _indexed(self, pages: list[int], locs: dict[bytes, Any] | None) -> int:
