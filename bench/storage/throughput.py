@@ -104,8 +104,8 @@ def main() -> int:
         for kind in ("random", "typical"):
             r = run(kind, size, root)
             cells = [f"{w:.0f} MB/s ({c:.0f})" for w, c in r.values()]
-            print(f"| {kind} | " + " | ".join(cells) + " |", open("/proc/loadavg").read().split()[:3],
-                  flush=True)  # fmt: skip
+            load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            print(f"| {kind} | " + " | ".join(cells) + f" | load {load}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
