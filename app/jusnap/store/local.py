@@ -56,12 +56,12 @@ from .cas import (
     ZERO_DIGEST,
     ChunkError,
     ChunkStore,
-    digest,
     hash_tree,
     split_digests,
 )
 
 log = logging.getLogger(__name__)
+_xxh3 = xxhash.xxh3_128_digest  # ``cas.digest`` without a Python call per page
 
 MANIFEST = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
@@ -348,7 +348,7 @@ class _Stager:
             if got != size:
                 return self._fallback(first, n)
             if size == n * PAGE and not any(clens):  # raw pages: write what was read
-                if [digest(view[k : k + PAGE]) for k in range(0, size, PAGE)] != want:
+                if [_xxh3(view[k : k + PAGE]) for k in range(0, size, PAGE)] != want:
                     return self._fallback(first, n)
                 pwritev_all(self.dst, [view], first * PAGE)
                 return size
@@ -365,7 +365,7 @@ class _Stager:
                 else:
                     pages.append(view[pos : pos + PAGE])
                     pos += PAGE
-            if [digest(p) for p in pages] != want:
+            if [_xxh3(p) for p in pages] != want:
                 return self._fallback(first, n)
             pwritev_all(self.dst, pages, first * PAGE)
             return n * PAGE
@@ -592,6 +592,7 @@ class LocalStore:
         the locations of the pages it adds go to ``hint_dir`` (``hints.py``)."""
         size = 0
         digests: list[bytes] = []
+        added = writer.new_page_bytes
         # Each piece is consumed (hashed, new chunks copied) before the next is read.
         for view in _pieces_into(src, READ_PIECE):
             chunks = [view[i : i + PAGE] for i in range(0, len(view), PAGE)]
@@ -606,7 +607,7 @@ class LocalStore:
                 addresses.update(zip(keys, got, strict=True))
             digests += got
             size += len(view)
-        if hint_dir is not None:
+        if hint_dir is not None and writer.new_page_bytes > added:  # it added pages: hint them
             _write_hints(hint_dir / f"{name}{hints.SUFFIX}", digests, writer.rows)
         roots, depth = hash_tree(writer.put, digests)
         return StoredFile(name, size, None, mode, [d.hex() for d in roots], depth)
