@@ -120,7 +120,7 @@ def parse(data: bytes, pages: int, page: int) -> Hints | None:
         starts: list[int] = []
         hinted, last = 0, 0
         for first, count, pack, off in _RUN.iter_unpack(data[pos:end]):
-            if count < 1 or first < last or first + count > pages or pack >= npacks:
+            if count < 1 or first < last or first + count > pages or pack >= npacks or off >> 62:
                 return None
             runs.append((first, count, packs[pack], off))
             starts.append(hinted)
