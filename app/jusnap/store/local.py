@@ -9,6 +9,7 @@ Layout (manifest version 2)::
 
     snapshots/<id>/manifest.json     what the snapshot is made of
     snapshots/<id>/<small image>     CRIU's small images and the history file, whole
+    snapshots/<id>/pages-N.img.locs  where the pages the snapshot added lie (``hints.py``)
     chunks/<owner uid>/              the owner's content-addressed pages (``cas.py``)
 
 Page images (``pages-*.img``, nearly all of a snapshot's bytes) are split into 4 KiB pages
@@ -254,6 +255,12 @@ def read_manifest(path: Path) -> Manifest:
     )
 
 
+def _whole_page(clen: int, raw: int) -> bool:
+    """Whether an index row's chunk is a whole page: PAGE bytes raw, or a zstd frame of
+    fewer (a frame that does not shrink the page is stored raw, ``RAW_IF_RATIO``)."""
+    return clen == PAGE if raw else clen < PAGE
+
+
 class _Stager:
     """The tasks that rebuild one page image into ``dst``; each returns the bytes it
     accounts for (pages written plus zero pages left as holes)."""
@@ -284,7 +291,7 @@ class _Stager:
             return []
         zeros = sum(1 for i in todo if self.digests[i] == ZERO_DIGEST)
         pages = [i for i in todo if self.digests[i] != ZERO_DIGEST]
-        locs = self.cs.locate(self.digests[i] for i in pages)
+        rows = self.cs.rows(self.digests[i] for i in pages)
         tasks: list[Callable[[], int]] = [lambda: zeros * PAGE]
         loose: list[int] = []
         first, pack, off, end = -1, "", 0, -1
@@ -295,26 +302,21 @@ class _Stager:
                 tasks.append(functools.partial(self._run, first, pack, off, clens))
 
         for i in pages:
-            loc = locs.get(self.digests[i])
-            if loc is None or loc.base is not None or (loc.raw and loc.clen != PAGE):
+            row = rows.get(self.digests[i])
+            # A raw page is PAGE bytes, a zstd frame of a page less (``RAW_IF_RATIO``);
+            # anything else (a delta, a short last page, no row) goes chunk by chunk.
+            if row is None or row[5] is not None or not _whole_page(row[3], row[4]):
                 loose.append(i)
                 continue
-            if loc.clen > PAGE or (not loc.raw and loc.clen == PAGE):
-                loose.append(i)
-                continue
-            if (
-                i != first + len(clens)
-                or loc.pack != pack
-                or loc.offset != end
-                or len(clens) >= STAGE_PIECE
-            ):
+            _, p, o, c, raw = row[:5]
+            if i != first + len(clens) or p != pack or o != end or len(clens) >= STAGE_PIECE:
                 flush()
-                first, pack, off, end, clens = i, loc.pack, loc.offset, loc.offset, array("H")
-            clens.append(0 if loc.raw else loc.clen)
-            end += loc.clen
+                first, pack, off, end, clens = i, p, o, o, array("H")
+            clens.append(0 if raw else c)
+            end += c
         flush()
         for s in range(0, len(loose), STAGE_PIECE):
-            tasks.append(functools.partial(self._indexed, loose[s : s + STAGE_PIECE], locs))
+            tasks.append(functools.partial(self._indexed, loose[s : s + STAGE_PIECE], None))
         return tasks
 
     def _indexed(self, pages: list[int], locs: dict[bytes, Any] | None) -> int:
