@@ -7,9 +7,10 @@ manifest as runs: (first page, page count, pack, offset) plus each page's stored
 A restore reads a run with one ``pread`` and writes it with one ``pwrite``.
 
 Why only hints: the file is not part of the snapshot's content and never trusted for it. Every
-page is still checked against its hash from the (verified) hash tree; a page whose hint is
-stale (garbage collection moved its chunk to another pack) or damaged is looked up in the
-index instead, and fails the restore only if the index's copy fails its hash too. A snapshot
+page is still checked against its hash from the (verified) hash tree; a run whose hint is
+stale (its chunks were moved: a pack rewritten by garbage collection, a damaged chunk that
+``gc --verify`` forgot and a later commit stored again) or damaged is looked up in the index
+instead, and fails the restore only if the index's copy fails its hash too. A snapshot
 without the file (written before it existed, or migrated) is rebuilt through the index, and
 a jusnap that does not know the file ignores it (the manifest does not list it).
 
@@ -17,7 +18,8 @@ Pages the snapshot shares with earlier ones (deduplicated) have no hint: the com
 the index *whether* it holds them (what makes committing known pages fast), not where.
 
 Format (little-endian): ``MAGIC``, u32 pack count, u32 run count, u32 page count of the image;
-per pack a u16 length and its UTF-8 name; the runs (``RUN``); one u16 per hinted page, its
+per pack a u16 length and its UTF-8 name; the runs (``_RUN``: first page, page count, pack
+number, offset of the first page's chunk); one u16 per hinted page, its
 stored length (0: a raw 4 KiB page, otherwise a zstd frame of one page).
 """
 
