@@ -10,6 +10,9 @@ For random (incompressible) and typical (numeric, compressible) pages, with one 
 * ``commit new``: hash every 4 KiB page, look it up, compress and write the new ones, fsync;
 * ``commit again``: the same image once more: hash + dedup only (every page is known);
 * ``stage out``: rebuild the image from the store, verifying every page (a restore's staging);
+  the first commit's pages are its own (found through its location hints, ``hints.py``);
+* ``stage out shared``: the same for the second commit, whose pages are all shared with the
+  first (found through the index, as for every snapshot written before hints existed);
 * ``hot copy``: what a hot-tier entry costs instead (``copy_file_range``, no verification).
 
 Prints MB/s per phase (decimal MB of image bytes per second of wall time) and, in
@@ -79,6 +82,11 @@ def run(kind: str, size: int, root: Path) -> dict[str, tuple[float, float]]:
     dest.mkdir()
     t("stage out", lambda: store.stage_out("01" + "A" * 24, dest, os.geteuid(), os.getegid()))
     assert (dest / "pages-1.img").read_bytes() == (src / "pages-1.img").read_bytes()
+    shutil.rmtree(dest)
+    dest.mkdir()
+    t("stage shared", lambda: store.stage_out("01" + "B" * 24, dest, os.geteuid(), os.getegid()))
+    assert (dest / "pages-1.img").read_bytes() == (src / "pages-1.img").read_bytes()
+    shutil.rmtree(dest)
     t("hot copy", lambda: copy(src / "pages-1.img", root / f"hot-{kind}"))
     return {k: (size / v / 1e6, size / max(t.cpu[k], 1e-9) / 1e6) for k, v in t.wall.items()}
 
@@ -91,12 +99,13 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="jusnap-throughput-", dir="/var/tmp"))
     try:
         print(f"| data ({args.size}, 1 thread) | commit new | commit again (hash + dedup) "
-              "| stage out (rebuild + verify) | hot copy |")  # fmt: skip
-        print("|---|---|---|---|---|")
+              "| stage out (rebuild + verify) | stage out, shared pages | hot copy |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
         for kind in ("random", "typical"):
             r = run(kind, size, root)
             cells = [f"{w:.0f} MB/s ({c:.0f})" for w, c in r.values()]
-            print(f"| {kind} | " + " | ".join(cells) + " |", flush=True)
+            load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            print(f"| {kind} | " + " | ".join(cells) + f" | load {load}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -285,7 +285,7 @@ def test_previous_layout_is_migrated_at_start(
     engine.store.stage_out(snap.id, d, os.getuid(), os.getgid(), skip=None)
     files = []
     for p in sorted(d.iterdir()):
-        if p.name == MANIFEST:
+        if p.name == MANIFEST or p.name.endswith(".locs"):  # version 1 had no hints
             continue
         data = p.read_bytes()
         files.append({"name": p.name, "size": len(data),

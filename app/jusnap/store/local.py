@@ -9,6 +9,7 @@ Layout (manifest version 2)::
 
     snapshots/<id>/manifest.json     what the snapshot is made of
     snapshots/<id>/<small image>     CRIU's small images and the history file, whole
+    snapshots/<id>/pages-N.img.locs  where the pages the snapshot added lie (``hints.py``)
     chunks/<owner uid>/              the owner's content-addressed pages (``cas.py``)
 
 Page images (``pages-*.img``, nearly all of a snapshot's bytes) are split into 4 KiB pages
@@ -28,28 +29,40 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
+import queue
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from array import array
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import xxhash
+import zstandard
 
 from ..criu_images import ImageCheck, needs_bytes
 from ..errors import ConfigError, ImageRefused, RestoreFailed, SnapshotFailed, StoreFull
 from ..fsutil import fsync_dir, open_nofollow, pwritev_all, write_all, write_json
 from ..ids import SNAPSHOT_ID_RE
 from ..untrusted import open_untrusted, open_untrusted_path
-from . import pagemap
-from .cas import PAGE, ZERO_DIGEST, ChunkError, ChunkStore, hash_tree, split_digests
+from . import hints, pagemap
+from .cas import (
+    PAGE,
+    ZERO_DIGEST,
+    ChunkError,
+    ChunkStore,
+    hash_tree,
+    split_digests,
+)
 
 log = logging.getLogger(__name__)
+_xxh3 = xxhash.xxh3_128_digest  # ``cas.digest`` without a Python call per page
 
 MANIFEST = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
@@ -156,6 +169,35 @@ def _write_runs(dst: int, first: int, pages: list[int], data: list[Any]) -> None
         k = j
 
 
+def _write_hints(path: Path, digests: list[bytes], rows: dict[bytes, tuple]) -> None:
+    """Write the image's location hints (not fsynced: a hint lost or torn in a crash only
+    sends the pages it covered through the index at restore)."""
+    data = hints.build(digests, rows, PAGE, ZERO_DIGEST)
+    if data is None:
+        return
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _read_hints(path: Path, pages: int) -> hints.Hints | None:
+    try:
+        fd = open_nofollow(path)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size > hints.MAX_BYTES:
+            return None
+        data = b"".join(_read_pieces(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return hints.parse(data, pages, PAGE)
+
+
 def _read_pieces(fd: int, size: int = READ_PIECE) -> Iterator[bytes]:
     while True:
         parts = []
@@ -211,6 +253,128 @@ def read_manifest(path: Path) -> Manifest:
         int(data.get("new_bytes", 0)),
         int(data.get("new_page_bytes", 0)),
     )
+
+
+def _whole_page(clen: int, raw: int) -> bool:
+    """Whether an index row's chunk is a whole page: PAGE bytes raw, or a zstd frame of
+    fewer (a frame that does not shrink the page is stored raw, ``RAW_IF_RATIO``)."""
+    return clen == PAGE if raw else clen < PAGE
+
+
+class _Stager:
+    """The tasks that rebuild one page image into ``dst``; each returns the bytes it
+    accounts for (pages written plus zero pages left as holes)."""
+
+    def __init__(self, cs: ChunkStore, digests: list[bytes], dst: int) -> None:
+        self.cs = cs
+        self.digests = digests
+        self.dst = dst
+        self.covered = bytearray(len(digests))  # 1: the page is in a hinted run
+        self.buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def hinted(self, found: hints.Hints) -> list[Callable[[], int]]:
+        tasks: list[Callable[[], int]] = []
+        for (first, count, pack, off), start in zip(found.runs, found.starts, strict=True):
+            self.covered[first : first + count] = b"\x01" * count
+            for s in range(0, count, STAGE_PIECE):
+                n = min(STAGE_PIECE, count - s)
+                clens = found.clens[start + s : start + s + n]
+                tasks.append(functools.partial(self._run, first + s, pack, off, clens))
+                off += sum(c or PAGE for c in clens)
+        return tasks
+
+    def indexed(self) -> list[Callable[[], int]]:
+        """The pages no hint covers, found through the index: runs of pages lying back to
+        back in a pack as for hints, deltas and anything unusual chunk by chunk."""
+        todo = [i for i in range(len(self.digests)) if not self.covered[i]]
+        if not todo:
+            return []
+        zeros = sum(1 for i in todo if self.digests[i] == ZERO_DIGEST)
+        pages = [i for i in todo if self.digests[i] != ZERO_DIGEST]
+        rows = self.cs.rows(self.digests[i] for i in pages)
+        tasks: list[Callable[[], int]] = [lambda: zeros * PAGE]
+        loose: list[int] = []
+        first, pack, off, end = -1, "", 0, -1
+        clens = array("H")
+
+        def flush() -> None:
+            if clens:
+                tasks.append(functools.partial(self._run, first, pack, off, clens))
+
+        for i in pages:
+            row = rows.get(self.digests[i])
+            # A raw page is PAGE bytes, a zstd frame of a page less (``RAW_IF_RATIO``);
+            # anything else (a delta, a short last page, no row) goes chunk by chunk.
+            if row is None or row[5] is not None or not _whole_page(row[3], row[4]):
+                loose.append(i)
+                continue
+            _, p, o, c, raw = row[:5]
+            if i != first + len(clens) or p != pack or o != end or len(clens) >= STAGE_PIECE:
+                flush()
+                first, pack, off, end, clens = i, p, o, o, array("H")
+            clens.append(0 if raw else c)
+            end += c
+        flush()
+        for s in range(0, len(loose), STAGE_PIECE):
+            tasks.append(functools.partial(self._indexed, loose[s : s + STAGE_PIECE], None))
+        return tasks
+
+    def _indexed(self, pages: list[int], locs: dict[bytes, Any] | None) -> int:
+        data = self.cs.read([self.digests[i] for i in pages], locs)
+        _write_runs(self.dst, 0, pages, data)
+        return sum(len(c) for c in data)
+
+    def _fallback(self, first: int, n: int) -> int:
+        """A run whose hint did not hold (its chunks moved, or damage): through the index."""
+        pages = [i for i in range(first, first + n) if self.digests[i] != ZERO_DIGEST]
+        return (n - len(pages)) * PAGE + self._indexed(pages, None)
+
+    def _run(self, first: int, pack: str, off: int, clens: array) -> int:
+        n = len(clens)
+        size = sum(c or PAGE for c in clens)
+        want = self.digests[first : first + n]
+        try:
+            buf = self.buffers.get_nowait()
+        except queue.Empty:
+            buf = bytearray(STAGE_PIECE * PAGE)
+        try:
+            try:
+                fd = open_nofollow(self.cs.packs / pack)
+            except OSError:
+                return self._fallback(first, n)
+            try:
+                view = memoryview(buf)[:size]
+                got = os.preadv(fd, [view], off)
+            finally:
+                os.close(fd)
+            if got != size:
+                return self._fallback(first, n)
+            if size == n * PAGE and not any(clens):  # raw pages: write what was read
+                if [_xxh3(view[k : k + PAGE]) for k in range(0, size, PAGE)] != want:
+                    return self._fallback(first, n)
+                pwritev_all(self.dst, [view], first * PAGE)
+                return size
+            pages: list[bytes | memoryview] = []
+            dctx = zstandard.ZstdDecompressor()
+            pos = 0
+            for c in clens:
+                if c:
+                    frame = view[pos : pos + c]
+                    if zstandard.frame_content_size(frame) != PAGE:
+                        return self._fallback(first, n)
+                    pages.append(dctx.decompress(frame))
+                    pos += c
+                else:
+                    pages.append(view[pos : pos + PAGE])
+                    pos += PAGE
+            if [_xxh3(p) for p in pages] != want:
+                return self._fallback(first, n)
+            pwritev_all(self.dst, pages, first * PAGE)
+            return n * PAGE
+        except zstandard.ZstdError:
+            return self._fallback(first, n)
+        finally:
+            self.buffers.put(buf)
 
 
 class LocalStore:
@@ -324,7 +488,14 @@ class LocalStore:
                                 where = pages_at.get(store_name) if dirfd >= 0 else None
                                 files.append(
                                     self._put_pages(
-                                        writer, store_name, src, mode, where, parent, addresses
+                                        writer,
+                                        store_name,
+                                        src,
+                                        mode,
+                                        where,
+                                        parent,
+                                        addresses,
+                                        partial,
                                     )
                                 )
                             else:
@@ -417,10 +588,13 @@ class LocalStore:
         where: list[pagemap.Key] | None = None,
         parent: dict[pagemap.Key, bytes] | None = None,
         addresses: dict[pagemap.Key, bytes] | None = None,
+        hint_dir: Path | None = None,
     ) -> StoredFile:
-        """Store a page image; ``where`` (page addresses) and ``parent`` find delta bases."""
+        """Store a page image; ``where`` (page addresses) and ``parent`` find delta bases;
+        the locations of the pages it adds go to ``hint_dir`` (``hints.py``)."""
         size = 0
         digests: list[bytes] = []
+        added = writer.new_page_bytes
         # Each piece is consumed (hashed, new chunks copied) before the next is read.
         for view in _pieces_into(src, READ_PIECE):
             chunks = [view[i : i + PAGE] for i in range(0, len(view), PAGE)]
@@ -435,6 +609,8 @@ class LocalStore:
                 addresses.update(zip(keys, got, strict=True))
             digests += got
             size += len(view)
+        if hint_dir is not None and writer.new_page_bytes > added:  # it added pages: hint them
+            _write_hints(hint_dir / f"{name}{hints.SUFFIX}", digests, writer.rows)
         roots, depth = hash_tree(writer.put, digests)
         return StoredFile(name, size, None, mode, [d.hex() for d in roots], depth)
 
@@ -492,7 +668,7 @@ class LocalStore:
                 if f.chunked:
                     if m.owner is None:
                         raise RestoreFailed(f"snapshot {snapshot_id} is damaged: no owner")
-                    self._stage_pages(snapshot_id, self.chunks(int(m.owner)), f, dst)
+                    self._stage_pages(snapshot_id, self.chunks(int(m.owner)), f, dst, src_dir)
                 elif f.cas and not (src_dir / f.name).exists():
                     if m.owner is None:
                         raise RestoreFailed(f"snapshot {snapshot_id} is damaged: no owner")
@@ -540,29 +716,28 @@ class LocalStore:
             raise RestoreFailed(f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum")
         write_all(dst, data)
 
-    def _stage_pages(self, snapshot_id: str, cs: ChunkStore, f: StoredFile, dst: int) -> None:
-        """Reassemble a page image, several pieces at a time (zstd releases the GIL). Zero
-        pages are known by their hash: neither read nor written (the file has holes there,
-        which read as zeros); runs of other pages are written without joining them first."""
+    def _stage_pages(
+        self, snapshot_id: str, cs: ChunkStore, f: StoredFile, dst: int, src_dir: Path
+    ) -> None:
+        """Reassemble a page image, several pieces at a time (zstd releases the GIL).
+
+        Pages the snapshot added are found through its hints (``hints.py``): one ``pread`` and
+        one write per run, no index lookup; the others through the index. Every page is
+        checked against its hash either way. Zero pages are known by their hash: neither read
+        nor written (the file has holes there, which read as zeros)."""
         try:
             with cs.lock():
                 digests = self.page_digests(cs, f)
                 os.ftruncate(dst, f.size)
-                locs = cs.locate(d for d in digests if d != ZERO_DIGEST)
-
-                def piece(start: int) -> int:
-                    part = digests[start : start + STAGE_PIECE]
-                    pages = [i for i, d in enumerate(part) if d != ZERO_DIGEST]
-                    data = cs.read([part[i] for i in pages], locs)
-                    _write_runs(dst, start, pages, data)
-                    return (len(part) - len(pages)) * PAGE + sum(len(c) for c in data)
-
-                starts = range(0, len(digests), STAGE_PIECE)
-                if self.threads > 1 and len(starts) > 1:
+                found = _read_hints(src_dir / f"{f.name}{hints.SUFFIX}", len(digests))
+                stager = _Stager(cs, digests, dst)
+                tasks = stager.hinted(found) if found else []
+                tasks += stager.indexed()
+                if self.threads > 1 and len(tasks) > 1:
                     with ThreadPoolExecutor(self.threads) as pool:
-                        total = sum(pool.map(piece, starts))
+                        total = sum(pool.map(lambda task: task(), tasks))
                 else:
-                    total = sum(piece(s) for s in starts)
+                    total = sum(task() for task in tasks)
         except ChunkError as exc:
             raise RestoreFailed(
                 f"snapshot {snapshot_id} is damaged: {f.name} fails its checksum ({exc})"
