@@ -80,7 +80,7 @@ from .kernels.supervisor import Supervisor
 from .ports import move_ports, rename_file
 from .proc import Reaper, check_restored, cpu_seconds, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
-from .store.hot import HotEntry, HotTier
+from .store.hot import EarlyWriteback, HotEntry, HotTier
 from .store.local import LocalStore
 from .store.service import StoreService
 from .trailing import BUSY_RETRY, TrailingSnapshots
@@ -657,7 +657,11 @@ class Engine:
             kept = [(mp, namespace.bind_key(mp)) for mp in namespace.kept_in(k.pid)]
             try:
                 t_hooks, t_request = time.monotonic(), time.time()
-                with self.hooks.around_dump(k.pid, active) as hook_meta:
+                # A durable entry is fsynced next: its writeback starts while CRIU writes.
+                early: contextlib.AbstractContextManager[object] = (
+                    EarlyWriteback(images, k.run_uid) if durable else contextlib.nullcontext()
+                )
+                with self.hooks.around_dump(k.pid, active) as hook_meta, early:
                     result = self.criu.dump(
                         k.pid, images, work, creds, str(self.action_script), env,
                         namespaced=namespaced, external_files=external,
