@@ -672,33 +672,40 @@ class Engine:
                 raise
             except Exception as exc:  # a hook's own failure
                 raise SnapshotFailed(f"snapshot failed: {exc}") from exc
-            # The count the frozen process had, not the one the request carried: the kernel
-            # may have started further cells since.
             # (A little past the dump's end: a request queued in the frozen kernel starts
             # right after the thaw, and must count as having run during the window.)
-            seen = self.kernels.window(k.id, t_request, time.time() + 0.05)
-            execution_count = seen.count if seen.count is not None else execution_count
+            window_end = time.time() + 0.05
             live = self.kernels.live(k.id)
             live.pop("state_of", None)
+            # The kernel's CPU time at the thaw: what it uses from here on is not in the images.
             cpu = cpu_seconds(k.pid)
-            if seen.quiet and not seen.requested and cpu is not None:
-                # The images hold the kernel's state as it is now (see _state_held_by).
-                live["state_of"] = (sid, t_request, cpu, start_time(k.pid))
-            if exact and not seen.quiet:
-                # A cell ran at some moment of the freeze: the images may hold it half run (or
-                # a request queued in the frozen kernel), so no cell number is sure to be true.
-                # Kept all the same (a headless run may shut its kernel down before any later
-                # snapshot), listed without a number; the exact one follows it.
-                execution_count = None
-                self.trailing.schedule(k.id, BUSY_RETRY)
             frozen = criu_mod.frozen_seconds(images) or result.seconds
             if active:
                 # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
                 # to its exit, not only while CRIU holds it.
                 frozen = max(frozen, hooked_seconds)
             # Every file is copied once, from the user's directory, into root-only files.
+            # Before the window is read: its wait past the dump's end overlaps the fsync.
             history = history_copy if history_copy.exists() else None
             entry = self.hot.put(sid, images, history, k.run_gid, k.run_uid, durable)
+        try:
+            # The count the frozen process had, not the one the request carried: the kernel
+            # may have started further cells since.
+            seen = self.kernels.window(k.id, t_request, window_end)
+        except BaseException:
+            self.hot.drop(sid)
+            raise
+        execution_count = seen.count if seen.count is not None else execution_count
+        if seen.quiet and not seen.requested and cpu is not None:
+            # The images hold the kernel's state as it is now (see _state_held_by).
+            live["state_of"] = (sid, t_request, cpu, start_time(k.pid))
+        if exact and not seen.quiet:
+            # A cell ran at some moment of the freeze: the images may hold it half run (or
+            # a request queued in the frozen kernel), so no cell number is sure to be true.
+            # Kept all the same (a headless run may shut its kernel down before any later
+            # snapshot), listed without a number; the exact one follows it.
+            execution_count = None
+            self.trailing.schedule(k.id, BUSY_RETRY)
         snap = Snapshot(
             id=sid,
             kernel_id=k.id,
