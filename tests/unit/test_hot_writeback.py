@@ -38,7 +38,8 @@ def test_growing_files_are_handed_to_writeback_and_planted_names_left_alone(
         for _ in range(6):
             fh.write(chunk)
         fh.flush()
-        _wait(lambda: wb._done["pages-1.img"] == 9 << 20)
+        # A pass may see the file half written: at the end less than the least growth is left.
+        _wait(lambda: (9 << 20) - wb._done["pages-1.img"] < hot.WRITEBACK_MIN)
         _wait(lambda: {"fifo", "link"} <= wb._skip)
     assert not wb._fds  # every descriptor closed at the end
     assert not wb._thread.is_alive()
