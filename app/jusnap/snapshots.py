@@ -93,6 +93,8 @@ MAX_LABEL = 200
 # CPU time an idle kernel may use after a snapshot and still hold its state (answering
 # kernel_info and heartbeats); more means something ran (a thread in the background).
 HELD_CPU_SLACK = 0.1
+# How long an automatic snapshot asked for at the end of a cell waits for that cell's end.
+CELL_END_WAIT = 2.0
 # CRIU's words when the kernel had a connection to the daemon open at the freeze.
 _TRANSIENT_DUMP_FAILURES = ("External socket is used", "Non-empty write queue on an in-flight")
 
@@ -359,6 +361,12 @@ class Engine:
             skipped = self._auto_skipped(k)
             if skipped is not None:
                 return self._pend(skipped)
+            if execution_count is not None:
+                # Asked from the cell's post_run_cell hook, before the kernel has answered
+                # the cell: dumped at once, the cell often still counted as running (under
+                # load, 1 run in 3 here), and the snapshot was listed without its number, the
+                # numbered one a cooldown and a commit later (80 s once at 1.5 GB).
+                self.kernels.cell_ended(k.id, execution_count, CELL_END_WAIT)
         try:
             snap = self._snapshot_retrying(k, trigger, label, execution_count)
         except Busy:
