@@ -362,6 +362,11 @@ class EarlyWriteback:
         self._fds.clear()
 
     def _run(self) -> None:
+        # The pages are written back from this thread (the kernel does the work in the caller
+        # of sync_file_range): at the lowest priority, so that CRIU, which holds the kernel
+        # frozen while it writes, keeps its core.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             dfd = os.open(self.images, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
