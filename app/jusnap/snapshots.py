@@ -674,9 +674,12 @@ class Engine:
                 early: contextlib.AbstractContextManager[object] = (
                     EarlyWriteback(images, k.run_uid) if durable else contextlib.nullcontext()
                 )
+                # The action script only copies the history database: without one, CRIU
+                # need not start a shell for each of its actions, some while the kernel is frozen.
+                script = str(self.action_script) if k.history_file else None
                 with self.hooks.around_dump(k.pid, active) as hook_meta, early:
                     result = self.criu.dump(
-                        k.pid, images, work, creds, str(self.action_script), env,
+                        k.pid, images, work, creds, script, env,
                         namespaced=namespaced, external_files=external,
                         kept_mounts=kept if namespaced else (),
                     )  # fmt: skip
