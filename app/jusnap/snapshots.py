@@ -672,7 +672,9 @@ class Engine:
                 t_hooks, t_request = time.monotonic(), time.time()
                 # A durable entry is fsynced next: its writeback starts while CRIU writes.
                 early: contextlib.AbstractContextManager[object] = (
-                    EarlyWriteback(images, k.run_uid) if durable else contextlib.nullcontext()
+                    EarlyWriteback(images, k.run_uid)
+                    if durable and self.settings.jusnap.store.early_writeback
+                    else contextlib.nullcontext()
                 )
                 # The action script only copies the history database: without one, CRIU
                 # need not start a shell for each of its actions, some while the kernel is frozen.
