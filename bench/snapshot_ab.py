@@ -58,8 +58,8 @@ def main() -> int:
     phases = Phases()
     phases.install(e)
     rows: dict[str, list[dict[str, float]]] = {"on": [], "off": [], "raw": []}
+    k = e.kernels.launch(owner_uid=0)
     try:
-        k = e.kernels.launch(owner_uid=0)
         kc = connect(k.connection)
         run_cell(kc, DATA[args.data].format(size=parse_size(args.size)), timeout=600)
         creds = e.supervisor.creds(k)
@@ -90,6 +90,7 @@ def main() -> int:
         kc.stop_channels()
     finally:
         hot._sync_file_range = real
+        e.kernels.shutdown(k.id)  # kernels outlive the engine by design
         e.close()
         shutil.rmtree(state, ignore_errors=True)
     median = {
