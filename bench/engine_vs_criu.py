@@ -178,7 +178,7 @@ def raw_dump(engine: Engine, pid: int, creds: Any, images: Path) -> tuple[float,
     t0 = time.monotonic()
     engine.criu.dump(pid, images, images.parent, creds, namespaced=is_namespace_init(pid))
     wall = time.monotonic() - t0
-    return frozen_seconds(images) or wall, wall
+    return frozen_seconds(images.parent) or wall, wall  # stats-dump is in the work dir
 
 
 def raw_restore(

@@ -80,7 +80,7 @@ from .kernels.supervisor import Supervisor
 from .ports import move_ports, rename_file
 from .proc import Reaper, check_restored, cpu_seconds, kill_tree, start_time, ticks_now
 from .registry import Kernel, Registry, RestoreJournal, Snapshot
-from .store.hot import HotEntry, HotTier
+from .store.hot import EarlyWriteback, HotEntry, HotTier
 from .store.local import LocalStore
 from .store.service import StoreService
 from .trailing import BUSY_RETRY, TrailingSnapshots
@@ -93,6 +93,8 @@ MAX_LABEL = 200
 # CPU time an idle kernel may use after a snapshot and still hold its state (answering
 # kernel_info and heartbeats); more means something ran (a thread in the background).
 HELD_CPU_SLACK = 0.1
+# How long an automatic snapshot asked for at the end of a cell waits for that cell's end.
+CELL_END_WAIT = 2.0
 # CRIU's words when the kernel had a connection to the daemon open at the freeze.
 _TRANSIENT_DUMP_FAILURES = ("External socket is used", "Non-empty write queue on an in-flight")
 
@@ -359,6 +361,12 @@ class Engine:
             skipped = self._auto_skipped(k)
             if skipped is not None:
                 return self._pend(skipped)
+            if execution_count is not None:
+                # Asked from the cell's post_run_cell hook, before the kernel has answered
+                # the cell: dumped at once, the cell often still counted as running (under
+                # load, 1 run in 3 here), and the snapshot was listed without its number, the
+                # numbered one a cooldown and a commit later (80 s once at 1.5 GB).
+                self.kernels.cell_ended(k.id, execution_count, CELL_END_WAIT)
         try:
             snap = self._snapshot_retrying(k, trigger, label, execution_count)
         except Busy:
@@ -580,15 +588,20 @@ class Engine:
         """Dump, check, commit, record. ``exact`` (a cell's automatic snapshot): a dump that
         caught a cell running is kept without a cell number rather than listed under one it
         may not hold, and a trailing snapshot is made due for the state after the cell."""
-        # One commit per kernel at a time: a snapshot waits for the previous one's (deltas
-        # against it, and no pile of commits behind a kernel that snapshots faster).
-        self._await_commits(k.id)
         st = self.settings.jusnap.store
         # A per-user quota needs the snapshot's stored size before it answers (507 to the
         # notebook, not a snapshot silently removed later): stored in the request then.
-        if st.background_commit and not st.max_user_mb:
+        background = st.background_commit and not st.max_user_mb
+        # One commit per kernel at a time, in order (deltas against the previous one). A
+        # snapshot recorded before it is stored need not wait for the previous one's commit
+        # (1.5 GB: 4 s here, a minute under load, which the next cell's snapshot waited): its
+        # own commit queues behind it. At most one waits so: no pile of full-size pending hot
+        # entries behind a kernel that snapshots faster than its commits run.
+        self._await_commits(k.id, keep=1 if background else 0)
+        if background:
+            before = self._committing(k.id)
             snap = self._save_pending(k, trigger, label, execution_count, exact)
-            self._commit_later(snap.id)
+            self._commit_later(snap.id, after=before)
             return snap
         snap, entry = self._dump(k, trigger, label, execution_count, durable=False, exact=exact)
         try:
@@ -657,9 +670,18 @@ class Engine:
             kept = [(mp, namespace.bind_key(mp)) for mp in namespace.kept_in(k.pid)]
             try:
                 t_hooks, t_request = time.monotonic(), time.time()
-                with self.hooks.around_dump(k.pid, active) as hook_meta:
+                # A durable entry is fsynced next: its writeback starts while CRIU writes.
+                early: contextlib.AbstractContextManager[object] = (
+                    EarlyWriteback(images, k.run_uid)
+                    if durable and self.settings.jusnap.store.early_writeback
+                    else contextlib.nullcontext()
+                )
+                # The action script only copies the history database: without one, CRIU
+                # need not start a shell for each of its actions, some while the kernel is frozen.
+                script = str(self.action_script) if k.history_file else None
+                with self.hooks.around_dump(k.pid, active) as hook_meta, early:
                     result = self.criu.dump(
-                        k.pid, images, work, creds, str(self.action_script), env,
+                        k.pid, images, work, creds, script, env,
                         namespaced=namespaced, external_files=external,
                         kept_mounts=kept if namespaced else (),
                     )  # fmt: skip
@@ -668,33 +690,42 @@ class Engine:
                 raise
             except Exception as exc:  # a hook's own failure
                 raise SnapshotFailed(f"snapshot failed: {exc}") from exc
-            # The count the frozen process had, not the one the request carried: the kernel
-            # may have started further cells since.
             # (A little past the dump's end: a request queued in the frozen kernel starts
             # right after the thaw, and must count as having run during the window.)
-            seen = self.kernels.window(k.id, t_request, time.time() + 0.05)
-            execution_count = seen.count if seen.count is not None else execution_count
+            window_end = time.time() + 0.05
             live = self.kernels.live(k.id)
             live.pop("state_of", None)
+            # The kernel's CPU time at the thaw: what it uses from here on is not in the images.
             cpu = cpu_seconds(k.pid)
-            if seen.quiet and not seen.requested and cpu is not None:
-                # The images hold the kernel's state as it is now (see _state_held_by).
-                live["state_of"] = (sid, t_request, cpu, start_time(k.pid))
-            if exact and not seen.quiet:
-                # A cell ran at some moment of the freeze: the images may hold it half run (or
-                # a request queued in the frozen kernel), so no cell number is sure to be true.
-                # Kept all the same (a headless run may shut its kernel down before any later
-                # snapshot), listed without a number; the exact one follows it.
-                execution_count = None
-                self.trailing.schedule(k.id, BUSY_RETRY)
-            frozen = criu_mod.frozen_seconds(images) or result.seconds
+            # CRIU writes its stats image into its work directory (``-W``), not beside the
+            # images: read there, the freeze was CRIU's whole run (0.53 s for 0.21 s frozen).
+            frozen = criu_mod.frozen_seconds(work) or result.seconds
             if active:
                 # A hooked kernel (e.g. a locked CUDA context) is stalled from the hook's entry
                 # to its exit, not only while CRIU holds it.
                 frozen = max(frozen, hooked_seconds)
             # Every file is copied once, from the user's directory, into root-only files.
+            # Before the window is read: its wait past the dump's end overlaps the fsync.
             history = history_copy if history_copy.exists() else None
             entry = self.hot.put(sid, images, history, k.run_gid, k.run_uid, durable)
+        try:
+            # The count the frozen process had, not the one the request carried: the kernel
+            # may have started further cells since.
+            seen = self.kernels.window(k.id, t_request, window_end)
+        except BaseException:
+            self.hot.drop(sid)
+            raise
+        execution_count = seen.count if seen.count is not None else execution_count
+        if seen.quiet and not seen.requested and cpu is not None:
+            # The images hold the kernel's state as it is now (see _state_held_by).
+            live["state_of"] = (sid, t_request, cpu, start_time(k.pid))
+        if exact and not seen.quiet:
+            # A cell ran at some moment of the freeze: the images may hold it half run (or
+            # a request queued in the frozen kernel), so no cell number is sure to be true.
+            # Kept all the same (a headless run may shut its kernel down before any later
+            # snapshot), listed without a number; the exact one follows it.
+            execution_count = None
+            self.trailing.schedule(k.id, BUSY_RETRY)
         snap = Snapshot(
             id=sid,
             kernel_id=k.id,
@@ -784,13 +815,14 @@ class Engine:
             self.registry.add_snapshot(snap)
         self.hot.committed(snap.id, with_digests=True)
 
-    def _commit_later(self, snapshot_id: str) -> None:
+    def _commit_later(self, snapshot_id: str, after: Sequence[threading.Thread] = ()) -> None:
+        """Store a pending hot entry in a thread, once the commits ``after`` have ended."""
         entry = self.hot.get(snapshot_id)
         if entry is None or not entry.pending:
             return
         t = threading.Thread(
-            target=self._commit_background, args=(entry,), name=f"commit-{snapshot_id}",
-            daemon=True,
+            target=self._commit_background, args=(entry, tuple(after)),
+            name=f"commit-{snapshot_id}", daemon=True,
         )  # fmt: skip
         with self._commits_lock:
             self._commits[snapshot_id] = (
@@ -798,8 +830,10 @@ class Engine:
             )  # fmt: skip
         t.start()
 
-    def _commit_background(self, entry: HotEntry) -> None:
+    def _commit_background(self, entry: HotEntry, after: tuple[threading.Thread, ...] = ()) -> None:
         try:
+            for t in after:
+                t.join()
             failpoints.reached("snapshot:recorded")  # durable and listed, not yet stored
             self._commit_hot(entry, register=False)
             snap = self.registry.get_snapshot(entry.id)
@@ -827,10 +861,11 @@ class Engine:
         with self._commits_lock:
             return [t for t, kid, _o in self._commits.values() if kid == kernel_id]
 
-    def _await_commits(self, kernel_id: str) -> None:
-        """Wait until the kernel's snapshots committing in the background are stored."""
-        for t in self._committing(kernel_id):
-            t.join()
+    def _await_commits(self, kernel_id: str, keep: int = 0) -> None:
+        """Wait until no more than ``keep`` of the kernel's snapshots are still committing in
+        the background (the oldest end first: they commit in order)."""
+        while len(threads := self._committing(kernel_id)) > keep:
+            threads[0].join()
 
     def wait_stored(self, owner_uid: int | None = ADMIN) -> None:
         """Wait until the owner's (everyone's: ``ADMIN``) snapshots committing in the

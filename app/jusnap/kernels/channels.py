@@ -147,6 +147,20 @@ class IopubMonitor:
             time.sleep(0.005)
         return self.newest >= when
 
+    def cell_ended(self, count: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until cell ``count`` has ended (its request's idle status
+        arrived) or a later cell has started."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inputs = list(self.inputs)
+            if any(c > count for _, c, _ in inputs) or any(
+                c == count and mid in self.ends for _, c, mid in inputs
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
     def window(self, start: float, end: float, settle: float) -> Window:
         """What happened between ``start`` and ``end`` (kernel clock = this machine's)."""
         caught_up = self.caught_up(end, settle)

@@ -110,6 +110,12 @@ class KernelService:
             ping_control(m.conn)
         return m.window(start, end, settle=1.0)
 
+    def cell_ended(self, kernel_id: str, count: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the end of cell ``count`` (see IopubMonitor.cell_ended);
+        False at once for a kernel nobody watches."""
+        m = self._monitors.get(kernel_id)
+        return m is not None and m.cell_ended(count, timeout)
+
     def unwatch(self, k: Kernel, wait: bool = True) -> IopubMonitor | None:
         """Stop watching the kernel; returns the stopped watcher (``wait=False``: its thread
         may still be closing its socket, see :meth:`IopubMonitor.stop`)."""
