@@ -112,6 +112,13 @@ class Phases:
         self.wrap(engine.registry, "begin_restore", "journal")
         self.wrap(engine.kernels, "unwatch", "unwatch")
         self.wrap(snapshots_mod.lazyrestore, "start", "lazy_start")
+        # The registry's durable writes (one fsync each) and the work after the handshake.
+        self.wrap(engine.registry, "put_kernel", "put_kernel")
+        self.wrap(engine.registry, "end_restore", "end_journal")
+        self.wrap(engine, "_keep_hot", "keep_hot")
+        self.wrap(engine.kernels, "watch", "watch")
+        if hasattr(snapshots_mod._Staged, "wait_verified"):  # verified while the kernel stops
+            self.wrap(snapshots_mod._Staged, "wait_verified", "verify_wait")
 
     def take(self, t0: float, settle: float = 0.0) -> dict[str, float]:
         """Seconds per phase since ``t0`` (summed when a phase ran more than once); waits
@@ -429,7 +436,8 @@ def table(results: dict[str, dict[str, float]], machine: dict[str, Any]) -> str:
 
 
 RESTORE_PHASES = ("pre_held_check", "journal", "unwatch", "pre_dump", "pre_hot_put", "pre_commit", "stage", "hot_verify", "check", "stop",
-                  "lazy_start", "criu_restore", "handshake", "peers", "kernel_down")  # fmt: skip
+                  "verify_wait", "lazy_start", "criu_restore", "handshake", "peers", "put_kernel", "end_journal", "keep_hot",
+                  "kernel_down")  # fmt: skip
 SNAPSHOT_PHASES = ("dump", "hot_put", "commit")
 
 

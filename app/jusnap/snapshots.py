@@ -1042,31 +1042,49 @@ class Engine:
 
     @contextlib.contextmanager
     def _staging(self, k: Kernel, snap: Snapshot) -> Iterator[Future[_Staged]]:
-        """Stage ``snap`` in a thread of its own (see :meth:`_stage`); the scratch directory
-        outlives it (the pool is shut down, waiting for it, before the directory goes)."""
-        with self._scratch() as scratch, ThreadPoolExecutor(1, "stage") as pool:
-            yield pool.submit(self._stage, k, snap, scratch)
+        """Stage ``snap`` in a thread of its own (see :meth:`_stage`) and verify its hot entry,
+        if any, in another: that hashes every image byte (~0.1 s per GiB), and the restore
+        waits for it only after the old kernel's stop (:meth:`_replace`), which takes about as
+        long. The scratch directory outlives both (the pool is shut down, waiting for them,
+        before the directory goes)."""
+        with self._scratch() as scratch, ThreadPoolExecutor(2, "stage") as pool:
+            entry = self.hot.get(snap.id)
+            verified = pool.submit(self.hot.verify, entry) if entry is not None else None
+            yield pool.submit(self._stage, k, snap, scratch, entry, verified)
 
-    def _stage(self, k: Kernel, snap: Snapshot, scratch: Path) -> _Staged:
+    def _stage(
+        self,
+        k: Kernel,
+        snap: Snapshot,
+        scratch: Path,
+        entry: HotEntry | None = None,
+        verified: Future[None] | None = None,
+    ) -> _Staged:
         """The images CRIU will restore ``snap`` from, where CRIU (as the kernel's uid) can read
         them but the kernel's user cannot change them: root's files in root's directories,
         readable through the kernel's group; checked for this kernel's identity.
 
-        A hot entry is used as it is; otherwise the snapshot is verified and copied out of the
-        store into ``scratch``. A snapshot taken with other ports than ``k``'s connection has
-        its served ports moved (``ports.py``) in a copy of its own, checked again. This
-        happens before the running kernel is stopped: a damaged or crafted snapshot fails
-        here, with the kernel untouched (raised as :class:`_Untouched`).
+        A hot entry is used as it is (``entry``, else looked up); otherwise the snapshot is
+        verified and copied out of the store into ``scratch``. A snapshot taken with other
+        ports than ``k``'s connection has its served ports moved (``ports.py``) in a copy of
+        its own, checked again. This happens before the running kernel is stopped: a damaged
+        or crafted snapshot fails here, with the kernel untouched (raised as
+        :class:`_Untouched`). ``verified``: the hot entry's verification, running elsewhere
+        (:meth:`_staging`); the result carries it and :meth:`_replace` waits for it before
+        CRIU reads a byte (a failure found only after the stop is rolled back like a failed
+        CRIU restore). Without it the entry is verified here.
         """
         try:
             creds = self.supervisor.creds(k)
             lazy = self.storage.lazy_for(snap, self.criu.lazy_capable(creds))
             want_history = snap.has_history and bool(k.history_file)
-            entry = self.hot.get(snap.id)  # a lazy restore links a hot entry's images
+            if entry is None:
+                entry = self.hot.get(snap.id)  # a lazy restore links a hot entry's images
             history: Path | None = None
             if entry is not None:
                 images = entry.images
-                self.hot.verify(entry)
+                if verified is None:
+                    self.hot.verify(entry)
                 self._check_staged(k, images)
                 if want_history and entry.history:
                     history = entry.history / HISTORY_NAME
@@ -1086,7 +1104,8 @@ class Engine:
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
         except JusnapError as exc:
             raise _Untouched(exc) from None
-        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved)
+        pending = verified if entry is not None else None
+        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved, pending)
 
     def _retarget(
         self, k: Kernel, snap: Snapshot, images: Path, scratch: Path, namespaced: bool
@@ -1145,6 +1164,9 @@ class Engine:
         their subscription is back would publish its output to nobody.
         """
         failpoints.reached("restore:before-stop")
+        early = staged.unverified()
+        if early is not None:  # the damage is known before anything was stopped
+            raise _Untouched(early)
         watcher = self.kernels.unwatch(k, wait=False)  # it ends while the kernel stops
         self.supervisor.stop(k)
         if watcher is not None:
@@ -1156,6 +1178,8 @@ class Engine:
         restored_pid: int | None = None
         server: lazyrestore.LazyServer | None = None
         try:
+            # Verified while the old kernel stopped: nothing is put in its place before that.
+            staged.wait_verified()
             creds = self.supervisor.creds(k)
             if staged.history is not None and k.history_file:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
@@ -1380,6 +1404,29 @@ class _Staged:
     lazy: bool
     namespaced: bool = False  # a kernel in its own PID + mount namespace: a new PID back
     ports_moved: dict[int, int] = field(default_factory=dict)  # old -> new (ports.py)
+    # The hot entry's verification, still running (None: verified already, or no hot entry).
+    verified: Future[None] | None = None
+
+    def unverified(self) -> JusnapError | None:
+        """Why the images failed their verification, if it has ended so (before the stop)."""
+        v = self.verified
+        if v is None or not v.done():
+            return None
+        exc = v.exception()
+        if exc is None or isinstance(exc, JusnapError):
+            return exc
+        return RestoreFailed(f"restore failed: cannot verify the images: {exc}")
+
+    def wait_verified(self) -> None:
+        """Raise RestoreFailed unless the images passed their verification (waits for it)."""
+        if self.verified is None:
+            return
+        try:
+            self.verified.result()
+        except JusnapError:
+            raise
+        except Exception as exc:
+            raise RestoreFailed(f"restore failed: cannot verify the images: {exc}") from exc
 
 
 def port_map(ports: str, k: Kernel) -> dict[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -75,15 +76,21 @@ class IopubMonitor:
         self.requested = 0.0  # kernel timestamp of the newest request that may change state
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jusnap-iopub", daemon=True)
+        # A pipe that wakes the thread's poll at stop(); closed by the thread as it ends.
+        self._wake: tuple[int, int] | None = None
+        self._wake_lock = threading.Lock()
 
     def start(self) -> None:
+        self._wake = os.pipe()
         self._thread.start()
 
     def stop(self, wait: bool = True) -> None:
-        """Stop watching; ``wait``: until the thread has closed its socket (it polls every
-        0.2 s). A restore does not wait: that cost it 0.1 s on average before the kernel's
-        stop, and the stopped kernel's connection goes away with it anyway."""
+        """Stop watching; ``wait``: until the thread has closed its socket (woken at once; a
+        restore waits for that once the kernel is stopped, see ``Engine._replace``)."""
         self._stop.set()
+        with self._wake_lock:
+            if self._wake is not None:
+                os.write(self._wake[1], b"\0")
         if wait and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
 
@@ -94,9 +101,13 @@ class IopubMonitor:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(_url(self.conn, "iopub_port"))
         session = _session(self.conn)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self._wake is not None:
+            poller.register(self._wake[0], zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not sock.poll(200):
+                if sock not in dict(poller.poll(200)):
                     continue
                 frames = sock.recv_multipart()
                 try:
@@ -110,6 +121,11 @@ class IopubMonitor:
                     self.on_update(update)
         finally:
             sock.close(0)
+            with self._wake_lock:
+                if self._wake is not None:
+                    for fd in self._wake:
+                        os.close(fd)
+                    self._wake = None
 
     def _note(self, msg: dict[str, Any]) -> None:
         date = msg["header"].get("date")
