@@ -461,7 +461,7 @@ class Engine:
         count = live.get("execution_count", k.execution_count)
         if newest[0].execution_count != count or live.get("execution_state") != "idle":
             return None
-        seen = self.kernels.window(k.id, since, time.time())
+        seen = self.kernels.window(k.id, since, time.time(), settle=0.0)  # idle: ping at once
         used = cpu_seconds(k.pid)
         if not seen.quiet or seen.requested or used is None or used - cpu > HELD_CPU_SLACK:
             return None

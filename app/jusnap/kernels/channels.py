@@ -27,6 +27,7 @@ from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.session import Session
 
 from ..errors import RestoreFailed
+from . import tcpdiag
 
 log = logging.getLogger(__name__)
 
@@ -203,22 +204,29 @@ def handshake(
     kc.load_connection_info(conn)
     kc.start_channels()
     t0 = time.monotonic()
+    # Both sockets in one poll, read as messages arrive: reading them in turn with a timeout
+    # each (as before) added ~20 ms after the last message to every restore.
+    shell, iopub = kc.shell_channel, kc.iopub_channel
+    poller = zmq.Poller()
+    poller.register(shell.socket, zmq.POLLIN)
+    poller.register(iopub.socket, zmq.POLLIN)
     try:
         sent: set[str] = set()
         reply = status = False
         next_send = t0
-        while time.monotonic() - t0 < timeout:
-            now = time.monotonic()
+        while (now := time.monotonic()) - t0 < timeout:
             if now >= next_send:
                 sent.add(kc.kernel_info())
                 next_send = now + 0.25
+            ready = dict(poller.poll(max(1, int(min(next_send - now, 0.05) * 1000))))
             with contextlib.suppress(Exception):
-                msg = kc.get_shell_msg(timeout=0.02)
-                if msg["parent_header"].get("msg_id") in sent:
-                    reply = True
+                while shell.socket in ready and shell.msg_ready():
+                    msg = shell.get_msg(timeout=0)
+                    if msg["parent_header"].get("msg_id") in sent:
+                        reply = True
             with contextlib.suppress(Exception):
-                while True:
-                    msg = kc.get_iopub_msg(timeout=0.02)
+                while iopub.socket in ready and iopub.msg_ready():
+                    msg = iopub.get_msg(timeout=0)
                     if msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") in sent:
                         status = True
             if reply and status:
@@ -232,7 +240,11 @@ def handshake(
 
 
 def established_peers(port: int) -> int:
-    """How many TCP connections a kernel has accepted on ``port`` (from /proc/net/tcp*)."""
+    """How many TCP connections a kernel has accepted on ``port`` (sock_diag, ``tcpdiag.py``;
+    else /proc/net/tcp*, 30 ms a read on a machine with a few thousand sockets)."""
+    peers = tcpdiag.accepted(port)
+    if peers is not None:
+        return len(peers)
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -257,7 +269,10 @@ SUB_HANDSHAKE_BYTES = 64 + 27
 
 def peer_bytes(port: int) -> dict[str, int] | None:
     """Bytes each accepted TCP connection on ``port`` has received, by peer address (from
-    the kernel's socket statistics, ``ss -ti``); None when ``ss`` is not available."""
+    the kernel's socket statistics: sock_diag, else ``ss -ti``); None when neither works."""
+    peers = tcpdiag.accepted(port)
+    if peers is not None:
+        return peers
     # The daemon's PATH under supervisord may lack /usr/sbin-style dirs: look in the usual places.
     ss = shutil.which("ss") or next(
         (p for p in ("/usr/bin/ss", "/bin/ss") if Path(p).exists()), None
