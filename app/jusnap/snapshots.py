@@ -11,7 +11,9 @@ The rules that shape this module:
   pre-restore dump runs, the pre-restore copy is made durable as plain images in the hot tier
   (``store/hot.py``, fsynced, checked) and committed into the store in the background after
   the restore answered; a rollback restores from those images directly. Snapshots restored
-  from the hot tier skip rebuilding their pages from the store.
+  from the hot tier skip rebuilding their pages from the store; their images are verified
+  while the old kernel stops, and CRIU starts only once both are done (damage found after
+  the stop is rolled back like a failed CRIU restore).
 * One operation per kernel at a time (others get :class:`Busy` at once); different kernels
   proceed in parallel.
 
@@ -1168,7 +1170,9 @@ class Engine:
         if early is not None:  # the damage is known before anything was stopped
             raise _Untouched(early)
         watcher = self.kernels.unwatch(k, wait=False)  # it ends while the kernel stops
-        self.supervisor.stop(k)
+        # The kernel rows written from here on need no fsync of their own (the journal row,
+        # durable, says what to do should the daemon die; Registry._tx_fast says why).
+        self.supervisor.stop(k, durable=False)
         if watcher is not None:
             # Its socket must be closed before the restored kernel listens: reconnecting
             # there for a moment, it would count as a client that came back (wait_for_peers)
@@ -1219,7 +1223,7 @@ class Engine:
             failpoints.reached("restore:criu-restored")
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
-            self.registry.put_kernel(k)
+            self.registry.put_kernel(k, durable=False)
             failpoints.reached("restore:handshake")
             old_key = self._snapshot_key(snap) or str(k.connection["key"])
             # It answers (on k's ports) with the key it was dumped with until the fixup.
@@ -1264,7 +1268,7 @@ class Engine:
                 raise
             raise RestoreFailed(f"restore failed: {exc}") from exc
         k.execution_count = snap.execution_count
-        self.registry.put_kernel(k)
+        self.registry.put_kernel(k, durable=False)  # made durable with the journal's end
         return result.seconds, hs
 
     def _lazy_leftover(self, home: Path) -> None:
