@@ -336,8 +336,10 @@ def wait_for_peers(
     """
     t0 = time.monotonic()
     deadline = t0 + timeout
+    # Looked at every 5 ms: a look is one sock_diag dump (~1-2 ms, tcpdiag.py), and the client
+    # the restore waits for is what the user's first cell waits for too.
     while time.monotonic() < deadline and established_peers(port) < expected:
-        time.sleep(0.01)
+        time.sleep(0.005)
     connected = established_peers(port)
     sub_deadline = min(deadline, time.monotonic()) + subscribe_timeout
     unsubscribed: list[str] = []
@@ -353,7 +355,7 @@ def wait_for_peers(
         unsubscribed = sorted(a for a, n in peers.items() if n <= SUB_HANDSHAKE_BYTES)
         if (not unsubscribed and connected >= expected) or time.monotonic() >= sub_deadline:
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     return Reconnection(expected, connected, unsubscribed, time.monotonic() - t0)
 
 
