@@ -11,7 +11,9 @@ The rules that shape this module:
   pre-restore dump runs, the pre-restore copy is made durable as plain images in the hot tier
   (``store/hot.py``, fsynced, checked) and committed into the store in the background after
   the restore answered; a rollback restores from those images directly. Snapshots restored
-  from the hot tier skip rebuilding their pages from the store.
+  from the hot tier skip rebuilding their pages from the store; their images are verified
+  while the old kernel stops, and CRIU starts only once both are done (damage found after
+  the stop is rolled back like a failed CRIU restore).
 * One operation per kernel at a time (others get :class:`Busy` at once); different kernels
   proceed in parallel.
 
@@ -320,10 +322,11 @@ class Engine:
         self.storage.start(self.registry)  # migrates an older store layout
 
     @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
+    def _scratch(self, trim: bool = True) -> Iterator[Path]:
         """A directory for one operation, owned by root: the kernel's user can enter it but
         never rename, replace or add anything in it; what CRIU may write goes in
-        :meth:`_user_dir` subdirectories."""
+        :meth:`_user_dir` subdirectories. ``trim``: image bytes pass through the daemon's
+        memory (the heap is trimmed after, ~10 ms)."""
         path = self.work_dir / new_snapshot_id()
         path.mkdir(mode=0o711)
         path.chmod(0o711)
@@ -331,7 +334,8 @@ class Engine:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
-            heap.give_back()  # what the images' bytes took while they passed through
+            if trim:
+                heap.give_back()  # what the images' bytes took while they passed through
 
     @staticmethod
     def _user_dir(path: Path, uid: int, gid: int) -> Path:
@@ -469,7 +473,7 @@ class Engine:
         count = live.get("execution_count", k.execution_count)
         if newest[0].execution_count != count or live.get("execution_state") != "idle":
             return None
-        seen = self.kernels.window(k.id, since, time.time())
+        seen = self.kernels.window(k.id, since, time.time(), settle=0.0)  # idle: ping at once
         used = cpu_seconds(k.pid)
         if not seen.quiet or seen.requested or used is None or used - cpu > HELD_CPU_SLACK:
             return None
@@ -1077,31 +1081,54 @@ class Engine:
 
     @contextlib.contextmanager
     def _staging(self, k: Kernel, snap: Snapshot) -> Iterator[Future[_Staged]]:
-        """Stage ``snap`` in a thread of its own (see :meth:`_stage`); the scratch directory
-        outlives it (the pool is shut down, waiting for it, before the directory goes)."""
-        with self._scratch() as scratch, ThreadPoolExecutor(1, "stage") as pool:
-            yield pool.submit(self._stage, k, snap, scratch)
+        """Stage ``snap`` in a thread of its own (see :meth:`_stage`) and verify its hot entry,
+        if any, in another: that hashes every image byte (~0.1 s per GiB), and the restore
+        waits for it only after the old kernel's stop (:meth:`_replace`), which takes about as
+        long. The scratch directory outlives both (the pool is shut down, waiting for them,
+        before the directory goes)."""
+        entry = self.hot.get(snap.id)
+        # A hot entry's images reach CRIU as they are (hashed through one 4 MiB buffer): no
+        # heap to trim on the way to the restore's answer.
+        with (
+            self._scratch(trim=entry is None) as scratch,
+            ThreadPoolExecutor(2, "stage") as pool,
+        ):
+            verified = pool.submit(self.hot.verify, entry) if entry is not None else None
+            yield pool.submit(self._stage, k, snap, scratch, entry, verified)
 
-    def _stage(self, k: Kernel, snap: Snapshot, scratch: Path) -> _Staged:
+    def _stage(
+        self,
+        k: Kernel,
+        snap: Snapshot,
+        scratch: Path,
+        entry: HotEntry | None = None,
+        verified: Future[None] | None = None,
+    ) -> _Staged:
         """The images CRIU will restore ``snap`` from, where CRIU (as the kernel's uid) can read
         them but the kernel's user cannot change them: root's files in root's directories,
         readable through the kernel's group; checked for this kernel's identity.
 
-        A hot entry is used as it is; otherwise the snapshot is verified and copied out of the
-        store into ``scratch``. A snapshot taken with other ports than ``k``'s connection has
-        its served ports moved (``ports.py``) in a copy of its own, checked again. This
-        happens before the running kernel is stopped: a damaged or crafted snapshot fails
-        here, with the kernel untouched (raised as :class:`_Untouched`).
+        A hot entry is used as it is (``entry``, else looked up); otherwise the snapshot is
+        verified and copied out of the store into ``scratch``. A snapshot taken with other
+        ports than ``k``'s connection has its served ports moved (``ports.py``) in a copy of
+        its own, checked again. This happens before the running kernel is stopped: a damaged
+        or crafted snapshot fails here, with the kernel untouched (raised as
+        :class:`_Untouched`). ``verified``: the hot entry's verification, running elsewhere
+        (:meth:`_staging`); the result carries it and :meth:`_replace` waits for it before
+        CRIU reads a byte (a failure found only after the stop is rolled back like a failed
+        CRIU restore). Without it the entry is verified here.
         """
         try:
             creds = self.supervisor.creds(k)
             lazy = self.storage.lazy_for(snap, self.criu.lazy_capable(creds))
             want_history = snap.has_history and bool(k.history_file)
-            entry = self.hot.get(snap.id)  # a lazy restore links a hot entry's images
+            if entry is None:
+                entry = self.hot.get(snap.id)  # a lazy restore links a hot entry's images
             history: Path | None = None
             if entry is not None:
                 images = entry.images
-                self.hot.verify(entry)
+                if verified is None:
+                    self.hot.verify(entry)
                 self._check_staged(k, images)
                 if want_history and entry.history:
                     history = entry.history / HISTORY_NAME
@@ -1121,7 +1148,8 @@ class Engine:
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
         except JusnapError as exc:
             raise _Untouched(exc) from None
-        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved)
+        pending = verified if entry is not None else None
+        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved, pending)
 
     def _retarget(
         self, k: Kernel, snap: Snapshot, images: Path, scratch: Path, namespaced: bool
@@ -1180,13 +1208,18 @@ class Engine:
         their subscription is back would publish its output to nobody.
         """
         failpoints.reached("restore:before-stop")
+        early = staged.unverified()
+        if early is not None:  # the damage is known before anything was stopped
+            raise _Untouched(early)
         if self.supervisor.alive(k):
             # Counted again at the last moment before the stop: a client that left while the
             # state was saved and the target staged (seconds; a closed tab) is not one that
             # will come back. (A rollback finds the kernel stopped and keeps the first count.)
             peers = established_peers(k.connection["iopub_port"])
         watcher = self.kernels.unwatch(k, wait=False)  # it ends while the kernel stops
-        self.supervisor.stop(k)
+        # The kernel rows written from here on need no fsync of their own (the journal row,
+        # durable, says what to do should the daemon die; Registry._tx_fast says why).
+        self.supervisor.stop(k, durable=False)
         if watcher is not None:
             # Its socket must be closed before the restored kernel listens: reconnecting
             # there for a moment, it would count as a client that came back (wait_for_peers)
@@ -1196,6 +1229,8 @@ class Engine:
         restored_pid: int | None = None
         server: lazyrestore.LazyServer | None = None
         try:
+            # Verified while the old kernel stopped: nothing is put in its place before that.
+            staged.wait_verified()
             creds = self.supervisor.creds(k)
             if staged.history is not None and k.history_file:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
@@ -1235,7 +1270,7 @@ class Engine:
             failpoints.reached("restore:criu-restored")
             self.hooks.after_restore(restored_pid, snap.hooks)
             k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
-            self.registry.put_kernel(k)
+            self.registry.put_kernel(k, durable=False)
             failpoints.reached("restore:handshake")
             old_key = self._snapshot_key(snap) or str(k.connection["key"])
             # It answers (on k's ports) with the key it was dumped with until the fixup.
@@ -1283,7 +1318,7 @@ class Engine:
                 raise
             raise RestoreFailed(f"restore failed: {exc}") from exc
         k.execution_count = snap.execution_count
-        self.registry.put_kernel(k)
+        self.registry.put_kernel(k, durable=False)  # made durable with the journal's end
         return result.seconds, hs
 
     def _lazy_leftover(self, home: Path) -> None:
@@ -1423,6 +1458,29 @@ class _Staged:
     lazy: bool
     namespaced: bool = False  # a kernel in its own PID + mount namespace: a new PID back
     ports_moved: dict[int, int] = field(default_factory=dict)  # old -> new (ports.py)
+    # The hot entry's verification, still running (None: verified already, or no hot entry).
+    verified: Future[None] | None = None
+
+    def unverified(self) -> JusnapError | None:
+        """Why the images failed their verification, if it has ended so (before the stop)."""
+        v = self.verified
+        if v is None or not v.done():
+            return None
+        exc = v.exception()
+        if exc is None or isinstance(exc, JusnapError):
+            return exc
+        return RestoreFailed(f"restore failed: cannot verify the images: {exc}")
+
+    def wait_verified(self) -> None:
+        """Raise RestoreFailed unless the images passed their verification (waits for it)."""
+        if self.verified is None:
+            return
+        try:
+            self.verified.result()
+        except JusnapError:
+            raise
+        except Exception as exc:
+            raise RestoreFailed(f"restore failed: cannot verify the images: {exc}") from exc
 
 
 def port_map(ports: str, k: Kernel) -> dict[int, int]:

@@ -136,6 +136,47 @@ def test_damaged_hot_image_fails_cleanly_and_state_is_back(
     assert kernel.value("float(arr.sum())") == "7000000.0"
 
 
+def test_damage_found_after_the_stop_rolls_back(
+    kernel: KernelSession, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot entry is verified while the old kernel stops (the restore waits for both before
+    CRIU reads an image): damage found only then brings the state from before back, from the
+    newest snapshot, which holds it (no pre-restore dump)."""
+    kernel.run("import numpy as np; arr = np.full(1_000_000, 7.0)")
+    snap = _snap(engine, kernel)
+    kernel.run("arr[:] = 1.0")
+    newest = _snap(engine, kernel)
+    entry = engine.hot.get(snap.id)
+    assert entry is not None
+    pages = max(entry.images.glob("pages-*.img"), key=lambda f: f.stat().st_size)
+    with pages.open("r+b") as fh:
+        fh.seek(pages.stat().st_size // 2)
+        fh.write(b"\xde\xad\xbe\xef" * 256)
+    # The real verification, held back until the kernel is stopped (a 4 GB kernel's takes as
+    # long as its stop).
+    stopped = threading.Event()
+    real_stop, real_verify = engine.supervisor.stop, engine.hot.verify
+
+    def stop(*args: object, **kwargs: object) -> None:
+        real_stop(*args, **kwargs)  # type: ignore[arg-type]
+        stopped.set()
+
+    def verify(e: object) -> None:
+        assert stopped.wait(60)
+        real_verify(e)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine.supervisor, "stop", stop)
+    monkeypatch.setattr(engine.hot, "verify", verify)
+    with pytest.raises(RestoreFailed, match="checksum") as info:
+        engine.restore(snap.id)
+    assert info.value.details["rolled_back"] is True
+    assert "put back as it was" in info.value.message
+    assert info.value.details["pre_restore"] == newest.id
+    kernel.after_restore()
+    assert kernel.value("float(arr.sum())") == "1000000.0"
+    assert [s.id for s in engine.list_snapshots(kernel.id)] == [newest.id, snap.id]
+
+
 @pytest.fixture
 def small_fs():
     """A 48 MiB tmpfs as the state directory: too small for a kernel holding 64 MiB."""

@@ -99,14 +99,16 @@ class KernelService:
         self._monitors[k.id] = m
         m.start()
 
-    def window(self, kernel_id: str, start: float, end: float) -> Window:
+    def window(self, kernel_id: str, start: float, end: float, settle: float = 0.02) -> Window:
         """What the kernel did between ``start`` and ``end`` (see IopubMonitor.window). An idle
-        kernel publishes nothing: its control channel is asked for a status to catch up on."""
+        kernel publishes nothing: unless a message from after ``end`` arrives within ``settle``
+        seconds, its control channel is asked for a status to catch up on (0: at once, for a
+        kernel expected to be idle, which would only make the caller wait)."""
         m = self._monitors.get(kernel_id)
         if m is None:
             return Window(count=None, quiet=False)
         time.sleep(max(0.0, end - time.time()))  # the ping's status must come after ``end``
-        if not m.caught_up(end, settle=0.02):
+        if not m.caught_up(end, settle=settle):
             ping_control(m.conn)
         return m.window(start, end, settle=1.0)
 

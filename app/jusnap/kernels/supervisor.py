@@ -477,14 +477,15 @@ class Supervisor:
             sig = signal.SIGKILL
         os.kill(k.pid, sig)
 
-    def stop(self, k: Kernel, timeout: float = 10.0) -> None:
-        """Kill the kernel's process group and wait until its PID is really free."""
+    def stop(self, k: Kernel, timeout: float = 10.0, durable: bool = True) -> None:
+        """Kill the kernel's process group and wait until its PID is really free.
+        ``durable=False``: the row's status without an fsync (``Registry._tx_fast``)."""
         if k.pid is not None:
             kill_tree(k.pid, k.started)
             if not self.reaper.wait_gone(k.pid, k.started, timeout):
                 log.warning("kernel %s pid %s did not go away in %.0fs", k.id, k.pid, timeout)
         k.status = "stopped"
-        self.registry.put_kernel(k)
+        self.registry.put_kernel(k, durable)
 
     def terminate(self, k: Kernel, grace: float) -> None:
         """Polite shutdown, then SIGKILL after ``grace`` seconds: SIGTERM for a plain kernel;
