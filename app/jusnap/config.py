@@ -173,7 +173,8 @@ class StoreSettings:
     # its images to disk (sync_file_range), so the fsync after the dump finds little left: the
     # snapshot is listed ~0.3 s per GiB sooner, but the writeback competes with CRIU, which
     # held a quiet 1 GiB kernel frozen ~0.1 s longer on the 2-core VM (docs/benchmarks.md).
-    early_writeback: bool = True
+    # Off by default: the freeze is what the user waits for.
+    early_writeback: bool = False
 
 
 @dataclass
