@@ -515,11 +515,18 @@ class Engine:
             k = self.kernels.get(kernel_id)
         except KernelNotFound:
             return
-        live = self.kernels.live(k.id)
-        if k.status != "running" or live.get("execution_state") == "busy":
+        if k.status != "running":
+            return
+        # As of now, not as the IOPub watcher last heard: a view lagging behind the burst's
+        # last cell (still running, or not counted yet) dropped its snapshot (CI, under load).
+        state = self.kernels.settled(k.id)
+        if state is None:
+            live = self.kernels.live(k.id)
+            state = live.get("execution_count"), live.get("execution_state") == "busy"
+        count, running = state
+        if running:
             return
         newest = self.registry.snapshots_of(k.id, k.owner_uid, None)
-        count = live.get("execution_count")
         if newest and count is not None and newest[0].execution_count == count:
             return
         with contextlib.suppress(JusnapError):  # recorded in the kernel's live state

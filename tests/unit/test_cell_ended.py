@@ -45,3 +45,16 @@ def test_gives_up_after_the_timeout() -> None:
     assert not m.cell_ended(3, 0.1)
     assert not m.cell_ended(7, 0.1)  # a cell never seen
     assert time.monotonic() - t0 < 2.0
+
+
+def test_a_cell_runs_from_its_input_until_its_idle_whatever_other_statuses_say() -> None:
+    """What a trailing snapshot asks before it fires (Engine._trailing_fire): a ping's or a
+    nudge's busy status is not a running cell, and a cell's idle ends it."""
+    m = _monitor()
+    assert not m.cell_running()  # nothing run yet
+    m.inputs.append((1.0, 3, "a"))
+    assert m.cell_running()
+    m.ends["ping"] = 1.1  # (only execute_request idles are kept; no effect either way)
+    assert m.cell_running()
+    m.ends["a"] = 1.5
+    assert not m.cell_running()

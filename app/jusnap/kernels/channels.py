@@ -164,6 +164,13 @@ class IopubMonitor:
             time.sleep(0.005)
         return self.newest >= when
 
+    def cell_running(self) -> bool:
+        """Whether the newest cell seen started and has not ended (its request's idle status
+        has not arrived). Status messages alone cannot say: a ``kernel_info`` (a ping, the
+        notebook's nudge) publishes busy and idle too."""
+        inputs = list(self.inputs)
+        return bool(inputs) and inputs[-1][2] not in self.ends
+
     def cell_ended(self, count: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s until cell ``count`` has ended (its request's idle status
         arrived) or a later cell has started."""

@@ -112,6 +112,22 @@ class KernelService:
             ping_control(m.conn)
         return m.window(start, end, settle=1.0)
 
+    def settled(self, kernel_id: str, timeout: float = 1.0) -> tuple[int | None, bool] | None:
+        """The kernel's cell count and whether a cell runs, as of now: the watcher reads
+        IOPub in a thread of its own and may be behind (a cell that ended a moment ago still
+        running, or not counted yet). A control ping makes even an idle kernel publish a
+        status stamped after now; once it has arrived every message before it has been read.
+        None: nobody watches the kernel, or its watcher did not catch up within ``timeout``."""
+        m = self._monitors.get(kernel_id)
+        if m is None:
+            return None
+        now = time.time()
+        if not m.caught_up(now, settle=0.0):
+            ping_control(m.conn, timeout)
+            if not m.caught_up(now, settle=timeout):
+                return None
+        return self.live(kernel_id).get("execution_count"), m.cell_running()
+
     def cell_ended(self, kernel_id: str, count: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the end of cell ``count`` (see IopubMonitor.cell_ended);
         False at once for a kernel nobody watches."""
