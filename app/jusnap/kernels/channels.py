@@ -223,7 +223,10 @@ def handshake(
     ctx = zmq.Context()
     kc = BlockingKernelClient(context=ctx)
     kc.load_connection_info(conn)
-    kc.start_channels()
+    # Shell and IOPub only: the heartbeat channel is a thread that makes its socket when it
+    # first runs, which a fast handshake's ``ctx.destroy`` could precede (its traceback
+    # ended in the daemon's log, CI soak).
+    kc.start_channels(stdin=False, hb=False, control=False)
     t0 = time.monotonic()
     # Both sockets in one poll, read as messages arrive: reading them in turn with a timeout
     # each (as before) added ~20 ms after the last message to every restore.
@@ -417,7 +420,7 @@ def execute_silently(conn: dict[str, Any], code: str, timeout: float) -> bool:
     """Run ``code`` in the kernel without history or output; False if it did not finish."""
     kc = BlockingKernelClient()
     kc.load_connection_info(conn)
-    kc.start_channels()
+    kc.start_channels(iopub=False, stdin=False, hb=False, control=False)  # its reply is all
     try:
         msg_id = kc.execute(code, silent=True, store_history=False)
         deadline = time.monotonic() + timeout
