@@ -10,7 +10,7 @@ notebooks, three rounds, under a minute) and holds, in every round:
   daemon logged no error;
 * retention within its limit at all times (a new snapshot is listed an instant before the
   oldest over the limit goes, and a pass leaves a busy kernel's snapshots for the next one:
-  one more at most);
+  one more at most once all is stored; two while commits queue);
 * no operation waits behind housekeeping: every list, usage and restore call answered within
   seconds;
 * the daemon's worker flat across rounds (memory, open files, threads), and the store back to
@@ -258,7 +258,9 @@ def test_soak_bursts_and_restores_stay_true_bounded_and_flat(make_stack) -> None
         for kid in kids:
             view = j.jusnap("GET", f"kernels/{kid}", expect=200)
             assert view["auto"]["last_error"] is None, view["auto"]
-            assert watch.most_autos[kid] <= KEEP_AUTO + 1, (kid, watch.most_autos[kid])
+            # While it runs: a snapshot is retained once stored, and commits queue (one
+            # running, one waiting behind it), so two may be listed before retention sees them.
+            assert watch.most_autos[kid] <= KEEP_AUTO + 2, (kid, watch.most_autos[kid])
             # (Retention leaves a snapshot whose kernel is busy for its next pass: one over
             # can remain when a pass ran during the notebook's restore.)
             assert len(_autos(stack, kid, Watch())) <= KEEP_AUTO + 1
