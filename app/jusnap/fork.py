@@ -36,14 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import failpoints
 from .errors import InvalidRequest, KernelExists, Refused, RestoreFailed
 from .ids import check_kernel_id, new_kernel_id
-from .kernels import namespace
 from .kernels.channels import handshake
 from .kernels.locks import USER_WAIT
 from .kernels.supervisor import new_connection
-from .proc import kill_tree, start_time, ticks_now
+from .proc import kill_tree, start_time
 from .registry import Kernel, Snapshot
 
 if TYPE_CHECKING:
@@ -182,51 +180,39 @@ def _new_kernel(
 def _bring_up(
     engine: Engine, k: Kernel, snap: Snapshot, reseed: bool
 ) -> tuple[dict[int, int], float]:
-    """Stage, check, move ports, restore, verify, fix up, handshake: the fork runs."""
-    from .snapshots import _not_restored, _Untouched
+    """Stage, check, move ports, restore (lazily where configured, as a restore would),
+    verify, handshake, fix up: the fork runs. The hot entry's verification runs beside the
+    staging and is waited for before anything is made from its files."""
+    from .snapshots import _Untouched
 
-    with engine._scratch() as scratch:
+    with engine._staging(k, snap) as staging:
         try:
-            staged = engine._stage(k, snap, scratch)  # checked; ports moved; checked again
+            staged = staging.result()  # checked; ports moved; checked again
         except _Untouched as exc:
             raise exc.error from None
-        ns = staged.namespaced  # from the images themselves (checked)
-        if not ns and start_time(snap.pid) is not None:
+        if not staged.namespaced and start_time(snap.pid) is not None:
             raise Refused(_PID_IN_USE.format(pid=snap.pid))
-        pid: int | None = None
-        try:
-            not_before = ticks_now()
-            with _history(engine, k, snap, staged) as extra:
-                result = engine._criu_restore(
-                    k, snap, staged.images, staged.work, staged.lazy, ns, extra
-                )
-            pid = result.pid if ns else snap.pid
-            failpoints.reached("fork:criu-restored")
-            if pid is None:
-                raise RestoreFailed("fork failed: CRIU did not say which process it restored")
-            why = _not_restored(pid, k.run_uid, not_before, ns)
-            if why is not None:
-                log.critical("fork of %s as %s: %s; not adopting it", snap.id, k.id, why)
-                if not (ns and namespace.is_namespace_init(pid)):
-                    pid = None  # not provably ours to kill
-                raise RestoreFailed(f"fork failed: {why}")
-            engine.hooks.after_restore(pid, snap.hooks)
+        staged.wait_verified()
+        with (
+            _history(engine, k, snap, staged) as extra,
+            engine._run_criu(k, snap, staged, "fork", extra) as (pid, result),
+        ):
             k.pid, k.started, k.status = pid, start_time(pid), "running"
             engine.registry.put_kernel(k)
             # It answers (a request sent at once may be lost, hence the handshake's polling),
             # then it takes its own identity, before anyone else can know its ports.
-            handshake(k.connection, engine.settings.jusnap.ipython.handshake_timeout)
+            handshake(
+                k.connection,
+                engine.settings.jusnap.ipython.handshake_timeout,
+                lambda t=k.started: start_time(pid) == t,
+            )
             engine._fixup(k, reseed=reseed)
             engine.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
             engine.kernels.watch(k)
-        except BaseException:
-            if pid is not None:
-                started = start_time(pid)
-                kill_tree(pid, started)
-                engine.reaper.wait_gone(pid, started, 10)
-            raise
+        if staged.hot:
+            engine.hot.touch(snap.id)
         return staged.ports_moved, result.seconds
 
 

@@ -71,7 +71,11 @@ def prepare(images: Path, home: Path, creds: Creds, linked: bool) -> LazyServer:
     """Give the images a home of their own (see the module's docstring).
 
     ``linked``: ``images`` are a hot entry's (kept by the hot tier): hard-link them (copy
-    where a link is impossible); otherwise they are a restore's staged copy: move it.
+    where a link is impossible); otherwise they are a restore's staged copy: move it. A
+    fork's (or a restore into another kernel's) view of a hot entry is root's symbolic links
+    to the entry's files beside its own ``files.img`` (``Engine._retarget``): the files they
+    name are linked, so that the server keeps them should the entry go. Every link here is
+    the daemon's own, in root's directories: none of them is the kernel user's to aim.
     """
     home.mkdir(mode=0o750)
     os.chown(home, 0, creds.gid)
@@ -82,11 +86,11 @@ def prepare(images: Path, home: Path, creds: Creds, linked: bool) -> LazyServer:
             os.chown(img, 0, creds.gid)
             for src in sorted(images.iterdir()):
                 try:
-                    os.link(src, img / src.name, follow_symlinks=False)
+                    os.link(src, img / src.name, follow_symlinks=True)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                         raise
-                    shutil.copy2(src, img / src.name, follow_symlinks=False)
+                    shutil.copy2(src, img / src.name, follow_symlinks=True)
                     os.chown(img / src.name, 0, creds.gid)
         else:
             images.rename(img)

@@ -1235,30 +1235,101 @@ class Engine:
             # and then leave, and the restore would report a client that did not.
             watcher.stop(wait=True)
         failpoints.reached("restore:kernel-stopped")
-        restored_pid: int | None = None
-        server: lazyrestore.LazyServer | None = None
         try:
             # Verified while the old kernel stopped: nothing is put in its place before that.
             staged.wait_verified()
-            creds = self.supervisor.creds(k)
             if staged.history is not None and k.history_file:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
                 # "moved" and turns the restored kernel's history read-only.
+                creds = self.supervisor.creds(k)
                 self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
-            if not staged.namespaced and start_time(snap.pid) is not None:
-                raise RestoreFailed(f"restore failed: PID {snap.pid} is in use by another process")
+            with self._run_criu(k, snap, staged, "restore") as (restored_pid, result):
+                k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
+                self.registry.put_kernel(k, durable=False)
+                failpoints.reached("restore:handshake")
+                old_key = self._snapshot_key(snap) or str(k.connection["key"])
+                # It answers (on k's ports) with the key it was dumped with until the fixup.
+                hs = handshake(
+                    {**k.connection, "key": old_key},
+                    self.settings.jusnap.ipython.handshake_timeout,
+                    lambda pid=restored_pid, t=k.started: start_time(pid) == t,
+                )
+                if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
+                    # Another kernel's snapshot: it must learn its new ports, key and files.
+                    self._fixup(k, reseed=False, old_key=old_key)
+                self.kernels.reset_live(
+                    k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
+                )
+                self.kernels.watch(k)
+                self._await_peers(k, peers)
+        except Exception as exc:
+            k.status = "dead"
+            self.registry.put_kernel(k)
+            if isinstance(exc, JusnapError):
+                raise
+            raise RestoreFailed(f"restore failed: {exc}") from exc
+        k.execution_count = snap.execution_count
+        self.registry.put_kernel(k, durable=False)  # made durable with the journal's end
+        return result.seconds, hs
+
+    def _await_peers(self, k: Kernel, peers: int) -> None:
+        """Wait (3 s at most) for the IOPub clients counted before the stop to come back: a
+        cell they run before their subscription is back would publish to nobody."""
+        back = wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0)
+        if back.connected < back.expected:
+            # A warning, not an error: a connection count cannot tell a client that failed
+            # to come back from one that closed in the moment of the stop.
+            log.warning(
+                "kernel %s: %d of %d IOPub clients did not reconnect within 3 s of the"
+                " restore (or closed meanwhile); those still open see no output until"
+                " they do",
+                k.id, back.expected - back.connected, back.expected,
+            )  # fmt: skip
+        if back.unsubscribed:
+            # Expected for a client that nudges after a restore (it reads its socket only
+            # then); for one that does not, its next cell's first messages are lost.
+            log.warning(
+                "kernel %s: IOPub client(s) %s reconnected after the restore but had not"
+                " subscribed again %.1f s later; the first messages of their next cell"
+                " (busy, execute_input, output) are lost unless they send a request first"
+                " (kernel_info, as Jupyter's nudge does)",
+                k.id, ", ".join(back.unsubscribed), back.seconds,
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _run_criu(
+        self,
+        k: Kernel,
+        snap: Snapshot,
+        staged: _Staged,
+        op: str,
+        extra: Sequence[tuple[int, str]] = (),
+    ) -> Iterator[tuple[int, CriuResult]]:
+        """CRIU brings the staged ``snap`` back as kernel ``k``'s process, for a restore in
+        place and a fork alike (``op`` names it in errors and failpoints): through a
+        ``criu lazy-pages`` server of its own when staged lazily, and checked to be the tree
+        it restored (``_not_restored``) before it is adopted. Yields its PID and CRIU's
+        result; should the caller's next steps fail (handshake, fixup), the copy is killed
+        and its server stopped on the way out: nothing half made is left running."""
+        staged.wait_verified()
+        if not staged.namespaced and start_time(snap.pid) is not None:
+            raise RestoreFailed(f"{op} failed: PID {snap.pid} is in use by another process")
+        restored_pid: int | None = None
+        server: lazyrestore.LazyServer | None = None
+        try:
             images, work = staged.images, staged.work
             if staged.lazy:
                 # The server's own copy of the images and work directory (it listens there,
                 # and the restore connects there): lazyrestore's docstring says why.
+                creds = self.supervisor.creds(k)
                 home = self.work_dir / f"{staged.work.parent.name}-lazy"
                 server = lazyrestore.prepare(images, home, creds, linked=staged.hot)
                 lazyrestore.start(self.criu, server, creds, k.id)
                 images, work = server.images, server.work
             not_before = ticks_now()
-            failpoints.reached_soon("restore:criu-running", 0.1)
+            failpoints.reached_soon(f"{op}:criu-running", 0.1)
             result = self._criu_restore(
-                k, snap, images, work, server is not None, staged.namespaced
+                k, snap, images, work, server is not None, staged.namespaced, extra
             )
             pid = result.pid if staged.namespaced else snap.pid
             why = (
@@ -1269,66 +1340,24 @@ class Engine:
             if why is not None:
                 if pid is not None and staged.namespaced and namespace.is_namespace_init(pid):
                     kill_tree(pid, start_time(pid))  # its own namespace: nobody else's
-                log.critical("restore of %s into %s: %s; not adopting it", snap.id, k.id, why)
-                raise RestoreFailed(f"restore failed: {why}")
+                log.critical("%s of %s as %s: %s; not adopting it", op, snap.id, k.id, why)
+                raise RestoreFailed(f"{op} failed: {why}")
             assert pid is not None
             restored_pid = pid
             if server is not None:
-                self._watch_lazy(k, server, restored_pid, start_time(restored_pid))
+                self._watch_lazy(k, server, pid, start_time(pid))
                 server = None  # the watcher cleans up from now on
-            failpoints.reached("restore:criu-restored")
-            self.hooks.after_restore(restored_pid, snap.hooks)
-            k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
-            self.registry.put_kernel(k, durable=False)
-            failpoints.reached("restore:handshake")
-            old_key = self._snapshot_key(snap) or str(k.connection["key"])
-            # It answers (on k's ports) with the key it was dumped with until the fixup.
-            hs = handshake(
-                {**k.connection, "key": old_key}, self.settings.jusnap.ipython.handshake_timeout,
-                lambda pid=restored_pid, t=k.started: start_time(pid) == t,
-            )  # fmt: skip
-            if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
-                # Another kernel's snapshot: it must learn its new ports, key and files.
-                self._fixup(k, reseed=False, old_key=old_key)
-            self.kernels.reset_live(
-                k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
-            )
-            self.kernels.watch(k)
-            back = wait_for_peers(k.connection["iopub_port"], peers, timeout=3.0)
-            if back.connected < back.expected:
-                # A warning, not an error: a connection count cannot tell a client that failed
-                # to come back from one that closed in the moment of the stop.
-                log.warning(
-                    "kernel %s: %d of %d IOPub clients did not reconnect within 3 s of the"
-                    " restore (or closed meanwhile); those still open see no output until"
-                    " they do",
-                    k.id, back.expected - back.connected, back.expected,
-                )  # fmt: skip
-            if back.unsubscribed:
-                # Expected for a client that nudges after a restore (it reads its socket only
-                # then); for one that does not, its next cell's first messages are lost.
-                log.warning(
-                    "kernel %s: IOPub client(s) %s reconnected after the restore but had not"
-                    " subscribed again %.1f s later; the first messages of their next cell"
-                    " (busy, execute_input, output) are lost unless they send a request first"
-                    " (kernel_info, as Jupyter's nudge does)",
-                    k.id, ", ".join(back.unsubscribed), back.seconds,
-                )  # fmt: skip
-        except Exception as exc:
+            failpoints.reached(f"{op}:criu-restored")
+            self.hooks.after_restore(pid, snap.hooks)
+            yield pid, result
+        except BaseException:
             if restored_pid is not None:
                 started = start_time(restored_pid)
                 kill_tree(restored_pid, started)
                 self.reaper.wait_gone(restored_pid, started, 10)
             if server is not None:
                 lazyrestore.stop(self.criu, server)
-            k.status = "dead"
-            self.registry.put_kernel(k)
-            if isinstance(exc, JusnapError):
-                raise
-            raise RestoreFailed(f"restore failed: {exc}") from exc
-        k.execution_count = snap.execution_count
-        self.registry.put_kernel(k, durable=False)  # made durable with the journal's end
-        return result.seconds, hs
+            raise
 
     def _lazy_leftover(self, home: Path) -> None:
         """A lazy restore this daemon's predecessor died in: its kernel may lack pages."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from jusnap.errors import KernelNotRunning, RestoreFailed, SnapshotFailed
+from jusnap.fork import fork as fork_snapshot
 from jusnap.proc import start_time
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
@@ -102,6 +103,40 @@ def test_unprivileged_lazy_restore_answers_and_brings_every_byte(
         assert ks.value("hashlib.sha256(b).hexdigest() == want") == "True"
     finally:
         ks.close()
+        shutdown_all(e)
+
+
+@pytest.mark.parametrize("source", ["hot", "store"])
+def test_a_lazy_fork_beside_its_kernel_brings_every_byte(make_settings, source: str) -> None:
+    """A fork restores lazily as a restore does (its own server on the fork's own images:
+    for a hot entry, the entry's files behind the fork's rewritten files.img), and every
+    byte arrives; the original runs on untouched meanwhile."""
+    e, servers = _lazy_engine(make_settings)
+    a = KernelSession(e)
+    b: KernelSession | None = None
+    try:
+        a.run(CELL)
+        s = _snap(e, a)
+        if source == "store":
+            e.wait_stored()
+            e.hot.drop(s.id)
+        a.run("b[:4096] = bytes(4096); tag = 'later'")
+        result = fork_snapshot(e, s.id, None)
+        b = KernelSession.attach(e, result.kernel.id)
+        assert b.value("tag") == "'snap'"  # first execute answered
+        assert len(servers) == 1, "the fork went through criu lazy-pages"
+        home, p = servers[0]
+        assert b.value("hashlib.sha256(b).hexdigest() == want") == "True"
+        wait_until(lambda: p.returncode is not None, 60, what="criu lazy-pages to exit")
+        assert p.returncode == 0
+        wait_until(lambda: not home.exists(), 10, what="the lazy-pages directory to go")
+        assert a.value("(tag, hashlib.sha256(b).hexdigest() == want)") == "('later', False)"
+        again = _snap(e, b)  # the fork's own snapshot, once its pages are all in, is whole
+        assert again.kernel_id == result.kernel.id
+    finally:
+        if b is not None:
+            b.close()
+        a.close()
         shutdown_all(e)
 
 

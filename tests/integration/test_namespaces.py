@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from jusnap.errors import ImageRefused, JusnapError, RestoreFailed
+from jusnap.fork import fork as fork_snapshot
 from jusnap.kernels import namespace
 from jusnap.registry import Snapshot
 from jusnap.snapshots import Engine
@@ -63,10 +64,10 @@ def test_kernel_is_pid_1_of_its_own_namespaces(
     assert b"to the log" in engine.kernels.logs(kernel.id)[0]
 
 
-def test_snapshot_from_before_a_restart_restores_with_its_old_pid_in_use(
+def test_snapshot_from_before_a_restart_restores_and_forks_with_its_old_pid_in_use(
     kernel: KernelSession, engine: Engine
 ) -> None:
-    """The old PID is taken by another process: a namespaced restore does not need it."""
+    """The old PID is taken by another process: a namespaced restore, or fork, needs it not."""
     kernel.run("x = 'before restart'")
     snap = _snap(engine, kernel)
     engine.kernels.restart(kernel.id)
@@ -79,6 +80,13 @@ def test_snapshot_from_before_a_restart_restores_with_its_old_pid_in_use(
         assert kernel.value("x") == "'before restart'"
         new_pid = engine.kernels.get(kernel.id).pid
         assert new_pid != snap.pid and namespace.nspid(new_pid) == [new_pid, 1]
+        fork = KernelSession.attach(engine, fork_snapshot(engine, snap.id, None).kernel.id)
+        try:
+            assert fork.value("x") == "'before restart'"
+            assert namespace.nspid(engine.kernels.get(fork.id).pid)[-1] == 1
+        finally:
+            fork.close()
+            engine.kernels.shutdown(fork.id)
         assert squatter.poll() is None  # the process on the old PID was left alone
     finally:
         squatter.kill()
