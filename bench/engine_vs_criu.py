@@ -117,8 +117,11 @@ class Phases:
         self.wrap(engine.registry, "end_restore", "end_journal")
         self.wrap(engine, "_keep_hot", "keep_hot")
         self.wrap(engine.kernels, "watch", "watch")
-        if hasattr(snapshots_mod._Staged, "wait_verified"):  # verified while the kernel stops
-            self.wrap(snapshots_mod._Staged, "wait_verified", "verify_wait")
+        self.wrap(fork_mod, "handshake", "handshake")
+        self.wrap(fork_mod, "_new_kernel", "new_kernel")
+        self.wrap(engine, "fixup", "fixup")
+        if hasattr(snapshots_mod.Staged, "wait_verified"):  # verified while the kernel stops
+            self.wrap(snapshots_mod.Staged, "wait_verified", "verify_wait")
 
     def take(self, t0: float, settle: float = 0.0) -> dict[str, float]:
         """Seconds per phase since ``t0`` (summed when a phase ran more than once); waits
@@ -284,7 +287,10 @@ def bench_size(
         if keep_newest:
             engine.delete_snapshot(snap2.id)
         if fork:
+            phases.take(0.0)
+            t0 = time.monotonic()
             rows.setdefault("jusnap_fork_to_execute", []).append(fork_to_execute(engine, snap.id))
+            _add(rows, "fork", phases.take(t0))
         engine.delete_snapshot(snap.id)
 
         answered, all_in = raw_restore(

@@ -45,7 +45,7 @@ from .proc import kill_tree, start_time
 from .registry import Kernel, Snapshot
 
 if TYPE_CHECKING:
-    from .snapshots import Engine, _Staged
+    from .snapshots import Engine, Staged
 
 _PID_IN_USE = (
     "this snapshot is of a kernel launched without its own PID namespace, and its process id"
@@ -97,7 +97,7 @@ def fork(
             raise KernelExists(f"kernel {kernel_id} exists already")
     if notebook_path is not None and not isinstance(notebook_path, str):
         raise InvalidRequest("notebook_path must be a string")
-    key = engine._snapshot_key(snap)
+    key = engine.snapshot_key(snap)
     if key is None:
         raise Refused(
             "this snapshot is older than Jusnap's record of connection keys and its kernel is"
@@ -145,7 +145,7 @@ def _new_kernel(
         # A restart of the fork starts what the original started (a fresh kernel).
         argv=list(origin.argv) if origin else engine.settings.kernel_argv(),
         env=dict(origin.env) if origin else {},
-        cwd=origin.cwd if origin else sup._home(uid),
+        cwd=origin.cwd if origin else sup.home_dir(uid),
         connection=conn,
         notebook_path=notebook_path,
         created_at=time.time(),
@@ -156,7 +156,7 @@ def _new_kernel(
         parent_snapshot_id=snap.id,
     )
     kdir = sup.kernel_dir(k.id)
-    sup._make_private_dir(sup.kernels_dir, os.geteuid(), os.getegid())
+    sup.make_private_dir(sup.kernels_dir, os.geteuid(), os.getegid())
     sup.kernels_dir.chmod(0o711)
     try:
         kdir.mkdir(mode=0o700)
@@ -167,7 +167,7 @@ def _new_kernel(
             os.chown(kdir, uid, gid)
         if snap.has_history and engine.settings.jusnap.ipython.history_enabled:
             k.history_file = str(kdir / HISTORY_NAME)
-        sup._write_private(sup.connection_file(k), json.dumps(k.connection), uid, gid)
+        sup.write_private(sup.connection_file(k), json.dumps(k.connection), uid, gid)
         os.close(sup.logs.open_for_kernel(k.id, uid, gid))  # its own log, opened by CRIU
         sup.logs.note(k.id, f"kernel {k.id} forked from snapshot {snap.id} of {snap.kernel_id}")
         engine.registry.put_kernel(k)
@@ -183,19 +183,19 @@ def _bring_up(
     """Stage, check, move ports, restore (lazily where configured, as a restore would),
     verify, handshake, fix up: the fork runs. The hot entry's verification runs beside the
     staging and is waited for before anything is made from its files."""
-    from .snapshots import _Untouched
+    from .snapshots import Untouched
 
-    with engine._staging(k, snap) as staging:
+    with engine.staging_of(k, snap) as staging:
         try:
             staged = staging.result()  # checked; ports moved; checked again
-        except _Untouched as exc:
+        except Untouched as exc:
             raise exc.error from None
         if not staged.namespaced and start_time(snap.pid) is not None:
             raise Refused(_PID_IN_USE.format(pid=snap.pid))
         staged.wait_verified()
         with (
             _history(engine, k, snap, staged) as extra,
-            engine._run_criu(k, snap, staged, "fork", extra) as (pid, result),
+            engine.run_criu(k, snap, staged, "fork", extra) as (pid, result),
         ):
             k.pid, k.started, k.status = pid, start_time(pid), "running"
             engine.registry.put_kernel(k)
@@ -206,7 +206,7 @@ def _bring_up(
                 engine.settings.jusnap.ipython.handshake_timeout,
                 lambda t=k.started: start_time(pid) == t,
             )
-            engine._fixup(k, reseed=reseed)
+            engine.fixup(k, reseed=reseed)
             engine.kernels.reset_live(
                 k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
             )
@@ -218,7 +218,7 @@ def _bring_up(
 
 @contextlib.contextmanager
 def _history(
-    engine: Engine, k: Kernel, snap: Snapshot, staged: _Staged
+    engine: Engine, k: Kernel, snap: Snapshot, staged: Staged
 ) -> Iterator[list[tuple[int, str]]]:
     """The fork's own copy of the snapshot's history database, so that the copy never opens
     (nor size-checks) the original's. A namespaced kernel opens files by path inside its own
@@ -249,7 +249,7 @@ def _history(
 def forget_unfinished(engine: Engine) -> None:
     """At the daemon's start: a fork it died in the middle of (a record made, no process
     adopted yet) is removed like a failed one, and the copy CRIU may already have restored
-    is found as an interrupted restore's is (``Engine._find_restored``: a namespace init of
+    is found as an interrupted restore's is (``Engine.find_restored``: a namespace init of
     the kernel's uid listening on the fork's own shell port) and killed: its fixup never ran.
     The user can fork again."""
     for k in engine.registry.kernels():
@@ -257,7 +257,7 @@ def forget_unfinished(engine: Engine) -> None:
             continue
         log.warning("removing kernel %s: the daemon stopped while forking it", k.id)
         snap = engine.registry.get_snapshot(k.parent_snapshot_id)
-        pid = engine._find_restored(k, snap, 0) if snap is not None else None
+        pid = engine.find_restored(k, snap, 0) if snap is not None else None
         if pid is not None:
             started = start_time(pid)
             kill_tree(pid, started)

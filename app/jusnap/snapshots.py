@@ -202,7 +202,7 @@ class Engine:
             target = self.registry.get_snapshot(j.snapshot_id)
             if k is None or target is None:
                 return
-            restored = self._find_restored(k, target, j.started_ticks)
+            restored = self.find_restored(k, target, j.started_ticks)
             if restored is None and self.supervisor.alive(k):
                 note = "a restore was interrupted before it changed anything"
             elif restored is not None:
@@ -240,7 +240,7 @@ class Engine:
         finally:
             self.registry.end_restore(j.kernel_id)
 
-    def _find_restored(self, k: Kernel, target: Snapshot, not_before: int) -> int | None:
+    def find_restored(self, k: Kernel, target: Snapshot, not_before: int) -> int | None:
         """The process an interrupted restore of ``target`` into ``k`` left running, if any.
 
         A plain snapshot comes back at its dumped PID. A namespaced one comes back as PID 1 of
@@ -954,7 +954,7 @@ class Engine:
                 f"this snapshot needs its process id {snap.pid}, which another process holds now"
                 " (the snapshot's own kernel still runs, or the id was reused); nothing was touched"
             )
-        if snap.ports != k.ports() and self._snapshot_key(snap) is None:
+        if snap.ports != k.ports() and self.snapshot_key(snap) is None:
             raise Refused(
                 "this snapshot is older than Jusnap's record of connection keys and its kernel"
                 " is gone: it restores only into a kernel with the ports it was taken with"
@@ -967,7 +967,7 @@ class Engine:
             peers = established_peers(k.connection["iopub_port"])
             pre: Snapshot | None = None
             dumped = False
-            with self._staging(k, snap) as staging:  # staged while the current state is saved
+            with self.staging_of(k, snap) as staging:  # staged while the current state is saved
                 if self.supervisor.alive(k):
                     pre = self._stored_state(k)
                 if pre is None and self.supervisor.alive(k):
@@ -1047,7 +1047,7 @@ class Engine:
         self.hot.drop(snap.id)
 
     def _restore_or_roll_back(
-        self, k: Kernel, snap: Snapshot, pre: Snapshot | None, staging: Future[_Staged],
+        self, k: Kernel, snap: Snapshot, pre: Snapshot | None, staging: Future[Staged],
         peers: int, dumped: bool,
     ) -> tuple[float, float]:  # fmt: skip
         """Replace the kernel by ``snap``; on failure bring ``pre`` back (under the lock).
@@ -1058,7 +1058,7 @@ class Engine:
             if staged.hot:
                 self.hot.touch(snap.id)
             return result
-        except _Untouched as exc:
+        except Untouched as exc:
             # Nothing was stopped: the kernel runs on as it was; its safety copy is moot.
             if pre is not None and dumped:
                 self._forget(pre)
@@ -1073,8 +1073,8 @@ class Engine:
                 # From the pre-restore copy's plain images (hot, checked), not from the store.
                 with self._scratch() as scratch:
                     self._replace(k, pre, self._stage(k, pre, scratch), peers)
-            except (JusnapError, _Untouched) as exc2:
-                why = exc2.error.message if isinstance(exc2, _Untouched) else exc2.message
+            except (JusnapError, Untouched) as exc2:
+                why = exc2.error.message if isinstance(exc2, Untouched) else exc2.message
                 log.critical("rollback to %s failed too: %s", pre.id, why)
                 raise RestoreFailed(
                     f"{exc.message}; rolling back to the pre-restore snapshot {pre.id}"
@@ -1089,7 +1089,7 @@ class Engine:
             ) from None
 
     @contextlib.contextmanager
-    def _staging(self, k: Kernel, snap: Snapshot) -> Iterator[Future[_Staged]]:
+    def staging_of(self, k: Kernel, snap: Snapshot) -> Iterator[Future[Staged]]:
         """Stage ``snap`` in a thread of its own (see :meth:`_stage`) and verify its hot entry,
         if any, in another: that hashes every image byte (~0.1 s per GiB), and the restore
         waits for it only after the old kernel's stop (:meth:`_replace`), which takes about as
@@ -1112,7 +1112,7 @@ class Engine:
         scratch: Path,
         entry: HotEntry | None = None,
         verified: Future[None] | None = None,
-    ) -> _Staged:
+    ) -> Staged:
         """The images CRIU will restore ``snap`` from, where CRIU (as the kernel's uid) can read
         them but the kernel's user cannot change them: root's files in root's directories,
         readable through the kernel's group; checked for this kernel's identity.
@@ -1122,8 +1122,8 @@ class Engine:
         ports than ``k``'s connection has its served ports moved (``ports.py``) in a copy of
         its own, checked again. This happens before the running kernel is stopped: a damaged
         or crafted snapshot fails here, with the kernel untouched (raised as
-        :class:`_Untouched`). ``verified``: the hot entry's verification, running elsewhere
-        (:meth:`_staging`); the result carries it and :meth:`_replace` waits for it before
+        :class:`Untouched`). ``verified``: the hot entry's verification, running elsewhere
+        (:meth:`staging_of`); the result carries it and :meth:`_replace` waits for it before
         CRIU reads a byte (a failure found only after the stop is rolled back like a failed
         CRIU restore). Without it the entry is verified here.
         """
@@ -1156,9 +1156,9 @@ class Engine:
             images, moved = self._retarget(k, snap, images, scratch, namespaced)
             work = self._user_dir(scratch / "criu", k.run_uid, k.run_gid)
         except JusnapError as exc:
-            raise _Untouched(exc) from None
+            raise Untouched(exc) from None
         pending = verified if entry is not None else None
-        return _Staged(images, history, work, entry is not None, lazy, namespaced, moved, pending)
+        return Staged(images, history, work, entry is not None, lazy, namespaced, moved, pending)
 
     def _retarget(
         self, k: Kernel, snap: Snapshot, images: Path, scratch: Path, namespaced: bool
@@ -1209,7 +1209,7 @@ class Engine:
         return check.namespaced
 
     def _replace(
-        self, k: Kernel, snap: Snapshot, staged: _Staged, peers: int
+        self, k: Kernel, snap: Snapshot, staged: Staged, peers: int
     ) -> tuple[float, float]:
         """Stop the kernel and bring ``snap`` back in its place. On failure it stays stopped.
 
@@ -1219,7 +1219,7 @@ class Engine:
         failpoints.reached("restore:before-stop")
         early = staged.unverified()
         if early is not None:  # the damage is known before anything was stopped
-            raise _Untouched(early)
+            raise Untouched(early)
         if self.supervisor.alive(k):
             # Counted again at the last moment before the stop: a client that left while the
             # state was saved and the target staged (seconds; a closed tab) is not one that
@@ -1243,11 +1243,11 @@ class Engine:
                 # "moved" and turns the restored kernel's history read-only.
                 creds = self.supervisor.creds(k)
                 self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
-            with self._run_criu(k, snap, staged, "restore") as (restored_pid, result):
+            with self.run_criu(k, snap, staged, "restore") as (restored_pid, result):
                 k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
                 self.registry.put_kernel(k, durable=False)
                 failpoints.reached("restore:handshake")
-                old_key = self._snapshot_key(snap) or str(k.connection["key"])
+                old_key = self.snapshot_key(snap) or str(k.connection["key"])
                 # It answers (on k's ports) with the key it was dumped with until the fixup.
                 hs = handshake(
                     {**k.connection, "key": old_key},
@@ -1256,7 +1256,7 @@ class Engine:
                 )
                 if staged.ports_moved or old_key != k.connection["key"] or snap.kernel_id != k.id:
                     # Another kernel's snapshot: it must learn its new ports, key and files.
-                    self._fixup(k, reseed=False, old_key=old_key)
+                    self.fixup(k, reseed=False, old_key=old_key)
                 self.kernels.reset_live(
                     k.id, execution_count=snap.execution_count, last_snapshot_at=time.time()
                 )
@@ -1297,11 +1297,11 @@ class Engine:
             )  # fmt: skip
 
     @contextlib.contextmanager
-    def _run_criu(
+    def run_criu(
         self,
         k: Kernel,
         snap: Snapshot,
-        staged: _Staged,
+        staged: Staged,
         op: str,
         extra: Sequence[tuple[int, str]] = (),
     ) -> Iterator[tuple[int, CriuResult]]:
@@ -1402,13 +1402,13 @@ class Engine:
         self._lazy.add(k.id, server)
         lazyrestore.watch(self.criu, server, self._lazy_timeout(), broken)
 
-    def _fixup(self, k: Kernel, reseed: bool, old_key: str | None = None) -> None:
+    def fixup(self, k: Kernel, reseed: bool, old_key: str | None = None) -> None:
         """Give a restored copy its own identity (``kernels/fixup.py``) before it is used."""
         timeout = self.settings.jusnap.ipython.handshake_timeout
         cfile = str(self.supervisor.connection_file(k))
         apply_fixup(k.connection, cfile, reseed, timeout, old_key, k.history_file, k.id)
 
-    def _snapshot_key(self, snap: Snapshot) -> str | None:
+    def snapshot_key(self, snap: Snapshot) -> str | None:
         """The signing key the snapshot's kernel had (recorded with snapshots since schema 3;
         for older ones, its kernel's if that still exists)."""
         if snap.connection_key is not None:
@@ -1486,7 +1486,7 @@ def _not_restored(pid: int, uid: int, not_before: int, namespaced: bool) -> str 
 
 
 @dataclass(frozen=True)
-class _Staged:
+class Staged:
     """What a restore hands CRIU: images (a hot entry or staged), history, CRIU's work dir."""
 
     images: Path
@@ -1528,7 +1528,7 @@ def port_map(ports: str, k: Kernel) -> dict[int, int]:
     )
 
 
-class _Untouched(Exception):
+class Untouched(Exception):
     """A restore failed before the running kernel was stopped."""
 
     def __init__(self, error: JusnapError) -> None:

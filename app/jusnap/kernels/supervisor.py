@@ -183,7 +183,7 @@ class Supervisor:
         is the user's, 0700. Files the kernel left there stay (a restore needs those that
         were open at the dump)."""
         parent = self.settings.state_dir / "shm"
-        self._make_private_dir(parent, os.geteuid(), os.getegid())
+        self.make_private_dir(parent, os.geteuid(), os.getegid())
         parent.chmod(0o711)
         path = self.shm_dir(k.id)
         try:
@@ -245,19 +245,19 @@ class Supervisor:
         except JusnapError:
             return False
 
-    def _home(self, uid: int) -> str:
+    def home_dir(self, uid: int) -> str:
         try:
             return pwd.getpwuid(uid).pw_dir
         except KeyError:
             return "/"
 
-    def _make_private_dir(self, path: Path, uid: int, gid: int) -> None:
+    def make_private_dir(self, path: Path, uid: int, gid: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(path, uid, gid)
         path.chmod(0o700)
 
-    def _write_private(self, path: Path, text: str, uid: int, gid: int) -> None:
+    def write_private(self, path: Path, text: str, uid: int, gid: int) -> None:
         """Write a file in the kernel user's directory as root: into a new file (``O_EXCL``,
         never a link or an existing inode the user planted, such as a hard link to a root
         file), then renamed over ``path``."""
@@ -296,15 +296,15 @@ class Supervisor:
             status="stopped",
             argv=list(argv) if argv else self.settings.kernel_argv(),
             env=dict(env or {}),
-            cwd=cwd or self._home(uid),
+            cwd=cwd or self.home_dir(uid),
             connection=check_connection(connection) if connection else new_connection(),
             notebook_path=notebook_path,
             created_at=time.time(),
         )
         kdir = self.kernel_dir(k.id)
-        self._make_private_dir(self.kernels_dir, os.geteuid(), os.getegid())
+        self.make_private_dir(self.kernels_dir, os.geteuid(), os.getegid())
         self.kernels_dir.chmod(0o711)
-        self._make_private_dir(kdir, uid, gid)
+        self.make_private_dir(kdir, uid, gid)
         try:
             if self.settings.jusnap.ipython.history_enabled and _is_ipykernel(k.argv):
                 k.history_file = str(kdir / "history.sqlite")
@@ -323,7 +323,7 @@ class Supervisor:
     def _seed_history(self, k: Kernel, dest: Path) -> None:
         """Start each kernel's own history from the user's IPython history file, copied by
         the user itself: root would follow a link the user planted to a file it cannot read."""
-        home = self._home(k.run_uid)
+        home = self.home_dir(k.run_uid)
         src = self.settings.jusnap.ipython.history_file.replace("~", home, 1)
         with contextlib.suppress(JusnapError):
             self.copy_as_user(self.creds(k), Path(src), dest)
@@ -334,7 +334,7 @@ class Supervisor:
     def start(self, k: Kernel) -> None:
         """(Re)start the kernel process with the kernel's fixed connection and history."""
         cfile = self.connection_file(k)
-        self._write_private(cfile, json.dumps(k.connection), k.run_uid, k.run_gid)
+        self.write_private(cfile, json.dumps(k.connection), k.run_uid, k.run_gid)
         argv = [a.replace("{connection_file}", str(cfile)) for a in k.argv]
         if _is_ipykernel(argv):
             if k.history_file:
@@ -343,7 +343,7 @@ class Supervisor:
                 # In memory: the history is then part of the dumped process itself.
                 argv.append("--HistoryManager.enabled=False")
             argv.extend(IPYKERNEL_LOG_ARGS)
-        home = self._home(k.run_uid)
+        home = self.home_dir(k.run_uid)
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": home,
@@ -413,7 +413,7 @@ class Supervisor:
         alone); or why it cannot be namespaced. The same answer at launch, dump, image check
         and restore."""
         socket_dir = str(Path(self.settings.jusnap.http.socket).parent)
-        home = self._home(k.run_uid)
+        home = self.home_dir(k.run_uid)
         keep, why = namespace.binds([self._program(k), k.cwd or home, home], [socket_dir])
         if why:
             return [], why
