@@ -504,3 +504,25 @@ def test_nvml_is_asked_only_when_it_matters(
     hook.after_restore(PID, restore_meta())
     assert memory.asked == [[UUID0, UUID1, UUID2]]
     assert "placement_seconds" in hook.last_timings
+
+
+def test_hookset_keeps_hooks_without_beside() -> None:
+    """A hook written before ``beside`` existed still takes a restore in place."""
+    from jusnap.hooks import CheckpointHook
+
+    seen: list[dict] = []
+
+    class Old(CheckpointHook):
+        name = "old"
+
+        def detect(self, pid: int) -> bool:
+            return False
+
+        def around_dump(self, pid: int):  # type: ignore[override]
+            raise NotImplementedError
+
+        def preflight_restore(self, meta: dict) -> None:  # type: ignore[override]
+            seen.append(meta)
+
+    HookSet([Old()]).preflight_restore({"old": {"x": 1}})
+    assert seen == [{"x": 1}]

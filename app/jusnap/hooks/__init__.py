@@ -106,7 +106,10 @@ class HookSet:
 
     def preflight_restore(self, meta: dict[str, Any], beside: bool = False) -> None:
         for hook in self.for_meta(meta):
-            hook.preflight_restore(meta[hook.name], beside=beside)
+            if beside:
+                hook.preflight_restore(meta[hook.name], beside=True)
+            else:  # a hook written before ``beside`` existed still restores in place
+                hook.preflight_restore(meta[hook.name])
 
     def after_restore(self, pid: int, meta: dict[str, Any]) -> None:
         for hook in self.for_meta(meta):
