@@ -5,7 +5,9 @@ the jupyter stack) must be there: on a GPU machine a missing piece is a failure,
 Runs as root (kernel as root, CRIU privileged); run it with tests/gpu/run_on_device.sh.
 
 The tests share one kernel and run in file order; each step's timings are printed and written
-as JSON to $JUSNAP_GPU_REPORT when set.
+as JSON to $JUSNAP_GPU_REPORT when set. The fork tests at the end use a second engine whose
+kernels run as the unprivileged test user in their own PID namespace (a fork needs a PID of its
+own); they were written without a GPU and have not run on one yet.
 """
 
 from __future__ import annotations
@@ -332,3 +334,162 @@ def test_snapshot_mid_computation(
     restored = cell_json(kc, "print(json.dumps(digest(y)))", timeout=300)
     assert restored == live, "the resumed computation ended differently from the live one"
     record("mid_cell_result", identical=restored == live)
+
+
+# --- forks: a second live copy beside the original --------------------------------------------
+#
+# A fork runs beside its original, so both need a PID of their own: only a kernel launched in
+# its own PID namespace forks while it runs, and root's kernels are never namespaced. These
+# tests therefore use an engine of their own whose kernels run as the unprivileged test user
+# (tests/conftest.py's kernel_user, made with useradd if missing), state under /var/tmp.
+# Written without a GPU and not yet run on one (docs/gpu.md, "Forks and placement").
+
+FORK_SETUP = r"""
+import hashlib, json, torch
+g = torch.Generator(device="cuda").manual_seed(7)
+t = torch.randn(64 * 2**20, device="cuda", generator=g)            # 256 MiB float32
+
+def fact():
+    raw = t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
+    try:
+        uuid = str(torch.cuda.get_device_properties(0).uuid)
+    except Exception:
+        uuid = None
+    return {"digest": hashlib.sha256(raw).hexdigest(), "first": float(t[0].item()), "gpu": uuid}
+
+print(json.dumps(fact()))
+"""
+
+
+@pytest.fixture(scope="module")
+def fork_engine(kernel_user: Any, hook: CudaHook) -> Iterator[Engine]:
+    from tests.stack import make_state_dir
+
+    criu = os.environ.get("JUSNAP_CRIU") or shutil.which("criu")
+    assert criu, "set JUSNAP_CRIU to a CRIU >= 4 binary (tests/gpu/run_on_device.sh does)"
+    state_dir = make_state_dir("jusnap-gpu-fork-")
+    s = load_settings(
+        None,
+        {
+            "jusnap.state_dir": str(state_dir),
+            "jusnap.criu.binary": criu,
+            "jusnap.criu.dump_timeout": "300s",
+            "jusnap.criu.restore_timeout": "300s",
+            "jusnap.os.uid": kernel_user.pw_name,
+            "jusnap.kernels.namespaces": "on",
+            "jusnap.http.socket": str(state_dir / "jusnap.sock"),
+            "jusnap.ipython.python_interpreter": sys.executable,
+            "jusnap.ipython.handshake_timeout": "60s",
+        },
+    )
+    eng = Engine(s, HookSet([hook])).start()
+    try:
+        yield eng
+    finally:
+        for k in eng.kernels.list():
+            try:
+                eng.kernels.shutdown(k.id)
+            except Exception as exc:
+                print(f"[gpu] fork teardown: {exc}")
+        eng.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        _write_report()
+
+
+@pytest.fixture(scope="module")
+def fork_original(fork_engine: Engine) -> Iterator[tuple[Any, BlockingKernelClient]]:
+    env = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    k = fork_engine.kernels.launch(owner_uid=0, env=env)
+    kc = connect(k.connection, timeout=120)
+    try:
+        yield k, kc
+    finally:
+        kc.stop_channels()
+
+
+def test_fork_a_gpu_kernel_beside_it(
+    fork_engine: Engine, fork_original: tuple[Any, BlockingKernelClient], hook: CudaHook
+) -> None:
+    from jusnap.fork import fork
+
+    engine, (a, ka) = fork_engine, fork_original
+    saved = cell_json(ka, FORK_SETUP, timeout=600)
+    snap = engine.snapshot(a.id, label="before fork")
+    cuda = snap.hooks["cuda"]
+    assert snap.namespaced, "the original is not in its own PID namespace: it cannot fork"
+    assert cuda["gpu_uuids"] and all(u.startswith("GPU-") for u in cuda["gpu_uuids"])
+    # The original goes on; its tensor changes after the snapshot.
+    after_a = cell_json(ka, "t.add_(1); print(json.dumps(fact()))")
+    assert after_a["digest"] != saved["digest"]
+
+    t0 = time.monotonic()
+    result = fork(engine, snap.id, None)
+    wall = time.monotonic() - t0
+    placement = hook.last_placement
+    record(
+        "fork",
+        wall_seconds=round(wall, 3),
+        engine_seconds=round(result.seconds, 3),
+        criu_restore_seconds=round(result.criu_seconds, 3),
+        cuda_restore_seconds=round(hook.last_timings.get("cuda_restore_seconds", -1), 3),
+        recorded_gpus=cuda["gpu_uuids"],
+        placement=placement.where if placement else None,
+        moved=placement.moved if placement else None,
+    )
+    b = result.kernel
+    kb = connect(b.connection, timeout=120)
+    try:
+        assert b.pid != a.pid and engine.supervisor.alive(engine.kernels.get(a.id))
+        drain(kb)
+        # The fork holds the snapshot's tensor, bit for bit; the original keeps its own.
+        forked = cell_json(kb, "print(json.dumps(fact()))")
+        assert forked["digest"] == saved["digest"], (
+            "the fork's GPU tensor differs from the snapshot"
+        )
+        assert cell_json(ka, "print(json.dumps(fact()))")["digest"] == after_a["digest"]
+        # Both compute on the GPU, and their values diverge.
+        fb = cell_json(kb, "t.mul_(2); print(json.dumps(fact()))")
+        fa = cell_json(ka, "t.sub_(3); print(json.dumps(fact()))")
+        assert fb["first"] == pytest.approx(saved["first"] * 2, rel=1e-6)
+        assert fa["first"] == pytest.approx(saved["first"] + 1 - 3, rel=1e-6, abs=1e-6)
+        assert fa["digest"] != fb["digest"]
+        record("fork_diverged", original_gpu=fa["gpu"], fork_gpu=fb["gpu"])
+    finally:
+        kb.stop_channels()
+        engine.kernels.shutdown(b.id)
+
+
+FILL_GPU = r"""
+free, _total = torch.cuda.mem_get_info()
+filler = torch.empty(max(0, free - 300 * 2**20), dtype=torch.uint8, device="cuda")
+print(json.dumps(torch.cuda.mem_get_info()[0]))
+"""
+
+
+def test_fork_without_gpu_room_leaves_nothing(
+    fork_engine: Engine, fork_original: tuple[Any, BlockingKernelClient], hook: CudaHook
+) -> None:
+    """With every GPU of the model full, the fork is refused (422) before anything is made,
+    once fork.py asks ``preflight_restore(..., beside=True)``; until then the driver's own
+    restore fails and the fork is rolled back. Either way: no fork, the original untouched."""
+    from jusnap.errors import Refused, RestoreFailed
+    from jusnap.fork import fork
+
+    engine, (a, ka) = fork_engine, fork_original
+    gpus = len(hook.system.gpus())
+    if gpus > 1:
+        pytest.skip(f"{gpus} GPUs: filling one leaves the others free")
+    cell_json(ka, "print(json.dumps(fact()))")
+    snap = engine.snapshot(a.id, label="before filling the GPU")
+    kernels_before = {k.id for k in engine.kernels.list()}
+    left = cell_json(ka, FILL_GPU)
+    try:
+        before = cell_json(ka, "print(json.dumps(fact()))")
+        with pytest.raises((Refused, RestoreFailed)) as info:
+            fork(engine, snap.id, None)
+        record("fork_no_room", free_bytes=left, error=type(info.value).__name__,
+               message=str(info.value))  # fmt: skip
+        assert {k.id for k in engine.kernels.list()} == kernels_before
+        assert cell_json(ka, "print(json.dumps(fact()))") == before
+    finally:
+        run_cell(ka, "del filler; torch.cuda.empty_cache()")

@@ -24,6 +24,23 @@ from jusnap.hooks.cuda.procfs import GpuSystem
 
 PID = 4242
 GIB = 1024**3
+UUID0 = "GPU-5f2c7b4e-1a2b-3c4d-5e6f-0123456789ab"
+
+
+class FakeMemory:
+    """Free bytes per GPU UUID, as NVML would say; ``None`` = NVML unavailable."""
+
+    def __init__(self, free: dict[str, int] | None = None) -> None:
+        self.free = free
+        self.asked: list[list[str]] = []
+
+    def free_bytes(self, uuids: object) -> dict[str, int]:
+        from jusnap.hooks.cuda.nvml import NvmlUnavailable
+
+        self.asked.append(list(uuids))  # type: ignore[call-overload]
+        if self.free is None:
+            raise NvmlUnavailable("cannot load libnvidia-ml.so.1: not found")
+        return {u: f for u, f in self.free.items() if u in self.asked[-1]}
 
 
 class FakeDriver:
@@ -71,8 +88,9 @@ class FakeDriver:
     def checkpoint(self, pid: int) -> None:
         self._move("checkpoint", pid, ProcessState.LOCKED, ProcessState.CHECKPOINTED)
 
-    def restore(self, pid: int) -> None:
-        self._move("restore", pid, ProcessState.CHECKPOINTED, ProcessState.LOCKED)
+    def restore(self, pid: int, gpu_pairs: tuple[tuple[str, str], ...] = ()) -> None:
+        pairs = (tuple(gpu_pairs),) if gpu_pairs else ()  # recorded only when given
+        self._move("restore", pid, ProcessState.CHECKPOINTED, ProcessState.LOCKED, *pairs)
 
     def unlock(self, pid: int) -> None:
         self._move("unlock", pid, ProcessState.LOCKED, ProcessState.RUNNING)
@@ -103,8 +121,18 @@ class FakeProc:
         self.add_process(PID, gpu=True)
 
     def set_model(self, model: str) -> None:
-        info = self.proc / "driver/nvidia/gpus/0000:00:06.0/information"
-        info.write_text(f"Model: \t\t {model}\nIRQ:   \t\t 42\nBus Type: \t PCIe\n")
+        self.add_gpu("0000:00:06.0", model, UUID0, 0)
+
+    def add_gpu(self, pci: str, model: str, uuid: str, minor: int) -> None:
+        """A GPU's ``information`` file, laid out as driver 580 prints it."""
+        info = self.proc / "driver/nvidia/gpus" / pci / "information"
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(
+            f"Model: \t\t {model}\nIRQ:   \t\t 42\nGPU UUID: \t {uuid}\n"
+            "Video BIOS: \t 96.00.af.00.01\nBus Type: \t PCIe\nDMA Size: \t 52 bits\n"
+            f"DMA Mask: \t 0xfffffffffffff\nBus Location: \t {pci}\n"
+            f"Device Minor: \t {minor}\nGPU Firmware: \t 580.159.04\nGPU Excluded:\t No\n"
+        )
 
     def add_process(self, pid: int, gpu: bool = True, rss_kb: int = 700_000) -> Path:
         base = self.proc / str(pid)
@@ -173,12 +201,18 @@ class Clock:
 
 
 @pytest.fixture
-def hook(proc: FakeProc, driver: FakeDriver) -> CudaHook:
+def memory() -> FakeMemory:
+    return FakeMemory({UUID0: 100 * GIB})
+
+
+@pytest.fixture
+def hook(proc: FakeProc, driver: FakeDriver, memory: FakeMemory) -> CudaHook:
     return CudaHook(
         GpuSettings(lock_timeout_ms=1234),
         driver=driver,
         system=GpuSystem(proc.proc, proc.dev),
         clock=Clock(),
+        memory=memory,
     )
 
 
@@ -229,6 +263,8 @@ def test_dump_sequence_and_metadata(hook: CudaHook, driver: FakeDriver) -> None:
     assert meta["driver_version"] == "580.159.04"
     assert meta["driver_api"] == 13000
     assert meta["gpu_memory_bytes"] == 3 * GIB
+    # Read before the checkpoint, which (in the fake as in the driver) closes /dev/nvidia0.
+    assert meta["gpu_uuids"] == [UUID0]
     assert meta["checkpoint_seconds"] == pytest.approx(0.5)
     assert set(hook.last_timings) == {"lock_seconds", "checkpoint_seconds", "resume_seconds"}
 

@@ -10,6 +10,9 @@ Contract (the engine relies on every line):
 * ``detect(pid)`` is cheap and side-effect free.
 * ``preflight_dump`` / ``preflight_restore`` raise :class:`jusnap.errors.Refused` *before*
   anything touches the kernel when the hook cannot do its job (driver too old, wrong device...).
+  ``preflight_restore(meta, beside=True)`` is asked for a fork: the restored process will run
+  beside everything running now, so device room can be judged from what is free now (a
+  restore in place frees the replaced kernel's devices only later).
 * ``around_dump`` is a context manager: on entry it prepares the kernel for CRIU and yields a
   JSON-able dict that is stored in the snapshot metadata under the hook's ``name``; on exit,
   whether the dump succeeded or raised, the kernel must be running normally again.
@@ -51,8 +54,11 @@ class CheckpointHook(ABC):
     def around_dump(self, pid: int) -> AbstractContextManager[dict[str, Any]]:
         """Prepare ``pid`` for CRIU; always leave it running on exit."""
 
-    def preflight_restore(self, meta: dict[str, Any]) -> None:  # noqa: B027 - optional
-        """Raise Refused if a snapshot with this hook metadata cannot be restored here."""
+    def preflight_restore(  # noqa: B027 - optional
+        self, meta: dict[str, Any], beside: bool = False
+    ) -> None:
+        """Raise Refused if a snapshot with this hook metadata cannot be restored here
+        (``beside``: as a new process next to those running now, i.e. a fork)."""
 
     def prepare_code(self, pid: int) -> str | None:
         """Source to run silently in the idle kernel before a dump, or None."""
@@ -98,9 +104,12 @@ class HookSet:
             return None
         return AutoPolicy(all(p.enabled for p in policies), max(p.min_cooldown for p in policies))
 
-    def preflight_restore(self, meta: dict[str, Any]) -> None:
+    def preflight_restore(self, meta: dict[str, Any], beside: bool = False) -> None:
         for hook in self.for_meta(meta):
-            hook.preflight_restore(meta[hook.name])
+            if beside:
+                hook.preflight_restore(meta[hook.name], beside=True)
+            else:  # a hook written before ``beside`` existed still restores in place
+                hook.preflight_restore(meta[hook.name])
 
     def after_restore(self, pid: int, meta: dict[str, Any]) -> None:
         for hook in self.for_meta(meta):

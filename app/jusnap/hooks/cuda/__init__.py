@@ -3,8 +3,10 @@
 One job per module, so each can be read, replaced and tested on its own:
 
 * :mod:`.driver` -- the binding of the CUDA driver's ``cuCheckpointProcess*`` calls (ctypes);
-* :mod:`.procfs` -- which processes hold ``/dev/nvidia*``, MIG and MPS, GPU models and driver
-  version, read from ``/proc`` and ``/dev``;
+* :mod:`.procfs` -- which processes hold ``/dev/nvidia*`` (and which GPUs, by UUID), MIG and
+  MPS, GPU models and driver version, read from ``/proc`` and ``/dev``;
+* :mod:`.nvml` -- free memory per GPU (NVML through ctypes), for placement;
+* :mod:`.placement` -- which GPU a restored or forked kernel's state goes onto (pure logic);
 * :mod:`.hook` -- :class:`CudaHook`: the policy (refusals, automatic snapshots, freeing
   PyTorch's cache) and the lock -> checkpoint -> dump -> restore -> unlock sequence.
 
@@ -18,11 +20,21 @@ from __future__ import annotations
 
 from jusnap.config import GpuSettings
 
-from . import driver, hook, procfs
+from . import driver, hook, nvml, placement, procfs
 from .driver import *  # noqa: F403
 from .hook import *  # noqa: F403
+from .nvml import *  # noqa: F403
+from .placement import *  # noqa: F403
 from .procfs import *  # noqa: F403
 
 CudaSettings = GpuSettings
 
-__all__ = [*driver.__all__, *procfs.__all__, *hook.__all__, "CudaSettings", "GpuSettings"]
+__all__ = [
+    *driver.__all__,
+    *procfs.__all__,
+    *nvml.__all__,
+    *placement.__all__,
+    *hook.__all__,
+    "CudaSettings",
+    "GpuSettings",
+]

@@ -10,26 +10,37 @@ the :class:`Driver` protocol lets the hook's sequencing be tested against a fake
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any, Protocol
 
 __all__ = [
     "CUDA_ERROR_NOT_INITIALIZED",
     "CUDA_SUCCESS",
+    "GPU_PAIRS_MIN_DRIVER_API",
     "MIN_DRIVER_API_VERSION",
+    "CUcheckpointGpuPair",
     "CUcheckpointLockArgs",
+    "CUcheckpointRestoreArgs",
     "CudaDriver",
     "CudaError",
     "Driver",
     "DriverUnavailable",
     "ProcessState",
     "format_driver_api",
+    "restore_args",
     "state_name",
+    "uuid_bytes",
 ]
 
 #: ``cuDriverGetVersion`` value of the first driver API with ``cuCheckpointProcess*``
 #: (CUDA 12.8, display driver r570). r550's ``cuda-checkpoint`` tool used private entry points.
 MIN_DRIVER_API_VERSION = 12080
+
+#: First driver API whose ``CUcheckpointRestoreArgs`` has ``gpuPairs`` (restore onto other GPUs).
+#: CUDA 12.8 and 12.9 declare the struct as ``reserved[8]`` only; 13.1 is the first release in
+#: which the field could be confirmed (13.0 was not, so it is not trusted with pairs).
+GPU_PAIRS_MIN_DRIVER_API = 13010
 
 CUDA_SUCCESS = 0
 CUDA_ERROR_NOT_INITIALIZED = 3
@@ -76,7 +87,7 @@ class Driver(Protocol):
     def get_state(self, pid: int) -> int: ...
     def lock(self, pid: int, timeout_ms: int) -> None: ...
     def checkpoint(self, pid: int) -> None: ...
-    def restore(self, pid: int) -> None: ...
+    def restore(self, pid: int, gpu_pairs: Sequence[tuple[str, str]] = ()) -> None: ...
     def unlock(self, pid: int) -> None: ...
 
 
@@ -88,6 +99,63 @@ class CUcheckpointLockArgs(ctypes.Structure):
         ("reserved0", ctypes.c_uint),
         ("reserved1", ctypes.c_uint64 * 7),
     )
+
+
+class CUuuid(ctypes.Structure):
+    """``CUuuid``: the GPU's 16 UUID bytes, in the order ``GPU-xxxxxxxx-...`` prints them."""
+
+    _fields_ = (("bytes", ctypes.c_ubyte * 16),)
+
+
+class CUcheckpointGpuPair(ctypes.Structure):
+    """``CUcheckpointGpuPair`` (CUDA 13.1+): checkpointed GPU -> GPU to restore onto."""
+
+    _fields_ = (("oldUuid", CUuuid), ("newUuid", CUuuid))
+
+
+class CUcheckpointRestoreArgs(ctypes.Structure):
+    """``CUcheckpointRestoreArgs``: 64 bytes; ``gpuPairs`` at 0, ``gpuPairsCount`` at 8, the
+    rest reserved and zero (later headers name part of it, e.g. ``customStorageInfo_out``,
+    whose NULL means "restore from host memory", what Jusnap wants)."""
+
+    _fields_ = (
+        ("gpuPairs", ctypes.POINTER(CUcheckpointGpuPair)),
+        ("gpuPairsCount", ctypes.c_uint),
+        ("reserved", ctypes.c_char * (64 - 8 - 4)),
+    )
+
+
+def uuid_bytes(uuid: str) -> bytes:
+    """``GPU-5f2c7b4e-1a2b-3c4d-5e6f-0123456789ab`` -> its 16 raw bytes (a ``CUuuid``).
+
+    Raises ValueError for anything else (MIG instances' ``MIG-`` UUIDs included: MIG is
+    refused before a snapshot, so one here means corrupt metadata).
+    """
+    if not uuid.startswith("GPU-"):
+        raise ValueError(f"not a GPU UUID: {uuid!r}")
+    digits = uuid[4:]
+    parts = digits.split("-")
+    if [len(p) for p in parts] != [8, 4, 4, 4, 12]:
+        raise ValueError(f"not a GPU UUID: {uuid!r}")
+    try:
+        return bytes.fromhex("".join(parts))
+    except ValueError:
+        raise ValueError(f"not a GPU UUID: {uuid!r}") from None
+
+
+def restore_args(
+    gpu_pairs: Sequence[tuple[str, str]],
+) -> tuple[CUcheckpointRestoreArgs, ctypes.Array[CUcheckpointGpuPair]]:
+    """The restore arguments for ``gpu_pairs`` (old UUID, new UUID), and the pair array they
+    point to (the caller keeps it alive for the call)."""
+    pairs = (CUcheckpointGpuPair * len(gpu_pairs))()
+    for slot, (old, new) in zip(pairs, gpu_pairs, strict=True):
+        slot.oldUuid.bytes[:] = list(uuid_bytes(old))
+        slot.newUuid.bytes[:] = list(uuid_bytes(new))
+    args = CUcheckpointRestoreArgs()  # zeroed, reserved bytes included
+    args.gpuPairs = ctypes.cast(pairs, ctypes.POINTER(CUcheckpointGpuPair))
+    args.gpuPairsCount = len(gpu_pairs)
+    return args, pairs
 
 
 _CHECKPOINT_SYMBOLS = (
@@ -133,7 +201,8 @@ class CudaDriver:
                     ctypes.c_int,
                     ctypes.POINTER(CUcheckpointLockArgs),
                 ]
-                # Checkpoint/Restore/Unlock take optional arg structs; we always pass NULL.
+                # Checkpoint/Restore/Unlock take optional arg structs: NULL, or (restore
+                # onto other GPUs) a CUcheckpointRestoreArgs passed by address.
                 for name in _CHECKPOINT_SYMBOLS[2:]:
                     getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_void_p]
                 for name in _CHECKPOINT_SYMBOLS:
@@ -185,8 +254,15 @@ class CudaDriver:
     def checkpoint(self, pid: int) -> None:
         self._call("cuCheckpointProcessCheckpoint", pid, None)
 
-    def restore(self, pid: int) -> None:
-        self._call("cuCheckpointProcessRestore", pid, None)
+    def restore(self, pid: int, gpu_pairs: Sequence[tuple[str, str]] = ()) -> None:
+        """Put ``pid``'s GPU state back: where it was (NULL args, as every driver takes), or
+        per ``gpu_pairs`` (every checkpointed GPU -> the GPU to restore it onto)."""
+        if not gpu_pairs:
+            self._call("cuCheckpointProcessRestore", pid, None)
+            return
+        args, pairs = restore_args(gpu_pairs)
+        self._call("cuCheckpointProcessRestore", pid, ctypes.addressof(args))
+        del pairs  # kept alive until the call returned
 
     def unlock(self, pid: int) -> None:
         self._call("cuCheckpointProcessUnlock", pid, None)

@@ -36,6 +36,8 @@ from .driver import (
     format_driver_api,
     state_name,
 )
+from .nvml import GpuMemory, Nvml, NvmlUnavailable
+from .placement import NoRoom, Placement, plan, recorded_uuids
 from .procfs import GpuSystem
 
 __all__ = ["CudaHook", "free_torch_cache_code"]
@@ -88,13 +90,17 @@ class CudaHook(CheckpointHook):
         driver: Driver | None = None,
         system: GpuSystem | None = None,
         clock: Callable[[], float] = time.monotonic,
+        memory: GpuMemory | None = None,
     ) -> None:
         self.settings = settings or GpuSettings()
         self.driver: Driver = driver if driver is not None else CudaDriver()
         self.system = system or GpuSystem()
         self.clock = clock
+        self.memory: GpuMemory = memory if memory is not None else Nvml()
         #: Durations of the last around_dump / after_restore, in seconds; for logs and benches.
         self.last_timings: dict[str, float] = {}
+        #: Where the last after_restore put the GPU state (for logs, tests and benches).
+        self.last_placement: Placement | None = None
 
     @classmethod
     def from_settings(cls, gpu: GpuSettings | Mapping[str, Any] | None = None) -> CudaHook:
@@ -157,7 +163,12 @@ class CudaHook(CheckpointHook):
                 cuda_state=state,
             )
 
-    def preflight_restore(self, meta: dict[str, Any]) -> None:
+    def preflight_restore(self, meta: dict[str, Any], beside: bool = False) -> None:
+        """Refuse what cannot restore here. ``beside``: the restored process will run beside
+        everything running now (a fork), so the GPU memory free now is what it gets and a
+        snapshot no GPU has room for is refused here, before anything is made. A restore in
+        place replaces a kernel whose GPU memory is only freed later, so its placement is
+        decided in :meth:`after_restore`, when that memory is free."""
         if not self.system.device_present():
             raise Refused("cannot restore a GPU snapshot: no NVIDIA GPU is present on this machine")
         self._require_driver("restore")
@@ -179,6 +190,24 @@ class CudaHook(CheckpointHook):
                 recorded=recorded_driver,
                 present=current_driver,
             )
+        if beside:
+            try:
+                placement = self.placement(meta)
+            except NoRoom as exc:
+                raise Refused(f"cannot restore this GPU snapshot: {exc}") from None
+            log.info("GPU snapshot will restore onto %s", placement.where)
+
+    def placement(self, meta: dict[str, Any]) -> Placement:
+        """Where ``meta``'s GPU state would go now (see :mod:`.placement`); raises NoRoom."""
+        gpus = self.system.gpus()
+        free: dict[str, int] | None = {}
+        if len(recorded_uuids(meta)) == 1:  # else the policy needs no figures: skip NVML
+            try:
+                free = self.memory.free_bytes([g.uuid for g in gpus if g.uuid])
+            except NvmlUnavailable as exc:
+                log.info("GPU placement: no free-memory figures (%s); restoring as recorded", exc)
+                free = None
+        return plan(meta, gpus, free, self._safe_version() or 0)
 
     # --- the sequence ---------------------------------------------------------------------
 
@@ -208,6 +237,8 @@ class CudaHook(CheckpointHook):
                     cuda_error=exc.code,
                 ) from exc
             timings["lock_seconds"] = self.clock() - start
+            # Which GPUs: read now, the checkpoint closes the device files that tell.
+            uuids = self.system.gpu_uuids(pid)
 
             rss_before = self.system.rss_bytes(pid)
             start = self.clock()
@@ -233,10 +264,14 @@ class CudaHook(CheckpointHook):
             # The checkpoint copies every GPU allocation (the caching allocator's reserve
             # included) into host memory, so the RSS growth is what the image gains from GPU.
             gpu_bytes = max(0, rss_after - rss_before) if rss_before and rss_after else None
-            models = self.system.gpu_models()
+            gpus = self.system.gpus()
+            models = [g.model for g in gpus if g.model]
+            used = [g.model for u in uuids for g in gpus if g.uuid == u and g.model]
             meta: dict[str, Any] = {
-                "gpu_model": models[0] if models else None,
+                # The model of the GPU the kernel used (the first one's, on a mixed machine).
+                "gpu_model": used[0] if used else models[0] if models else None,
                 "gpu_models": models,
+                "gpu_uuids": uuids,
                 "driver_version": self.system.driver_version(),
                 "driver_api": self._safe_version(),
                 "gpu_memory_bytes": gpu_bytes,
@@ -284,16 +319,31 @@ class CudaHook(CheckpointHook):
         )
 
     def after_restore(self, pid: int, meta: dict[str, Any]) -> None:
+        """Put the GPU state back, where :mod:`.placement` says (decided now: the kernel a
+        restore replaced has freed its GPU memory by now), then unlock."""
         timings: dict[str, float] = {}
         self.last_timings = timings
         start = self.clock()
         try:
-            self.driver.restore(pid)
+            placement = self.placement(meta)
+        except NoRoom as exc:
+            # The figures are estimates: let the driver decide, as before placement existed.
+            log.warning("kernel %d: %s; restoring its GPU state as recorded", pid, exc)
+            placement = Placement((), "its recorded GPU (no GPU seemed to have room)")
+        timings["placement_seconds"] = self.clock() - start
+        self.last_placement = placement
+        start = self.clock()
+        try:
+            if placement.pairs:
+                self.driver.restore(pid, placement.pairs)
+            else:
+                self.driver.restore(pid)  # NULL args: exactly the call older Jusnap made
             timings["restore_seconds"] = self.clock() - start
             self.driver.unlock(pid)
         except (CudaError, DriverUnavailable) as exc:
             raise RestoreFailed(
-                f"criu restored the kernel but its CUDA state did not come back: {exc}"
+                f"criu restored the kernel but its CUDA state did not come back onto"
+                f" {placement.where}: {exc}"
             ) from exc
         timings["cuda_restore_seconds"] = self.clock() - start
         state = self._state_or_none(pid)
@@ -302,3 +352,4 @@ class CudaHook(CheckpointHook):
                 f"criu restored the kernel but its CUDA state is {state_name(state)}, not running",
                 cuda_state=state,
             )
+        log.info("kernel %d: CUDA state restored onto %s", pid, placement.where)

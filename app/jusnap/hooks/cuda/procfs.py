@@ -9,12 +9,27 @@ snapshots, GPU or not. Everything here reads files under an injectable ``proc_ro
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GpuSystem"]
+__all__ = ["GpuInfo", "GpuSystem"]
 
 _DRIVER_VERSION_RE = re.compile(r"NVRM version:.*?\s(\d+\.\d+(?:\.\d+)?)\s")
 _MODEL_RE = re.compile(r"^Model:\s*(.+?)\s*$", re.MULTILINE)
+_UUID_RE = re.compile(r"^GPU UUID:\s*(\S+)\s*$", re.MULTILINE)
+_MINOR_RE = re.compile(r"^Device Minor:\s*(\d+)\s*$", re.MULTILINE)
+#: A GPU's own device file; not nvidiactl, nvidia-uvm, nvidia-modeset or nvidia-caps/*.
+_GPU_DEVICE_RE = re.compile(r"/dev/nvidia(\d+)")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as ``/proc/driver/nvidia/gpus/<pci>/information`` describes it."""
+
+    pci: str
+    model: str | None
+    uuid: str | None
+    minor: int | None
 
 
 class GpuSystem:
@@ -31,13 +46,24 @@ class GpuSystem:
     def device_present(self) -> bool:
         return (self.dev / "nvidiactl").exists()
 
-    def gpu_models(self) -> list[str]:
-        models = []
+    def gpus(self) -> list[GpuInfo]:
+        """Every GPU the driver publishes, in PCI order; a field it does not print is None."""
+        found = []
         for info in sorted((self.proc / "driver/nvidia/gpus").glob("*/information")):
-            match = _MODEL_RE.search(_read_text(info))
-            if match:
-                models.append(match.group(1))
-        return models
+            text = _read_text(info)
+            model, uuid, minor = (r.search(text) for r in (_MODEL_RE, _UUID_RE, _MINOR_RE))
+            found.append(
+                GpuInfo(
+                    pci=info.parent.name,
+                    model=model.group(1) if model else None,
+                    uuid=uuid.group(1) if uuid else None,
+                    minor=int(minor.group(1)) if minor else None,
+                )
+            )
+        return found
+
+    def gpu_models(self) -> list[str]:
+        return [g.model for g in self.gpus() if g.model]
 
     def driver_version(self) -> str | None:
         match = _DRIVER_VERSION_RE.search(_read_text(self.proc / "driver/nvidia/version"))
@@ -93,6 +119,21 @@ class GpuSystem:
         found = {p for p in self.fd_targets(pid) if p.startswith("/dev/nvidia")}
         found.update(p for p in self.mapped_paths(pid) if p.startswith("/dev/nvidia"))
         return found
+
+    def gpu_uuids(self, pid: int) -> list[str]:
+        """UUIDs of the GPUs ``pid`` has open, in device-minor order.
+
+        A CUDA context keeps ``/dev/nvidiaN`` open for each GPU it uses (N is the device
+        minor); the driver's ``information`` file maps that minor to the GPU's UUID. Read
+        before the checkpoint: it closes those files. A minor no GPU claims is left out.
+        """
+        minors = set()
+        for path in self.nvidia_files(pid):
+            match = _GPU_DEVICE_RE.fullmatch(path)
+            if match:
+                minors.add(int(match.group(1)))
+        by_minor = {g.minor: g.uuid for g in self.gpus() if g.minor is not None and g.uuid}
+        return [by_minor[m] for m in sorted(minors) if m in by_minor]
 
     def uses_mig(self, pid: int) -> bool:
         """``pid`` holds the access capability of a MIG GPU or compute instance."""
