@@ -105,7 +105,7 @@ def fork(
         )
     if not snap.namespaced and start_time(snap.pid) is not None:
         raise Refused(_PID_IN_USE.format(pid=snap.pid))
-    engine.hooks.preflight_restore(snap.hooks)
+    engine.hooks.preflight_restore(snap.hooks, beside=True)  # a fork needs room beside it
     k = _new_kernel(engine, snap, kernel_id or new_kernel_id(), notebook_path, key)
     try:
         # The original's lock (not its process): its hot entry, which the fork may restore
