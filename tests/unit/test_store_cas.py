@@ -535,3 +535,19 @@ def test_zero_pages_stay_holes_and_pieces_reuse_one_buffer(
         img = out / "pages-1.img"
         assert img.read_bytes() == bytes(data)
         assert img.stat().st_blocks * 512 < len(data) - 150 * PAGE, "zero pages are holes"
+
+
+def test_du_counts_a_snapshots_location_hints_with_its_manifest(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    """The hints beside a manifest (2 bytes per page a snapshot added) are on disk: du and the
+    quota count them."""
+    service = StoreService(store, StoreSettings())
+    sid = new_id()
+    store.commit(sid, dump(tmp_path, pages(77, 3000)), owner=24)
+    side = [p for p in store.path(sid).iterdir() if p.name.endswith(".locs")]
+    assert side, "the snapshot's new pages have location hints"
+    want = sum(p.stat().st_size for p in side) + (store.path(sid) / MANIFEST).stat().st_size
+    (u,) = service.usage(24)
+    (per,) = u["per_snapshot"]
+    assert u["whole_file_bytes"] >= want and per["unique_bytes"] >= want, (u, want)

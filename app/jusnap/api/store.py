@@ -44,7 +44,12 @@ class UsageOut(Schema):
     disk_bytes = Integer(metadata={"description": "bytes on disk, garbage included"})
     unique_bytes = Integer(metadata={"description": "page bytes used by one snapshot only"})
     shared_bytes = Integer(metadata={"description": "page bytes used by several snapshots"})
-    whole_file_bytes = Integer()
+    whole_file_bytes = Integer(
+        metadata={
+            "description": "images kept as whole files, with each snapshot's manifest and"
+            " location hints"
+        }
+    )
     index_bytes = Integer(
         metadata={"description": "the chunk index on disk (SQLite database, WAL included)"}
     )

@@ -7,12 +7,14 @@ number of snapshots.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cas import ChunkStore, split_digests
+from .hints import SUFFIX
 from .local import MANIFEST, LocalStore, Manifest, read_manifest
 
 
@@ -89,16 +91,22 @@ def references(store: LocalStore, cs: ChunkStore, owner: int) -> Refs:
         for leaf in leaves:
             refs.leaf_pages[leaf] = kids[leaf]
         refs.leaves[sid] = leaves
-        refs.whole[sid] = whole + _manifest_size(store.path(sid))
+        refs.whole[sid] = whole + _side_files_size(store.path(sid))
         refs.logical[sid] = m.logical_bytes
     return refs
 
 
-def _manifest_size(path: Path) -> int:
+def _side_files_size(path: Path) -> int:
+    """Bytes of what a snapshot keeps beside its chunks: its manifest and its location hints
+    (``hints.py``, 2 bytes per page it added): on disk and in the quota like the rest."""
+    total = 0
     try:
-        return (path / MANIFEST).stat().st_size
+        names = [e for e in os.scandir(path) if e.name == MANIFEST or e.name.endswith(SUFFIX)]
+        for entry in names:
+            total += entry.stat(follow_symlinks=False).st_size
     except OSError:
-        return 0
+        pass  # deleted meanwhile: nothing to count
+    return total
 
 
 def usage(store: LocalStore, owner: int) -> dict[str, Any]:
