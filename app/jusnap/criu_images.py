@@ -67,7 +67,9 @@ FD_TYPE_NAMES = {10: "PACKETSK", 12: "FANOTIFY", 13: "NETLINKSK", 14: "NS", 15: 
 _UID, _GID, _EUID, _EGID, _SUID, _SGID, _FSUID, _FSGID = range(1, 9)
 _CAP_INH, _CAP_PRM, _CAP_EFF, _CAP_BND, _SECBITS, _GROUPS = 9, 10, 11, 12, 13, 14
 _LSM_PROFILE, _LSM_SOCKCREATE, _APPARMOR_DATA, _NO_NEW_PRIVS, _CAP_AMB = 15, 16, 17, 18, 19
-_CORE_THREAD_CORE = 5
+_CORE_TC, _CORE_THREAD_CORE = 3, 5
+_TC_TASK_STATE = 1  # task_core_entry
+TASK_DEAD = 2  # compel's COMPEL_TASK_DEAD: a zombie
 # mnt_entry field numbers (images/mnt.proto).
 _MNT_FSTYPE, _MNT_ID, _MNT_ROOT_DEV, _MNT_PARENT, _MNT_FLAGS = 1, 2, 3, 4, 5
 _MNT_ROOT, _MNT_POINT, _MNT_SOURCE, _MNT_OPTIONS = 6, 7, 8, 9
@@ -285,17 +287,31 @@ def check_creds(name: str, creds: Message, who: Identity) -> None:
 
 def check_core(name: str, data: bytes, who: Identity) -> bool:
     """Every thread of a task has its own credentials, and they are the kernel's. Returns
-    whether every thread has no_new_privs set (required of a namespaced kernel)."""
+    whether every thread has no_new_privs set (required of a namespaced kernel).
+
+    A zombie (a child that exited and was not waited for yet, common under ``subprocess``,
+    and every orphan of a namespaced kernel, whose PID 1 is ipykernel) is dumped with its
+    task state and exit code only, no thread and no credentials: CRIU's restore forks it and
+    it exits at once with that code (``restore_one_zombie``), running no code of the
+    kernel's, so it is accepted as such. Which tasks are zombies CRIU decides from ``/proc``,
+    not from anything the kernel can write."""
     nnp = True
     for entry in entries(data, CORE_MAGIC):
         core = Message.parse(entry)
         thread = core.message(_CORE_THREAD_CORE)
         creds = thread.message(_THREAD_CORE_CREDS) if thread else None
+        if thread is None and _is_zombie(core):
+            continue
         if creds is None:
             raise _refuse(name, "no credentials (CRIU would keep its own capabilities)")
         check_creds(name, creds, who)
         nnp = nnp and creds.scalar(_NO_NEW_PRIVS) == 1
     return nnp
+
+
+def _is_zombie(core: Message) -> bool:
+    tc = core.message(_CORE_TC)
+    return tc is not None and tc.scalar(_TC_TASK_STATE) == TASK_DEAD
 
 
 def check_files(name: str, data: bytes) -> None:

@@ -105,6 +105,22 @@ def test_a_thread_without_creds_is_refused() -> None:
         check_images(dump(core(None)), WHO)
 
 
+def _task_only_core(task_state: int) -> bytes:
+    """A core image as CRIU writes it for a zombie: march and task state, no thread."""
+    tc = encode([(1, 0, task_state), (2, 0, 0), (3, 0, 0), (4, 0, 0), (5, 0, 0)])
+    return image(CORE_MAGIC, [encode([(1, 0, 1), (3, 2, tc)])])
+
+
+def test_a_zombie_passes_and_only_a_zombie_goes_without_credentials() -> None:
+    """A zombie is restored as a task that exits at once, running none of the kernel's code:
+    it needs no credentials. A task that will run (alive, stopped) without them is refused."""
+    zombie = [("core-43.img", _task_only_core(2))]
+    check_images(dump(core(creds()), **dict(zombie)), WHO)
+    for state in (1, 3):
+        with pytest.raises(ImageRefused, match="no credentials"):
+            check_images(dump(core(creds()), **{"core-43.img": _task_only_core(state)}), WHO)
+
+
 @pytest.mark.parametrize(
     "name",
     [
