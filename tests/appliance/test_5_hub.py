@@ -373,7 +373,8 @@ def test_b_cannot_reach_a_through_the_api(
     kid, sid = a_snapshot
     # B's own server: A's snapshots and kernels are not there.
     assert sid not in {s["id"] for s in b.jusnap("GET", "snapshots", expect=200)}
-    assert kid not in {k["id"] for k in b.jusnap("GET", "kernels", expect=200)}
+    b_kernels = {k["id"] for k in b.jusnap("GET", "kernels", expect=200)}
+    assert kid not in b_kernels
     for method, path, body in (
         ("GET", f"snapshots/{sid}", None),
         ("POST", f"snapshots/{sid}/restore", {}),
@@ -385,10 +386,14 @@ def test_b_cannot_reach_a_through_the_api(
         ("GET", f"kernels/{kid}/connection", None),
         ("DELETE", f"kernels/{kid}", None),
         ("POST", "snapshots/" + sid + "/restore", {"kernel_id": b.kernels[0]}),
+        ("POST", f"snapshots/{sid}/fork", {}),
+        ("POST", f"snapshots/{sid}/fork", {"kernel_id": kid}),
     ):
         r = b.request(method, f"{b.server}jusnap/api/v1/{path}", json=body)
         assert r.status_code in (403, 404), f"B {method} {path}: {r.status_code} {r.text[:200]}"
         assert "only-for-a" not in r.text
+    # No fork of A's snapshot was made for B (a refused fork leaves no kernel).
+    assert {k["id"] for k in b.jusnap("GET", "kernels", expect=200)} == b_kernels
     # B's token does not open A's server (the hub's scopes), nor A's files through it.
     for path in (f"api/contents/{NOTEBOOK}", "jusnap/api/v1/snapshots", "api/kernels"):
         r = b.request("GET", f"{a.server}{path}", allow_redirects=False)
@@ -415,6 +420,7 @@ def test_b_cannot_reach_a_through_the_cli(
         ("signal", kid, "SIGTERM"),
         ("logs", kid),
         ("clear", kid, "--yes"),
+        ("fork", sid),
     ):
         r = b.cli(*args)
         assert r.returncode != 0, f"jusnap {' '.join(args)} as {b.name} succeeded: {r.stdout}"
