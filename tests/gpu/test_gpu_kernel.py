@@ -12,6 +12,7 @@ own); they were written without a GPU and have not run on one yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -136,12 +137,12 @@ def hook() -> CudaHook:
     return CudaHook(GpuSettings(lock_timeout_ms=60_000))
 
 
-@pytest.fixture(scope="module")
-def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iterator[Engine]:
-    """The engine as root runs it here: kernels as root, so CRIU runs in privileged mode."""
+@contextlib.contextmanager
+def _engine(hook: CudaHook, state_dir: Path, what: str, **settings: str) -> Iterator[Engine]:
+    """An engine driving the real CUDA hook on ``state_dir``; its kernels go at the end and
+    the GPU report is written."""
     criu = os.environ.get("JUSNAP_CRIU") or shutil.which("criu")
     assert criu, "set JUSNAP_CRIU to a CRIU >= 4 binary (tests/gpu/run_on_device.sh does)"
-    state_dir = tmp_path_factory.mktemp("jusnap-gpu")
     s = load_settings(
         None,
         {
@@ -149,11 +150,10 @@ def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iter
             "jusnap.criu.binary": criu,
             "jusnap.criu.dump_timeout": "300s",
             "jusnap.criu.restore_timeout": "300s",
-            "jusnap.os.uid": str(os.geteuid()),
-            "jusnap.os.gid": str(os.getegid()),
             "jusnap.http.socket": str(state_dir / "jusnap.sock"),
             "jusnap.ipython.python_interpreter": sys.executable,
             "jusnap.ipython.handshake_timeout": "60s",
+            **settings,
         },
     )
     eng = Engine(s, HookSet([hook])).start()
@@ -164,9 +164,20 @@ def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iter
             try:
                 eng.kernels.shutdown(k.id)
             except Exception as exc:
-                print(f"[gpu] teardown: {exc}")
+                print(f"[gpu] {what} teardown: {exc}")
         eng.close()
         _write_report()
+
+
+@pytest.fixture(scope="module")
+def gpu_engine(tmp_path_factory: pytest.TempPathFactory, hook: CudaHook) -> Iterator[Engine]:
+    """The engine as root runs it here: kernels as root, so CRIU runs in privileged mode."""
+    state_dir = tmp_path_factory.mktemp("jusnap-gpu")
+    with _engine(
+        hook, state_dir, "gpu", **{"jusnap.os.uid": str(os.geteuid()),
+                                   "jusnap.os.gid": str(os.getegid())}
+    ) as eng:  # fmt: skip
+        yield eng
 
 
 @pytest.fixture(scope="module")
@@ -363,37 +374,19 @@ print(json.dumps(fact()))
 
 @pytest.fixture(scope="module")
 def fork_engine(kernel_user: Any, hook: CudaHook) -> Iterator[Engine]:
+    """Kernels as the unprivileged test user, each in its own PID namespace: a fork beside a
+    running kernel needs one (root's kernels never get it)."""
     from tests.stack import make_state_dir
 
-    criu = os.environ.get("JUSNAP_CRIU") or shutil.which("criu")
-    assert criu, "set JUSNAP_CRIU to a CRIU >= 4 binary (tests/gpu/run_on_device.sh does)"
     state_dir = make_state_dir("jusnap-gpu-fork-")
-    s = load_settings(
-        None,
-        {
-            "jusnap.state_dir": str(state_dir),
-            "jusnap.criu.binary": criu,
-            "jusnap.criu.dump_timeout": "300s",
-            "jusnap.criu.restore_timeout": "300s",
-            "jusnap.os.uid": kernel_user.pw_name,
-            "jusnap.kernels.namespaces": "on",
-            "jusnap.http.socket": str(state_dir / "jusnap.sock"),
-            "jusnap.ipython.python_interpreter": sys.executable,
-            "jusnap.ipython.handshake_timeout": "60s",
-        },
-    )
-    eng = Engine(s, HookSet([hook])).start()
     try:
-        yield eng
+        with _engine(
+            hook, state_dir, "fork", **{"jusnap.os.uid": kernel_user.pw_name,
+                                        "jusnap.kernels.namespaces": "on"}
+        ) as eng:  # fmt: skip
+            yield eng
     finally:
-        for k in eng.kernels.list():
-            try:
-                eng.kernels.shutdown(k.id)
-            except Exception as exc:
-                print(f"[gpu] fork teardown: {exc}")
-        eng.close()
         shutil.rmtree(state_dir, ignore_errors=True)
-        _write_report()
 
 
 @pytest.fixture(scope="module")
