@@ -67,6 +67,11 @@ WRITEBACK_INTERVAL = 0.02
 WRITEBACK_MIN = 4 << 20
 SYNC_FILE_RANGE_WRITE = 2
 DIGEST_CHUNK = 4 << 20
+#: Each image is hashed in parts of this size, the parts on every core at once: a 4 GiB
+#: entry verified in 0.17-0.27 s on 2 cores instead of 0.3-0.48 s (one xxh3 stream runs at
+#: the speed of one core's copy out of the page cache). The size is recorded with the digests.
+DIGEST_PART = 256 << 20
+DIGEST_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def boot_id() -> str:
@@ -169,9 +174,9 @@ class HotTier:
             # A cached entry records each file's hash (read back from the page cache, after the
             # kernel resumed), checked before it is restored, as the store checks its pages.
             # A durable one is needed right away (rollback) or goes to the store: no hashes.
-            digests = {} if durable else {p.name: _digest(p) for p in img.iterdir()}
+            digests = {} if durable else digest_files(img)
             meta = {"pending": True, "boot": self._boot, "durable": durable, "snapshot": None,
-                    "xxh3": digests}  # fmt: skip
+                    "xxh3": digests, "xxh3_part": DIGEST_PART}  # fmt: skip
             write_json(partial / META, meta, durable)
             if durable:
                 for d in (img, partial):
@@ -208,12 +213,14 @@ class HotTier:
         if e is None or not e.pending:
             return
         digests = e.meta.get("xxh3") or {}
+        part = e.meta.get("xxh3_part")
         if with_digests and not digests:
-            digests = {p.name: _digest(p) for p in e.images.iterdir()}
+            digests, part = digest_files(e.images), DIGEST_PART
         with self._meta_lock:
             e = self.get(snapshot_id)
             if e is not None and e.pending:
-                write_json(e.path / META, {**e.meta, "pending": False, "xxh3": digests}, False)
+                meta = {**e.meta, "pending": False, "xxh3": digests, "xxh3_part": part}
+                write_json(e.path / META, meta, False)
 
     def touch(self, snapshot_id: str) -> None:
         """The entry was just restored: it is among the last to be dropped."""
@@ -246,8 +253,14 @@ class HotTier:
         names = sorted(p.name for p in entry.images.iterdir())
         if digests and sorted(digests) != names:
             raise RestoreFailed(f"snapshot {entry.id} is damaged: its hot images changed")
-        for name in names:
-            if name in digests and _digest(entry.images / name) != digests[name]:
+        part = entry.meta.get("xxh3_part")
+        wanted = {n: d for n, d in digests.items() if n in names}
+        if isinstance(part, int) and part > 0 and all(isinstance(d, list) for d in wanted.values()):
+            found = digest_files(entry.images, part, only=set(wanted))
+        else:  # an entry from before part digests: one digest per file
+            found = {n: _digest(entry.images / n) for n in wanted}
+        for name in sorted(wanted):
+            if found.get(name) != wanted[name]:
                 raise RestoreFailed(f"snapshot {entry.id} is damaged: {name} fails its checksum")
 
     def size(self, snapshot_id: str) -> int:
@@ -486,6 +499,51 @@ def _copy(src: int, dst_path: Path, gid: int, durable: bool) -> None:
             os.fsync(dst)
     finally:
         os.close(dst)
+
+
+def digest_files(
+    folder: Path, part: int = DIGEST_PART, only: set[str] | None = None
+) -> dict[str, list[str]]:
+    """xxh3-128 of every ``part`` bytes of each file in ``folder`` (or of those ``only``
+    names), hashed on up to :data:`DIGEST_WORKERS` cores at once. A file is opened once
+    (without following links) and its parts read with ``pread``: every part is of the file
+    that was opened, whatever the name points to meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fds: dict[str, int] = {}
+    try:
+        for path in sorted(folder.iterdir()):
+            if only is None or path.name in only:
+                fds[path.name] = open_nofollow(path)
+        tasks = [
+            (name, off)
+            for name, fd in fds.items()
+            for off in range(0, max(os.fstat(fd).st_size, 1), part)
+        ]
+        with ThreadPoolExecutor(min(DIGEST_WORKERS, len(tasks) or 1), "digest") as pool:
+            done = list(pool.map(lambda t: _digest_part(fds[t[0]], t[1], part), tasks))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    out: dict[str, list[str]] = {name: [] for name in fds}
+    for (name, _off), digest in zip(tasks, done, strict=True):
+        out[name].append(digest)
+    return out
+
+
+def _digest_part(fd: int, offset: int, size: int) -> str:
+    """xxh3-128 of ``size`` bytes of ``fd`` from ``offset`` (fewer at the end of the file)."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(min(DIGEST_CHUNK, size))
+    view = memoryview(buf)
+    end = offset + size
+    while offset < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - offset)]], offset)
+        if not n:
+            break
+        h.update(view[:n])
+        offset += n
+    return h.hexdigest()
 
 
 def _digest(path: Path) -> str:
