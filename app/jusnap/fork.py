@@ -220,30 +220,38 @@ def _bring_up(
 def _history(
     engine: Engine, k: Kernel, snap: Snapshot, staged: Staged
 ) -> Iterator[list[tuple[int, str]]]:
-    """The fork's own copy of the snapshot's history database, so that the copy never opens
-    (nor size-checks) the original's. A namespaced kernel opens files by path inside its own
-    mount tree (a descriptor of the daemon's would break its next dump): the staged
-    ``files.img`` names the copy (``Engine._retarget``); a plain one gets the copy as an
-    inherited descriptor under the original's name."""
+    """The fork's own copy of the snapshot's history database (and its journal, when the dump
+    caught a write), so that the copy never opens (nor size-checks) the original's. A
+    namespaced kernel opens files by path inside its own mount tree (a descriptor of the
+    daemon's would break its next dump): the staged ``files.img`` names the copies
+    (``Engine._retarget``); a plain one gets them as inherited descriptors under the
+    original's names."""
     if staged.history is None or not k.history_file:
         yield []
         return
     sup = engine.supervisor
     origin = sup.kernel_dir(snap.kernel_id) / HISTORY_NAME
     dest = Path(k.history_file)
-    sup.copy_as_user(sup.creds(k), staged.history, dest)  # as the kernel's user: its file
+    engine.place_history(k, staged.history, dest)  # as the kernel's user: its files
     if staged.namespaced:
-        yield []  # the staged files.img names the copy (Engine._retarget)
+        yield []  # the staged files.img names the copies (Engine._retarget)
         return
-    # In the kernel user's directory: no link followed, no FIFO waited on, only its own file.
-    fd = os.open(dest, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    # In the kernel user's directory: no link followed, no FIFO waited on, only its own files.
+    fds: list[tuple[int, str]] = []
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != k.run_uid:
-            raise RestoreFailed("fork failed: the history copy was replaced")
-        yield [(fd, str(origin).lstrip("/"))]
+        for path, name in ((dest, origin), (Path(f"{dest}-journal"), Path(f"{origin}-journal"))):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no journal: the dump caught no write
+            fds.append((fd, str(name).lstrip("/")))
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != k.run_uid:
+                raise RestoreFailed("fork failed: the history copy was replaced")
+        yield fds
     finally:
-        os.close(fd)
+        for fd, _name in fds:
+            os.close(fd)
 
 
 def forget_unfinished(engine: Engine) -> None:

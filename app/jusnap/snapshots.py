@@ -91,6 +91,9 @@ log = logging.getLogger(__name__)
 
 TRIGGERS = ("manual", "auto", "pre-restore")
 HISTORY_NAME = "history.sqlite"
+# SQLite's rollback journal beside it, while a write is under way (see ACTION_SCRIPT).
+JOURNAL_NAME = HISTORY_NAME + "-journal"
+HISTORY_FILES = frozenset({HISTORY_NAME, JOURNAL_NAME})
 MAX_LABEL = 200
 # CPU time an idle kernel may use after a snapshot and still hold its state (answering
 # kernel_info and heartbeats); more means something ran (a thread in the background).
@@ -102,12 +105,15 @@ _TRANSIENT_DUMP_FAILURES = ("External socket is used", "Non-empty write queue on
 
 ACTION_SCRIPT = """#!/bin/sh
 # Run by CRIU as the kernel's user. At post-dump the kernel is still frozen, so the copy of its
-# history database matches exactly what the restored process will expect on disk. The copy
-# runs without the capabilities the daemon lent CRIU.
+# history database matches exactly what the restored process will expect on disk: with its
+# rollback journal when the freeze caught SQLite in a write (the process holds it open, and
+# SQLite deletes it at the commit: without the copy the snapshot could never be restored).
+# The copies run without the capabilities the daemon lent CRIU.
 [ "$CRTOOLS_SCRIPT_ACTION" = "post-dump" ] || exit 0
 [ -n "$JUSNAP_HISTORY_SRC" ] || exit 0
-exec setpriv --inh-caps=-all --ambient-caps=-all -- \\
-    cp -- "$JUSNAP_HISTORY_SRC" "$JUSNAP_HISTORY_DST"
+exec setpriv --inh-caps=-all --ambient-caps=-all -- sh -c \\
+    'cp -- "$1" "$2" && { [ ! -e "$1-journal" ] || cp -- "$1-journal" "$2-journal"; }' \\
+    sh "$JUSNAP_HISTORY_SRC" "$JUSNAP_HISTORY_DST"
 """
 
 
@@ -772,7 +778,9 @@ class Engine:
 
     @staticmethod
     def _hot_extra(entry: HotEntry) -> dict[str, Path]:
-        return {HISTORY_NAME: entry.history / HISTORY_NAME} if entry.history else {}
+        if entry.history is None:
+            return {}
+        return {p.name: p for p in entry.history.iterdir() if p.name in HISTORY_FILES}
 
     def _identity_json(self, k: Kernel) -> dict[str, Any]:
         i = self._identity(k)
@@ -1143,12 +1151,12 @@ class Engine:
                     history = entry.history / HISTORY_NAME
             else:
                 images = readable_dir(scratch / "img", k.run_gid)
-                self.store.stage_out(snap.id, images, 0, k.run_gid, skip={HISTORY_NAME}, mode=0o440)
+                self.store.stage_out(snap.id, images, 0, k.run_gid, skip=HISTORY_FILES, mode=0o440)
                 self._check_staged(k, images)
                 if want_history:
                     self.store.stage_out(
                         snap.id, readable_dir(scratch / "history", k.run_gid), 0,
-                        k.run_gid, only={HISTORY_NAME}, mode=0o440,
+                        k.run_gid, only=HISTORY_FILES, mode=0o440,
                     )  # fmt: skip
                     history = scratch / "history" / HISTORY_NAME
             # Checked above to be exactly the launcher's tree, with no_new_privs throughout.
@@ -1177,6 +1185,7 @@ class Engine:
         if namespaced and snap.kernel_id != k.id and snap.has_history and k.history_file:
             old = self.supervisor.kernel_dir(snap.kernel_id) / HISTORY_NAME
             renames[str(old)] = k.history_file
+            renames[f"{old}-journal"] = f"{k.history_file}-journal"
         if snap.ports == k.ports() and not renames:
             return images, {}
         if images.parent != scratch:
@@ -1241,8 +1250,7 @@ class Engine:
             if staged.history is not None and k.history_file:
                 # As the kernel's user, into the same inode: SQLite treats a changed inode as
                 # "moved" and turns the restored kernel's history read-only.
-                creds = self.supervisor.creds(k)
-                self.supervisor.copy_as_user(creds, staged.history, Path(k.history_file))
+                self.place_history(k, staged.history, Path(k.history_file))
             with self.run_criu(k, snap, staged, "restore") as (restored_pid, result):
                 k.pid, k.started, k.status = restored_pid, start_time(restored_pid), "running"
                 self.registry.put_kernel(k, durable=False)
@@ -1271,6 +1279,19 @@ class Engine:
         k.execution_count = snap.execution_count
         self.registry.put_kernel(k, durable=False)  # made durable with the journal's end
         return result.seconds, hs
+
+    def place_history(self, k: Kernel, staged: Path, dest: Path) -> None:
+        """Put a snapshot's history database at ``dest``, as the kernel's user, with its
+        journal when the dump caught SQLite in a write. Without one, a journal left there (a
+        kernel stopped in a write) goes: SQLite would roll the restored database back with
+        it, pages of another state."""
+        creds = self.supervisor.creds(k)
+        self.supervisor.copy_as_user(creds, staged, dest)
+        journal = staged.with_name(staged.name + "-journal")
+        if journal.exists():
+            self.supervisor.copy_as_user(creds, journal, dest.with_name(dest.name + "-journal"))
+        else:
+            self.supervisor.remove_as_user(creds, dest.with_name(dest.name + "-journal"))
 
     def _await_peers(self, k: Kernel, peers: int) -> None:
         """Wait (3 s at most) for the IOPub clients counted before the stop to come back: a

@@ -371,6 +371,58 @@ def test_a_fork_keeps_its_own_history_file(
         shutdown_all(e)
 
 
+CAUGHT_WRITE = r"""
+import os, sqlite3
+hm = get_ipython().history_manager
+writer = sqlite3.connect(str(hm.hist_file), timeout=0.1)
+writer.execute("BEGIN IMMEDIATE")
+writer.execute("INSERT INTO history VALUES (?, ?, ?, ?)", (hm.session_number, 99999, "w", "w"))
+print(os.path.exists(str(hm.hist_file) + "-journal"))
+"""
+FINISH_WRITE = r"""
+writer.commit()
+print(sqlite3.connect(str(hm.hist_file)).execute(
+    "SELECT count(*) FROM history WHERE line = 99999").fetchone()[0])
+"""
+
+
+@pytest.mark.parametrize("source", ["hot", "store"])
+def test_a_snapshot_that_caught_a_history_write_restores_and_forks(
+    make_settings: Callable[..., Settings], source: str
+) -> None:
+    """The freeze caught SQLite in a write: the kernel held the history database's rollback
+    journal open, which SQLite deletes at the commit. The journal is kept with the snapshot and
+    put back: the snapshot restores and forks long after that commit, and restored in place it
+    finishes its write. (Before: "Can't open file ...history.sqlite-journal on restore".)"""
+    e = Engine(make_settings(**{"jusnap.ipython.history_enabled": "True"})).start()
+    try:
+        a = KernelSession(e)
+        assert a.run(CAUGHT_WRITE).strip() == "True"
+        snap = e.snapshot(a.id)
+        assert isinstance(snap, Snapshot) and snap.has_history
+        assert a.run(FINISH_WRITE).strip() == "1"  # the journal is gone now
+        k = e.kernels.get(a.id)
+        assert not os.path.exists(f"{k.history_file}-journal")
+        if source == "store":
+            e.wait_stored()
+            e.hot.drop(snap.id)
+        # The fork restores with its own copies of both files. (What becomes of the write it
+        # copied is SQLite's: it deletes the journal by the name it opened, the original's,
+        # and IPython's own connection is reopened on the fork's files by the fixup.)
+        _result, b = fork(e, snap)
+        try:
+            assert b.value("1 + 1") == "2"
+        finally:
+            b.close()
+        e.restore(snap.id)  # in place, into the same files
+        a.after_restore()
+        assert a.run(FINISH_WRITE).strip() == "1"  # the write the snapshot caught, once
+        assert not os.path.exists(f"{k.history_file}-journal")
+        a.close()
+    finally:
+        shutdown_all(e)
+
+
 def test_a_refused_fork_leaves_nothing_and_the_original_untouched(engine: Engine) -> None:
     a = KernelSession(engine)
     a.run("x = 'original'")

@@ -237,6 +237,10 @@ class Supervisor:
         """Copy ``src`` over ``dest`` (same inode) with the user's own rights."""
         self._as_user(creds, ["cp", "--no-preserve=all", "--", str(src), str(dest)], "copy")
 
+    def remove_as_user(self, creds: Creds, path: Path) -> None:
+        """Remove ``path``, if it is there, with the user's own rights."""
+        self._as_user(creds, ["rm", "-f", "--", str(path)], "remove")
+
     def _usable_cwd(self, creds: Creds, cwd: str) -> bool:
         """Whether the user itself can enter ``cwd`` (asked as the user, not as root)."""
         try:

@@ -160,15 +160,16 @@ class HotTier:
                     raise
                 shutil.copytree(images, img)  # another filesystem: root's files already
             if history is not None:
-                try:
-                    src = open_untrusted_path(history, file_owner)
-                except FileNotFoundError:
-                    src = -1
-                if src >= 0:
+                # The database, and its rollback journal when the dump caught a write.
+                for path in (history, history.with_name(f"{history.name}-journal")):
                     try:
-                        _copy(
-                            src, readable_dir(partial / HISTORY, gid) / history.name, gid, durable
-                        )
+                        src = open_untrusted_path(path, file_owner)
+                    except FileNotFoundError:
+                        continue
+                    try:
+                        if not (partial / HISTORY).exists():
+                            readable_dir(partial / HISTORY, gid)
+                        _copy(src, partial / HISTORY / path.name, gid, durable)
                     finally:
                         os.close(src)
             # A cached entry records each file's hash (read back from the page cache, after the
