@@ -118,6 +118,7 @@ def fork(
     except BaseException:
         _discard(engine, k)
         raise
+    engine.retain_spared(k)  # the original's snapshots were spared while it was locked
     if notebook_path:
         engine.registry.set_notebook_connection(k.owner_uid, notebook_path, k.connection)
     log.info("kernel %s forked from snapshot %s of kernel %s", k.id, snap.id, snap.kernel_id)

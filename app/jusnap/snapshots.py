@@ -558,14 +558,25 @@ class Engine:
         reads none, and sparing a whole burst's snapshots let a busy notebook's list grow past
         ``keep_auto`` until it went idle."""
         try:
-            self.storage.after_snapshot(
-                self.registry, snap, lambda kid: self.locks.current(kid) not in (None, "snapshot")
-            )
+            self.storage.after_snapshot(self.registry, snap, self._busy)
         except QuotaExceeded:
             raise
         except Exception:
             log.exception("retention after snapshot %s failed", snap.id)
         self._keep_hot(snap.kernel_id)  # drops the entries of snapshots retention removed
+
+    def _busy(self, kernel_id: str) -> bool:
+        """Whether an operation that may read the kernel's snapshots runs on it now."""
+        return self.locks.current(kernel_id) not in (None, "snapshot")
+
+    def retain_spared(self, k: Kernel) -> None:
+        """After a restore or a fork: the retention passes that ran meanwhile (commits of the
+        last cells' snapshots) left this kernel's snapshots alone; apply them now."""
+        try:
+            if self.storage.retain(self.registry, k.owner_uid, self._busy):
+                self._keep_hot(k.id)
+        except Exception:
+            log.exception("retention after an operation on kernel %s failed", k.id)
 
     def check_auto(self, kernel_id: str, owner_uid: int | None = ADMIN) -> Skipped | None:
         """Why an automatic snapshot of the kernel would be skipped now (None: it would run);
@@ -1003,6 +1014,7 @@ class Engine:
         if k.notice:
             k.notice = None  # the user has moved on from whatever recovery said
             self.registry.put_kernel(k)
+        self.retain_spared(k)
         return RestoreResult(snap, k, pre, time.monotonic() - t0, criu_s, hs_s)
 
     def restorable(self, snap: Snapshot, k: Kernel) -> bool:

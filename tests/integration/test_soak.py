@@ -261,9 +261,14 @@ def test_soak_bursts_and_restores_stay_true_bounded_and_flat(make_stack) -> None
             # While it runs: a snapshot is retained once stored, and commits queue (one
             # running, one waiting behind it), so two may be listed before retention sees them.
             assert watch.most_autos[kid] <= KEEP_AUTO + 2, (kid, watch.most_autos[kid])
-            # (Retention leaves a snapshot whose kernel is busy for its next pass: one over
-            # can remain when a pass ran during the notebook's restore.)
-            assert len(_autos(stack, kid, Watch())) <= KEEP_AUTO + 1
+            # Once the last commits are stored (quiet means no snapshot pending, not every
+            # commit done): what a pass spared during the notebook's restore went when the
+            # restore ended (Engine.retain_spared); one over may remain for an instant.
+            wait_until(
+                lambda kid=kid: len(_autos(stack, kid, Watch())) <= KEEP_AUTO + 1,
+                30,
+                what=f"kernel {kid}'s automatic snapshots back to keep_auto + 1",
+            )
         _clean_up(stack, kids)
         # The index shrinks with the data: back to where it started (`jusnap du` counts it).
         assert _store_bytes(stack) <= store_before + STORE_SLACK, (

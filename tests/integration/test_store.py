@@ -129,6 +129,29 @@ def test_gc_running_concurrently_never_removes_a_needed_chunk(
     )
 
 
+def test_what_retention_spared_during_a_restore_goes_when_it_ends(make_settings) -> None:
+    """Passes that run while a kernel's restore holds it (its last cells' commits) leave its
+    snapshots alone; the restore's end applies them: an idle notebook does not keep
+    keep_auto + 2 until its next cell."""
+    e = Engine(make_settings(**{"jusnap.store.keep_auto": "2"})).start()
+    ks = KernelSession(e)
+    try:
+        e._busy = lambda kernel_id: True  # type: ignore[method-assign]  # every pass spares
+        autos = []
+        for i in range(4):
+            ks.run(f"x = {i}")
+            autos.append(_snap(e, ks, trigger="auto"))
+        assert len(e.list_snapshots(ks.id)) == 4, "the passes spared them"
+        del e._busy  # the engine's own again
+        e.restore(autos[3].id)  # the newest holds the state: no safety dump
+        ks.after_restore()
+        assert {s.id for s in e.list_snapshots(ks.id)} == {autos[2].id, autos[3].id}
+        assert ks.value("x") == "3"
+    finally:
+        ks.close()
+        shutdown_all(e)
+
+
 def test_retention_keeps_what_it_promises(make_settings) -> None:
     e = Engine(make_settings(**{"jusnap.store.keep_auto": "2"})).start()
     ks = KernelSession(e)

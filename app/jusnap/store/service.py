@@ -72,14 +72,31 @@ class StoreService:
         ``busy(kernel_id)``: that kernel has an operation running (e.g. a restore that might be
         reading one of its snapshots); its snapshots are left for the next pass.
         """
+        return self._pass(registry, snap.owner_uid, busy, now, snap)
+
+    def retain(self, registry: Registry, owner: int, busy: Callable[[str], bool]) -> list[str]:
+        """A pass with no new snapshot, once an operation that had a kernel's snapshots spared
+        (a restore, a fork) ended: what it spared goes now, not at the owner's next snapshot,
+        which may be a long time coming (an idle notebook kept keep_auto + 2)."""
+        return self._pass(registry, owner, busy, None, None)
+
+    def _pass(
+        self,
+        registry: Registry,
+        owner: int,
+        busy: Callable[[str], bool],
+        now: float | None,
+        new: Snapshot | None,
+    ) -> list[str]:
         with self._retention_lock:
-            owner = snap.owner_uid
             snaps = [
                 s
                 for s in (registry.get_snapshot(i) for i in registry.all_snapshot_ids())
                 if s is not None and s.owner_uid == owner
             ]
-            protect = {snap.id} | {s.id for s in snaps if busy(s.kernel_id)}
+            protect = {s.id for s in snaps if busy(s.kernel_id)}
+            if new is not None:
+                protect.add(new.id)
             now = time.time() if now is None else now
             doomed = retention.by_count_and_age(snaps, self.policy, now, protect)
             self._remove(registry, doomed)
@@ -90,10 +107,10 @@ class StoreService:
                     refs = references(self.store, cs, owner)
                     sizes = {h: clen for h, _p, clen, _u in cs.all_rows()}
                 more, total = retention.plan_size(left, refs, sizes, self.policy, protect)
-                if total > self.policy.max_user_bytes:
+                if new is not None and total > self.policy.max_user_bytes:
                     # Even without every automatic snapshot retention may remove, the owner's
                     # snapshots would not fit: the new one is not kept, and no older one goes.
-                    self._remove(registry, [snap.id])
+                    self._remove(registry, [new.id])
                     gc_mod.collect(self.store, owner)
                     raise QuotaExceeded(quota_message(total, self.policy.max_user_bytes))
                 self._remove(registry, more)
